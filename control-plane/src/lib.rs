@@ -1,0 +1,120 @@
+//! Pillion's control plane: reads Kubernetes-shaped YAML from a directory and serves each proxy
+//! the complete, versioned state of every destination it asks about.
+
+pub mod discovery;
+pub mod model;
+pub mod resources;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pillion_proto::discovery::v1::discovery_server::DiscoveryServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::model::Model;
+use crate::store::Store;
+
+/// How often the directory is looked at. A scan costs one `stat` per file; polling (rather than
+/// inotify) also sees the symlink swaps a Kubernetes ConfigMap mount makes.
+const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Directory of YAML files (Service, EndpointSlice, TrafficSplit, HTTPRoute, ...), watched.
+    #[arg(long, env = "PILLION_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Address of the gRPC API the proxies connect to.
+    #[arg(long = "listen", env = "PILLION_CONTROL_LISTEN", default_value = "0.0.0.0:8086")]
+    pub listen: SocketAddr,
+}
+
+/// A running control plane's handles, for embedding (the CLI demo and tests).
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    model: watch::Receiver<Arc<Model>>,
+}
+
+impl ControlPlane {
+    /// Binds the listener and reads the directory once, so that the first proxy is answered
+    /// with the whole configuration. The returned future serves until `shutdown` resolves.
+    pub async fn bind(
+        args: Args,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<(Self, impl std::future::Future<Output = anyhow::Result<()>>)> {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let mut store = Store::new(&args.config_dir);
+        store.scan().map_err(|e| {
+            anyhow::anyhow!("cannot read config dir {}: {e}", args.config_dir.display())
+        })?;
+        let (tx, rx) = watch::channel(Arc::new(Model::new(store.objects(), 1)));
+        tracing::info!(%addr, dir = %args.config_dir.display(), "control plane listening");
+        let watcher = tokio::spawn(watch_dir(store, tx));
+        let service = discovery::DiscoveryService::new(rx.clone());
+        let serve = async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .add_service(DiscoveryServer::new(service))
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            watcher.abort();
+            result.map_err(anyhow::Error::from)
+        };
+        Ok((Self { addr, model: rx }, serve))
+    }
+
+    /// The configuration generation in force (it grows by one per accepted change).
+    pub fn generation(&self) -> u64 {
+        self.model.borrow().generation
+    }
+}
+
+/// Polls the directory and publishes a new model whenever a file changes.
+async fn watch_dir(mut store: Store, tx: watch::Sender<Arc<Model>>) {
+    let mut generation = 1;
+    let mut interval = tokio::time::interval(SCAN_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let started = Instant::now();
+        let changed = match store.scan() {
+            Ok(Some(change)) => change,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(dir = %store.dir().display(), error = %e, "cannot read config dir; the last configuration stays in force");
+                continue;
+            }
+        };
+        generation += 1;
+        let model = Model::new(store.objects(), generation);
+        tx.send_replace(Arc::new(model));
+        tracing::info!(
+            generation,
+            files = ?changed.files,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "configuration change published"
+        );
+    }
+}
+
+/// Installs the log subscriber: `PILLION_LOG` is the filter, `PILLION_LOG_FORMAT=json` for JSON.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PILLION_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = if std::env::var("PILLION_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    // Already installed (embedded in the CLI or a test): keep the first.
+    let _ = result;
+}

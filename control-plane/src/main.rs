@@ -1,0 +1,36 @@
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "pillion-control-plane", version, about = "Pillion control plane")]
+struct Cli {
+    #[command(flatten)]
+    args: pillion_control_plane::Args,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    pillion_control_plane::init_logging();
+    let cli = Cli::parse();
+    let shutdown = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    };
+    let (_cp, serve) = pillion_control_plane::ControlPlane::bind(cli.args, shutdown).await?;
+    serve.await
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

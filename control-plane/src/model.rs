@@ -1,0 +1,709 @@
+//! The mesh as the proxies see it: from the objects in force, the complete state of one
+//! destination (`name.namespace.svc.cluster.local:port`).
+//!
+//! Conflicts the standards leave open are resolved here, deterministically:
+//! - HTTPRoutes win over TrafficSplits on the same Service (the Gateway API is the newer,
+//!   richer standard); the TrafficSplit is reported as ignored.
+//! - Of several TrafficSplits for one root service, the oldest (`creationTimestamp`, then
+//!   `namespace/name`) is used and the others are reported as ignored.
+//! - Consumer HTTPRoutes (in the caller's namespace) take precedence over producer routes (in the
+//!   Service's namespace), as GAMMA says.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use pillion_proto::discovery::v1 as pb;
+use prost::Message;
+
+use crate::resources::{
+    self, EndpointSlice, HttpRoute, HttpRouteGroup, HttpRouteMatch, IntOrString, ObjectId,
+    Resource, Service, ServicePort, TrafficSplit, namespace_of,
+};
+
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The objects in force, indexed for lookups.
+#[derive(Debug, Default)]
+pub struct Model {
+    services: HashMap<(String, String), Service>,
+    /// (namespace, service name) → slices.
+    slices: HashMap<(String, String), Vec<EndpointSlice>>,
+    splits: Vec<TrafficSplit>,
+    route_groups: HashMap<(String, String), HttpRouteGroup>,
+    routes: Vec<HttpRoute>,
+    pub generation: u64,
+}
+
+/// A parsed authority: the Service and port it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub fn fqdn(&self) -> String {
+        format!(
+            "{}.{}.svc.{CLUSTER_DOMAIN}:{}",
+            self.name, self.namespace, self.port
+        )
+    }
+}
+
+/// Resolves an authority the way Kubernetes DNS resolves names from a pod in `source_ns`:
+/// `web`, `web.ns`, `web.ns.svc`, `web.ns.svc.cluster.local`, each with an optional port (80 when
+/// absent). Anything else (an IP address, an outside host name) is not a Service.
+pub fn parse_authority(authority: &str, source_ns: &str) -> Option<Target> {
+    let authority = authority.trim().trim_end_matches('.');
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse::<u16>().ok().filter(|p| *p != 0)?),
+        Some(_) => return None, // an IPv6 literal
+        None => (authority, 80),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.iter().any(|l| l.is_empty()) {
+        return None;
+    }
+    let suffix: Vec<&str> = CLUSTER_DOMAIN.split('.').collect();
+    let (name, namespace) = match labels.as_slice() {
+        [name] => (*name, source_ns),
+        [name, ns] => (*name, *ns),
+        [name, ns, "svc"] => (*name, *ns),
+        [name, ns, "svc", rest @ ..] if rest == suffix.as_slice() => (*name, *ns),
+        _ => return None,
+    };
+    Some(Target {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        port,
+    })
+}
+
+impl Model {
+    pub fn new(objects: Vec<(ObjectId, Resource)>, generation: u64) -> Self {
+        let mut model = Model {
+            generation,
+            ..Model::default()
+        };
+        for (id, resource) in objects {
+            match resource {
+                Resource::Service(s) => {
+                    model.services.insert((id.namespace, id.name), s);
+                }
+                Resource::EndpointSlice(s) => {
+                    let svc = s
+                        .metadata
+                        .labels
+                        .get(resources::SERVICE_NAME_LABEL)
+                        .cloned()
+                        .unwrap_or_default();
+                    model.slices.entry((id.namespace, svc)).or_default().push(s);
+                }
+                Resource::TrafficSplit(s) => model.splits.push(s),
+                Resource::HttpRouteGroup(g) => {
+                    model.route_groups.insert((id.namespace, id.name), g);
+                }
+                Resource::HttpRoute(r) => model.routes.push(r),
+            }
+        }
+        // Oldest first, then by namespace/name: the Gateway API's tie-break, used for splits too.
+        let age = |m: &resources::Metadata| {
+            (
+                m.creation_timestamp.clone().unwrap_or_default(),
+                namespace_of(m).to_string(),
+                m.name.clone(),
+            )
+        };
+        model.routes.sort_by_key(|r| age(&r.metadata));
+        model.splits.sort_by_key(|s| age(&s.metadata));
+        model
+    }
+
+    /// The complete state for an authority, as sent to a proxy.
+    pub fn resolve(&self, authority: &str, source_ns: &str) -> pb::destination_update::State {
+        let not_in_mesh = |reason: String| {
+            pb::destination_update::State::NotInMesh(pb::NotInMesh { reason })
+        };
+        let Some(target) = parse_authority(authority, source_ns) else {
+            return not_in_mesh(format!("`{authority}` is not a Service name"));
+        };
+        let Some(service) = self
+            .services
+            .get(&(target.namespace.clone(), target.name.clone()))
+        else {
+            return not_in_mesh(format!(
+                "no Service {}/{}",
+                target.namespace, target.name
+            ));
+        };
+        if !service
+            .spec
+            .ports
+            .iter()
+            .any(|p| p.port == i64::from(target.port))
+        {
+            return not_in_mesh(format!(
+                "Service {}/{} has no port {}",
+                target.namespace, target.name, target.port
+            ));
+        }
+        pb::destination_update::State::Destination(self.destination(&target, source_ns))
+    }
+
+    fn destination(&self, target: &Target, source_ns: &str) -> pb::Destination {
+        let routes = self.routes_for(target, source_ns);
+        if !routes.is_empty() {
+            return self.from_routes(target, &routes);
+        }
+        let splits: Vec<&TrafficSplit> = self
+            .splits
+            .iter()
+            .filter(|s| {
+                let ns = namespace_of(&s.metadata);
+                parse_authority(&s.spec.service, ns).is_some_and(|t| {
+                    t.namespace == target.namespace && t.name == target.name
+                })
+            })
+            .collect();
+        if let Some((split, ignored)) = splits.split_first() {
+            for other in ignored {
+                tracing::warn!(
+                    used = %format!("{}/{}", namespace_of(&split.metadata), split.metadata.name),
+                    ignored = %format!("{}/{}", namespace_of(&other.metadata), other.metadata.name),
+                    service = %target.fqdn(),
+                    "several TrafficSplits for one service; the oldest is used"
+                );
+            }
+            return self.from_split(target, split);
+        }
+        pb::Destination {
+            fqdn: target.fqdn(),
+            rules: vec![pb::Rule {
+                name: format!("{}/{}", target.namespace, target.name),
+                backends: vec![self.backend(&target.namespace, &target.name, target.port, 1)],
+                timeouts: None,
+            }],
+            matches: vec![match_all(0)],
+            source: format!("Service {}/{}", target.namespace, target.name),
+        }
+    }
+
+    /// The HTTPRoutes attached to the Service (and port): consumer routes from the caller's
+    /// namespace if there are any, else the producer routes from the Service's namespace.
+    fn routes_for(&self, target: &Target, source_ns: &str) -> Vec<&HttpRoute> {
+        let attached = |r: &&HttpRoute| {
+            let route_ns = namespace_of(&r.metadata);
+            r.spec.parent_refs.iter().any(|p| {
+                p.kind.as_deref() == Some("Service")
+                    && p.group.as_deref().unwrap_or_default().is_empty()
+                    && p.name == target.name
+                    && p.namespace.as_deref().unwrap_or(route_ns) == target.namespace
+                    && p.port.is_none_or(|port| port == i64::from(target.port))
+            })
+        };
+        let consumer: Vec<&HttpRoute> = self
+            .routes
+            .iter()
+            .filter(attached)
+            .filter(|r| {
+                let ns = namespace_of(&r.metadata);
+                ns == source_ns && ns != target.namespace
+            })
+            .collect();
+        if !consumer.is_empty() {
+            return consumer;
+        }
+        self.routes
+            .iter()
+            .filter(attached)
+            .filter(|r| namespace_of(&r.metadata) == target.namespace)
+            .collect()
+    }
+
+    fn from_routes(&self, target: &Target, routes: &[&HttpRoute]) -> pb::Destination {
+        if self.splits.iter().any(|s| {
+            parse_authority(&s.spec.service, namespace_of(&s.metadata))
+                .is_some_and(|t| t.namespace == target.namespace && t.name == target.name)
+        }) {
+            tracing::warn!(service = %target.fqdn(), "a TrafficSplit and an HTTPRoute both apply; the HTTPRoute is used");
+        }
+        let mut rules = Vec::new();
+        // (sort key, match) for every match of every rule; sorted at the end.
+        let mut keyed = Vec::new();
+        for (route_idx, route) in routes.iter().enumerate() {
+            let ns = namespace_of(&route.metadata);
+            for (rule_idx, rule) in route.spec.rules.iter().enumerate() {
+                let index = rules.len() as u32;
+                let name = rule
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("rule-{rule_idx}"));
+                let backends = rule
+                    .backend_refs
+                    .iter()
+                    .flatten()
+                    .map(|b| {
+                        let weight = b.weight.unwrap_or(1).clamp(0, 1_000_000) as u32;
+                        let is_service = b.group.as_deref().unwrap_or_default().is_empty()
+                            && b.kind.as_deref().unwrap_or("Service") == "Service";
+                        if !is_service {
+                            return failure(weight, format!("backendRef kind {:?} is not supported", b.kind));
+                        }
+                        if b.namespace.as_deref().is_some_and(|n| n != ns) {
+                            return failure(weight, "cross-namespace backendRefs are not supported".into());
+                        }
+                        let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(target.port);
+                        self.backend(ns, &b.name, port, weight)
+                    })
+                    .collect::<Vec<_>>();
+                // A rule with no backendRefs: the Gateway API says answer 500.
+                let backends = if backends.is_empty() {
+                    vec![failure(1, "rule has no backendRefs".into())]
+                } else {
+                    backends
+                };
+                let timeouts = rule.timeouts.as_ref().map(|t| pb::Timeouts {
+                    request_ms: t
+                        .request
+                        .as_deref()
+                        .and_then(|s| resources::parse_duration(s).ok())
+                        .unwrap_or(0),
+                    backend_request_ms: t
+                        .backend_request
+                        .as_deref()
+                        .and_then(|s| resources::parse_duration(s).ok())
+                        .unwrap_or(0),
+                });
+                rules.push(pb::Rule {
+                    name: format!("{ns}/{}/{name}", route.metadata.name),
+                    backends,
+                    timeouts,
+                });
+                let default_match = [HttpRouteMatch {
+                    path: None,
+                    headers: None,
+                    query_params: None,
+                    method: None,
+                }];
+                let matches = match rule.matches.as_deref() {
+                    Some(m) if !m.is_empty() => m,
+                    _ => &default_match[..],
+                };
+                for (match_idx, m) in matches.iter().enumerate() {
+                    let pm = to_pb_match(index, m);
+                    let key = precedence(&pm, route_idx, rule_idx, match_idx);
+                    keyed.push((key, pm));
+                }
+            }
+        }
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let source = routes
+            .iter()
+            .map(|r| format!("HTTPRoute {}/{}", namespace_of(&r.metadata), r.metadata.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        pb::Destination {
+            fqdn: target.fqdn(),
+            rules,
+            matches: keyed.into_iter().map(|(_, m)| m).collect(),
+            source,
+        }
+    }
+
+    fn from_split(&self, target: &Target, split: &TrafficSplit) -> pb::Destination {
+        let ns = namespace_of(&split.metadata);
+        let backends = split
+            .spec
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let weight = b.weight.clamp(0, 1_000_000) as u32;
+                let backend_name = parse_authority(&b.service, ns).map(|t| t.name);
+                let name = backend_name.as_deref().unwrap_or(&b.service);
+                if let Some(svc) = self.services.get(&(ns.to_string(), name.to_string()))
+                    && !svc.spec.ports.iter().any(|p| p.port == i64::from(target.port))
+                {
+                    // SMI: a backend without the root's port is not included.
+                    tracing::warn!(backend = %name, port = target.port, split = %split.metadata.name, "backend service lacks the root service's port; excluded");
+                    return None;
+                }
+                Some(self.backend(ns, name, target.port, weight))
+            })
+            .collect::<Vec<_>>();
+        let split_name = format!("{ns}/{}", split.metadata.name);
+        let root = pb::Rule {
+            name: format!("{}/{}", target.namespace, target.name),
+            backends: vec![self.backend(&target.namespace, &target.name, target.port, 1)],
+            timeouts: None,
+        };
+        let weighted = pb::Rule {
+            name: split_name.clone(),
+            backends,
+            timeouts: None,
+        };
+        let groups: Vec<&HttpRouteGroup> = split
+            .spec
+            .matches
+            .iter()
+            .flatten()
+            .filter_map(|m| self.route_groups.get(&(ns.to_string(), m.name.clone())))
+            .collect();
+        let (rules, matches) = if split.spec.matches.as_ref().is_some_and(|m| !m.is_empty()) {
+            // v1alpha4 A/B: matching requests take the split; all others go to the root service.
+            let mut matches: Vec<pb::RouteMatch> = groups
+                .iter()
+                .flat_map(|g| g.spec.matches.iter())
+                .map(|m| pb::RouteMatch {
+                    rule_index: 0,
+                    path: m.path_regex.as_ref().map(|re| pb::PathMatch {
+                        kind: pb::path_match::Kind::Regex as i32,
+                        // SMI anchors path regexes at the start only.
+                        value: format!("(?:{re}).*"),
+                    }),
+                    headers: m
+                        .headers
+                        .iter()
+                        .flatten()
+                        .map(|(name, re)| pb::HeaderMatch {
+                            name: name.to_ascii_lowercase(),
+                            value: Some(pb::header_match::Value::Regex(format!(".*(?:{re}).*"))),
+                        })
+                        .collect(),
+                    query_params: vec![],
+                    method: m
+                        .methods
+                        .as_ref()
+                        .filter(|ms| ms.len() == 1 && ms[0] != "*")
+                        .map(|ms| ms[0].clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            matches.push(match_all(1));
+            (vec![weighted, root], matches)
+        } else {
+            (vec![weighted], vec![match_all(0)])
+        };
+        pb::Destination {
+            fqdn: target.fqdn(),
+            rules,
+            matches,
+            source: format!("TrafficSplit {split_name}"),
+        }
+    }
+
+    /// A weighted backend: the Service's endpoints for `port`, or a 500 failure when the Service
+    /// does not exist or lacks the port.
+    fn backend(&self, ns: &str, name: &str, port: u16, weight: u32) -> pb::WeightedBackend {
+        let Some(service) = self.services.get(&(ns.to_string(), name.to_string())) else {
+            return failure(weight, format!("no Service {ns}/{name}"));
+        };
+        let Some(svc_port) = service.spec.ports.iter().find(|p| p.port == i64::from(port)) else {
+            return failure(weight, format!("Service {ns}/{name} has no port {port}"));
+        };
+        let endpoints = self.endpoints(ns, name, svc_port);
+        pb::WeightedBackend {
+            weight,
+            kind: Some(pb::weighted_backend::Kind::Service(pb::Backend {
+                name: format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}:{port}"),
+                endpoints,
+            })),
+        }
+    }
+
+    /// Ready endpoints of a Service port: the EndpointSlice port of the same name (Kubernetes'
+    /// rule), or for a numeric targetPort with no named slice port, that number.
+    fn endpoints(&self, ns: &str, name: &str, svc_port: &ServicePort) -> Vec<pb::Endpoint> {
+        let port_name = svc_port.name.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        for slice in self
+            .slices
+            .get(&(ns.to_string(), name.to_string()))
+            .into_iter()
+            .flatten()
+        {
+            let slice_port = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.clone().unwrap_or_default() == port_name);
+            let number = match (slice_port.and_then(|p| p.port), &svc_port.target_port) {
+                (Some(n), _) => n,
+                (None, Some(IntOrString::Int(n))) => *n,
+                (None, None) => svc_port.port,
+                (None, Some(IntOrString::String(_))) => continue,
+            };
+            let Ok(number) = u16::try_from(number) else {
+                continue;
+            };
+            let app_protocol = slice_port
+                .and_then(|p| p.app_protocol.as_deref())
+                .or(svc_port.app_protocol.as_deref());
+            let hint = protocol_hint(app_protocol) as i32;
+            for ep in &slice.endpoints {
+                // Kubernetes: a missing `ready` condition means ready.
+                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                let mut labels = BTreeMap::new();
+                if let Some(pod) = ep.target_ref.as_ref().and_then(|r| r.name.clone()) {
+                    labels.insert("pod".to_string(), pod);
+                }
+                if let Some(zone) = &ep.zone {
+                    labels.insert("zone".to_string(), zone.clone());
+                }
+                if let Some(node) = &ep.node_name {
+                    labels.insert("node".to_string(), node.clone());
+                }
+                for addr in &ep.addresses {
+                    let address = if addr.contains(':') {
+                        format!("[{addr}]:{number}")
+                    } else {
+                        format!("{addr}:{number}")
+                    };
+                    out.push(pb::Endpoint {
+                        address,
+                        weight: 1,
+                        labels: labels.clone().into_iter().collect(),
+                        protocol_hint: hint,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        out.dedup_by(|a, b| a.address == b.address);
+        out
+    }
+}
+
+fn protocol_hint(app_protocol: Option<&str>) -> pb::ProtocolHint {
+    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+        Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2") => pb::ProtocolHint::H2,
+        Some("http" | "http1" | "http/1.1") => pb::ProtocolHint::Http1,
+        Some("tcp" | "opaque") => pb::ProtocolHint::Opaque,
+        _ => pb::ProtocolHint::Unspecified,
+    }
+}
+
+fn failure(weight: u32, reason: String) -> pb::WeightedBackend {
+    pb::WeightedBackend {
+        weight,
+        kind: Some(pb::weighted_backend::Kind::Failure(pb::Failure {
+            http_status: 500,
+            reason,
+        })),
+    }
+}
+
+fn match_all(rule_index: u32) -> pb::RouteMatch {
+    pb::RouteMatch {
+        rule_index,
+        path: Some(pb::PathMatch {
+            kind: pb::path_match::Kind::Prefix as i32,
+            value: "/".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn to_pb_match(rule_index: u32, m: &HttpRouteMatch) -> pb::RouteMatch {
+    use pb::path_match::Kind;
+    let path = m.path.as_ref().map_or(
+        pb::PathMatch {
+            kind: Kind::Prefix as i32,
+            value: "/".into(),
+        },
+        |p| pb::PathMatch {
+            kind: match p.kind.as_deref().unwrap_or("PathPrefix") {
+                "Exact" => Kind::Exact,
+                "RegularExpression" => Kind::Regex,
+                _ => Kind::Prefix,
+            } as i32,
+            value: p.value.clone().unwrap_or_else(|| "/".into()),
+        },
+    );
+    let value = |kind: Option<&str>, v: &str| match kind {
+        Some("RegularExpression") => pb::header_match::Value::Regex(v.to_string()),
+        _ => pb::header_match::Value::Exact(v.to_string()),
+    };
+    pb::RouteMatch {
+        rule_index,
+        path: Some(path),
+        headers: m
+            .headers
+            .iter()
+            .flatten()
+            .map(|h| pb::HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: Some(value(h.kind.as_deref(), &h.value)),
+            })
+            .collect(),
+        query_params: m
+            .query_params
+            .iter()
+            .flatten()
+            .map(|q| pb::QueryParamMatch {
+                name: q.name.clone(),
+                value: Some(match value(q.kind.as_deref(), &q.value) {
+                    pb::header_match::Value::Exact(v) => pb::query_param_match::Value::Exact(v),
+                    pb::header_match::Value::Regex(v) => pb::query_param_match::Value::Regex(v),
+                }),
+            })
+            .collect(),
+        method: m.method.clone().unwrap_or_default(),
+    }
+}
+
+type PrecedenceKey = (u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>, usize, usize, usize);
+
+/// The Gateway API's order: exact path, then longest prefix, then a method, then most header
+/// matches, then most query matches; ties by route age/name (the order of `routes`), then rule
+/// order. Regex paths are ranked between exact and prefix (the API leaves them open).
+fn precedence(m: &pb::RouteMatch, route: usize, rule: usize, idx: usize) -> PrecedenceKey {
+    use pb::path_match::Kind;
+    let (rank, len) = match m.path.as_ref() {
+        Some(p) if p.kind == Kind::Exact as i32 => (0, p.value.len()),
+        Some(p) if p.kind == Kind::Regex as i32 => (1, p.value.len()),
+        Some(p) => (2, p.value.len()),
+        None => (2, 1),
+    };
+    (
+        rank,
+        Reverse(len),
+        m.method.is_empty(),
+        Reverse(m.headers.len()),
+        Reverse(m.query_params.len()),
+        route,
+        rule,
+        idx,
+    )
+}
+
+/// A version string that changes exactly when the content changes.
+pub fn version_of(state: &pb::destination_update::State) -> String {
+    let bytes = match state {
+        pb::destination_update::State::Destination(d) => d.encode_to_vec(),
+        pb::destination_update::State::NotInMesh(n) => n.encode_to_vec(),
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn model(yaml: &str) -> Model {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+        let mut store = Store::new(dir.path());
+        store.scan().unwrap();
+        assert!(store.errors().is_empty(), "{:?}", store.errors());
+        Model::new(store.objects(), 1)
+    }
+
+    fn dest(m: &Model, authority: &str) -> pb::Destination {
+        match m.resolve(authority, "default") {
+            pb::destination_update::State::Destination(d) => d,
+            other => panic!("not a destination: {other:?}"),
+        }
+    }
+
+    const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v1}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-v1-abc
+  labels: {kubernetes.io/service-name: web-v1}
+addressType: IPv4
+ports: [{name: http, port: 9001, appProtocol: kubernetes.io/h2c}]
+endpoints:
+- addresses: ["127.0.0.1"]
+- addresses: ["127.0.0.2"]
+  conditions: {ready: false}
+"#;
+
+    #[test]
+    fn authorities_resolve_like_kubernetes_dns() {
+        let t = |a| parse_authority(a, "shop");
+        assert_eq!(t("web").unwrap().fqdn(), "web.shop.svc.cluster.local:80");
+        assert_eq!(t("web.default:8080").unwrap().fqdn(), "web.default.svc.cluster.local:8080");
+        assert_eq!(t("web.default.svc").unwrap().fqdn(), "web.default.svc.cluster.local:80");
+        assert_eq!(
+            t("web.default.svc.cluster.local.:81").unwrap().fqdn(),
+            "web.default.svc.cluster.local:81"
+        );
+        assert!(t("example.com.au.x.y").is_none());
+        assert!(t("[::1]:80").is_none());
+        assert!(t("web:0").is_none());
+    }
+
+    #[test]
+    fn service_port_maps_to_slice_port_by_name() {
+        let m = model(SERVICES);
+        let d = dest(&m, "web-v1");
+        let Some(pb::weighted_backend::Kind::Service(b)) = &d.rules[0].backends[0].kind else {
+            panic!()
+        };
+        assert_eq!(b.endpoints.len(), 1, "the unready endpoint is left out");
+        assert_eq!(b.endpoints[0].address, "127.0.0.1:9001");
+        assert_eq!(b.endpoints[0].protocol_hint, pb::ProtocolHint::H2 as i32);
+        assert!(matches!(
+            m.resolve("web:81", "default"),
+            pb::destination_update::State::NotInMesh(_)
+        ));
+        assert!(matches!(
+            m.resolve("nope", "default"),
+            pb::destination_update::State::NotInMesh(_)
+        ));
+    }
+
+    #[test]
+    fn split_with_missing_backend_fails_its_share() {
+        let m = model(&format!(
+            "{SERVICES}---\napiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{name: web}}\n\
+             spec:\n  service: web\n  backends:\n  - {{service: web-v1, weight: 3}}\n  - {{service: web-v9, weight: 1}}\n"
+        ));
+        let d = dest(&m, "web.default.svc.cluster.local:80");
+        assert_eq!(d.source, "TrafficSplit default/web");
+        let b = &d.rules[0].backends;
+        assert_eq!(b[0].weight, 3);
+        assert!(matches!(&b[1].kind, Some(pb::weighted_backend::Kind::Failure(f)) if f.http_status == 500));
+    }
+
+    #[test]
+    fn route_matches_are_ordered_by_precedence() {
+        let m = model(&format!(
+            "{SERVICES}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\n\
+             spec:\n  parentRefs: [{{group: '', kind: Service, name: web, port: 80}}]\n  rules:\n\
+             \x20 - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    backendRefs: [{{name: web-v1, port: 80}}]\n\
+             \x20 - matches: [{{path: {{type: PathPrefix, value: /api}}, headers: [{{name: X-V, value: two}}]}}, {{path: {{type: Exact, value: /x}}}}]\n    backendRefs: [{{name: web-v1, port: 80}}]\n\
+             \x20   timeouts: {{request: 2s}}\n"
+        ));
+        let d = dest(&m, "web");
+        let order: Vec<(String, u32)> = d
+            .matches
+            .iter()
+            .map(|m| (m.path.as_ref().unwrap().value.clone(), m.rule_index))
+            .collect();
+        assert_eq!(order, vec![("/x".into(), 1), ("/api".into(), 1), ("/".into(), 0)]);
+        assert_eq!(d.matches[1].headers[0].name, "x-v");
+        assert_eq!(d.rules[1].timeouts.unwrap().request_ms, 2000);
+    }
+}

@@ -1,0 +1,300 @@
+//! The configuration directory: which objects each file holds, with the last good version of
+//! every object kept in force when a new version of it is refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use crate::resources::{self, ObjectId, Parsed, Resource};
+
+/// A refused document, named by file, document number, object, field and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based position of the document in its file.
+    pub document: usize,
+    pub object: Option<String>,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, " document {}", self.document)?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, " ({object})")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": field `{}`", self.field)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// What a file looked like when last read: a changed stamp means read it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    stamp: Option<Stamp>,
+    objects: Vec<(ObjectId, Resource)>,
+    errors: Vec<ConfigError>,
+}
+
+/// Every object of every file in the directory, as last read successfully.
+#[derive(Debug, Default)]
+pub struct Store {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// The result of a scan that found changes.
+pub struct Change {
+    /// Files read again, removed or added.
+    pub files: Vec<PathBuf>,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads every file whose stamp changed since the last scan. Returns `None` when nothing
+    /// changed, so that an idle directory costs one `stat` per file and nothing downstream.
+    pub fn scan(&mut self) -> std::io::Result<Option<Change>> {
+        let mut present = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if !is_config_file(&path) {
+                continue;
+            }
+            // `metadata` follows symlinks, as a Kubernetes ConfigMap mount needs.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            present.insert(
+                path,
+                Stamp {
+                    modified: meta.modified().ok(),
+                    len: meta.len(),
+                },
+            );
+        }
+        let mut changed = Vec::new();
+        let removed: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains_key(*p))
+            .cloned()
+            .collect();
+        for path in removed {
+            tracing::info!(file = %path.display(), "configuration file removed");
+            self.files.remove(&path);
+            changed.push(path);
+        }
+        for (path, stamp) in present {
+            let state = self.files.entry(path.clone()).or_default();
+            if state.stamp.as_ref() == Some(&stamp) {
+                continue;
+            }
+            reload(&path, stamp, state);
+            changed.push(path);
+        }
+        Ok((!changed.is_empty()).then_some(Change { files: changed }))
+    }
+
+    /// All objects in force, files in name order; an object defined twice keeps the first.
+    pub fn objects(&self) -> Vec<(ObjectId, Resource)> {
+        let mut seen: HashMap<&ObjectId, &Path> = HashMap::new();
+        let mut out = Vec::new();
+        for (path, state) in &self.files {
+            for (id, resource) in &state.objects {
+                if let Some(first) = seen.get(id) {
+                    tracing::warn!(
+                        object = %id,
+                        file = %path.display(),
+                        first = %first.display(),
+                        "object defined twice; the first file (by name) wins"
+                    );
+                    continue;
+                }
+                seen.insert(id, path);
+                out.push((id.clone(), resource.clone()));
+            }
+        }
+        out
+    }
+
+    /// The documents refused in the current files.
+    pub fn errors(&self) -> Vec<ConfigError> {
+        self.files
+            .values()
+            .flat_map(|s| s.errors.iter().cloned())
+            .collect()
+    }
+}
+
+fn is_config_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let yaml = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e == "yaml" || e == "yml");
+    yaml && !hidden
+}
+
+/// Reads a file again. A document that is refused keeps the previous version of its object (when
+/// its identity can be read); a file that is not YAML at all keeps everything it had.
+fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
+    state.stamp = Some(stamp);
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let error = ConfigError {
+                file: path.to_path_buf(),
+                document: 0,
+                object: None,
+                field: String::new(),
+                reason: format!("cannot read: {e}"),
+            };
+            tracing::error!(error = %error, "configuration refused; the previous version stays in force");
+            state.errors = vec![error];
+            return;
+        }
+    };
+    let docs: Vec<Value> = match serde_saphyr::from_multiple(&text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            let error = ConfigError {
+                file: path.to_path_buf(),
+                document: 0,
+                object: None,
+                field: String::new(),
+                reason: format!("not valid YAML: {e}"),
+            };
+            tracing::error!(error = %error, "configuration refused; the previous version stays in force");
+            state.errors = vec![error];
+            return;
+        }
+    };
+    let previous = std::mem::take(&mut state.objects);
+    state.errors.clear();
+    for (i, doc) in docs.into_iter().enumerate() {
+        match resources::parse_document(doc) {
+            Ok(Parsed::Resource(id, resource)) => state.objects.push((id, *resource)),
+            Ok(Parsed::Empty) => {}
+            Ok(Parsed::Skipped { api_version, kind }) => {
+                tracing::info!(file = %path.display(), document = i + 1, %api_version, %kind, "kind not used by Pillion; skipped");
+            }
+            Err(rejected) => {
+                let error = ConfigError {
+                    file: path.to_path_buf(),
+                    document: i + 1,
+                    object: rejected.id.as_ref().map(ToString::to_string),
+                    field: rejected.error.field,
+                    reason: rejected.error.reason,
+                };
+                let kept = rejected
+                    .id
+                    .and_then(|id| previous.iter().find(|(p, _)| *p == id).cloned());
+                match kept {
+                    Some(old) => {
+                        tracing::error!(error = %error, "configuration refused; the previous version of this object stays in force");
+                        state.objects.push(old);
+                    }
+                    None => {
+                        tracing::error!(error = %error, "configuration refused");
+                    }
+                }
+                state.errors.push(error);
+            }
+        }
+    }
+    tracing::info!(file = %path.display(), objects = state.objects.len(), errors = state.errors.len(), "configuration file read");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPLIT: &str = "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\n\
+        metadata: {name: web}\nspec:\n  service: web\n  backends:\n  - {service: v1, weight: 90}\n  - {service: v2, weight: 10}\n";
+
+    fn weights(store: &Store) -> Vec<i64> {
+        store
+            .objects()
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                Resource::TrafficSplit(s) => Some(s.spec.backends.iter().map(|b| b.weight).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Writes a file so that its stamp surely changes (same-length rewrites within one mtime tick
+    /// would otherwise look unchanged to a scan).
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(1);
+        f.set_modified(later).unwrap();
+    }
+
+    #[test]
+    fn a_refused_document_keeps_the_previous_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("split.yaml");
+        write(&file, SPLIT);
+        let mut store = Store::new(dir.path());
+        assert!(store.scan().unwrap().is_some());
+        assert_eq!(weights(&store), vec![90, 10]);
+        assert!(store.scan().unwrap().is_none(), "nothing changed");
+
+        write(&file, &SPLIT.replace("weight: 10", "weight: -10"));
+        store.scan().unwrap();
+        assert_eq!(weights(&store), vec![90, 10]);
+        let errors = store.errors();
+        assert_eq!(errors.len(), 1);
+        let text = errors[0].to_string();
+        assert!(text.contains("split.yaml document 1 (TrafficSplit default/web): field `spec.backends[1].weight`"), "{text}");
+
+        write(&file, "this: is: not: yaml: [");
+        store.scan().unwrap();
+        assert_eq!(weights(&store), vec![90, 10]);
+        assert!(store.errors()[0].reason.contains("not valid YAML"));
+
+        write(&file, &SPLIT.replace("weight: 10", "weight: 50").replace("weight: 90", "weight: 50"));
+        store.scan().unwrap();
+        assert_eq!(weights(&store), vec![50, 50]);
+        assert!(store.errors().is_empty());
+
+        std::fs::remove_file(&file).unwrap();
+        store.scan().unwrap();
+        assert!(weights(&store).is_empty());
+    }
+}

@@ -1,0 +1,13 @@
+//! Pillion's control-plane API and the demo service, generated from `proto/`.
+
+pub mod discovery {
+    pub mod v1 {
+        tonic::include_proto!("pillion.discovery.v1");
+    }
+}
+
+pub mod demo {
+    pub mod v1 {
+        tonic::include_proto!("pillion.demo.v1");
+    }
+}
