@@ -47,7 +47,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         tokio::spawn(async move {
             let mut last_version = String::new();
             loop {
-                let state = model.borrow_and_update().resolve(&req.authority, &source_ns);
+                let state = model
+                    .borrow_and_update()
+                    .resolve(&req.authority, &source_ns);
                 let version = model::version_of(&state);
                 if version != last_version {
                     let update = pb::DestinationUpdate {

@@ -28,7 +28,11 @@ pub struct Args {
     #[arg(long, env = "PILLION_CONFIG_DIR")]
     pub config_dir: PathBuf,
     /// Address of the gRPC API the proxies connect to.
-    #[arg(long = "listen", env = "PILLION_CONTROL_LISTEN", default_value = "0.0.0.0:8086")]
+    #[arg(
+        long = "listen",
+        env = "PILLION_CONTROL_LISTEN",
+        default_value = "0.0.0.0:8086"
+    )]
     pub listen: SocketAddr,
 }
 
@@ -109,7 +113,9 @@ async fn watch_dir(mut store: Store, tx: watch::Sender<Arc<Model>>) {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PILLION_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = if std::env::var("PILLION_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

@@ -1,7 +1,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "pillion-control-plane", version, about = "Pillion control plane")]
+#[command(
+    name = "pillion-control-plane",
+    version,
+    about = "Pillion control plane"
+)]
 struct Cli {
     #[command(flatten)]
     args: pillion_control_plane::Args,

@@ -21,7 +21,7 @@ use crate::resources::{
     Resource, Service, ServicePort, TrafficSplit, namespace_of,
 };
 
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
+pub use pillion_proto::names::{CLUSTER_DOMAIN, Target, parse_authority};
 
 /// The objects in force, indexed for lookups.
 #[derive(Debug, Default)]
@@ -33,53 +33,6 @@ pub struct Model {
     route_groups: HashMap<(String, String), HttpRouteGroup>,
     routes: Vec<HttpRoute>,
     pub generation: u64,
-}
-
-/// A parsed authority: the Service and port it names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub namespace: String,
-    pub name: String,
-    pub port: u16,
-}
-
-impl Target {
-    pub fn fqdn(&self) -> String {
-        format!(
-            "{}.{}.svc.{CLUSTER_DOMAIN}:{}",
-            self.name, self.namespace, self.port
-        )
-    }
-}
-
-/// Resolves an authority the way Kubernetes DNS resolves names from a pod in `source_ns`:
-/// `web`, `web.ns`, `web.ns.svc`, `web.ns.svc.cluster.local`, each with an optional port (80 when
-/// absent). Anything else (an IP address, an outside host name) is not a Service.
-pub fn parse_authority(authority: &str, source_ns: &str) -> Option<Target> {
-    let authority = authority.trim().trim_end_matches('.');
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse::<u16>().ok().filter(|p| *p != 0)?),
-        Some(_) => return None, // an IPv6 literal
-        None => (authority, 80),
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let labels: Vec<&str> = host.split('.').collect();
-    if labels.iter().any(|l| l.is_empty()) {
-        return None;
-    }
-    let suffix: Vec<&str> = CLUSTER_DOMAIN.split('.').collect();
-    let (name, namespace) = match labels.as_slice() {
-        [name] => (*name, source_ns),
-        [name, ns] => (*name, *ns),
-        [name, ns, "svc"] => (*name, *ns),
-        [name, ns, "svc", rest @ ..] if rest == suffix.as_slice() => (*name, *ns),
-        _ => return None,
-    };
-    Some(Target {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        port,
-    })
 }
 
 impl Model {
@@ -124,9 +77,8 @@ impl Model {
 
     /// The complete state for an authority, as sent to a proxy.
     pub fn resolve(&self, authority: &str, source_ns: &str) -> pb::destination_update::State {
-        let not_in_mesh = |reason: String| {
-            pb::destination_update::State::NotInMesh(pb::NotInMesh { reason })
-        };
+        let not_in_mesh =
+            |reason: String| pb::destination_update::State::NotInMesh(pb::NotInMesh { reason });
         let Some(target) = parse_authority(authority, source_ns) else {
             return not_in_mesh(format!("`{authority}` is not a Service name"));
         };
@@ -134,10 +86,7 @@ impl Model {
             .services
             .get(&(target.namespace.clone(), target.name.clone()))
         else {
-            return not_in_mesh(format!(
-                "no Service {}/{}",
-                target.namespace, target.name
-            ));
+            return not_in_mesh(format!("no Service {}/{}", target.namespace, target.name));
         };
         if !service
             .spec
@@ -163,9 +112,8 @@ impl Model {
             .iter()
             .filter(|s| {
                 let ns = namespace_of(&s.metadata);
-                parse_authority(&s.spec.service, ns).is_some_and(|t| {
-                    t.namespace == target.namespace && t.name == target.name
-                })
+                parse_authority(&s.spec.service, ns)
+                    .is_some_and(|t| t.namespace == target.namespace && t.name == target.name)
             })
             .collect();
         if let Some((split, ignored)) = splits.split_first() {
@@ -250,12 +198,21 @@ impl Model {
                         let is_service = b.group.as_deref().unwrap_or_default().is_empty()
                             && b.kind.as_deref().unwrap_or("Service") == "Service";
                         if !is_service {
-                            return failure(weight, format!("backendRef kind {:?} is not supported", b.kind));
+                            return failure(
+                                weight,
+                                format!("backendRef kind {:?} is not supported", b.kind),
+                            );
                         }
                         if b.namespace.as_deref().is_some_and(|n| n != ns) {
-                            return failure(weight, "cross-namespace backendRefs are not supported".into());
+                            return failure(
+                                weight,
+                                "cross-namespace backendRefs are not supported".into(),
+                            );
                         }
-                        let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(target.port);
+                        let port = b
+                            .port
+                            .and_then(|p| u16::try_from(p).ok())
+                            .unwrap_or(target.port);
                         self.backend(ns, &b.name, port, weight)
                     })
                     .collect::<Vec<_>>();
@@ -302,7 +259,13 @@ impl Model {
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
         let source = routes
             .iter()
-            .map(|r| format!("HTTPRoute {}/{}", namespace_of(&r.metadata), r.metadata.name))
+            .map(|r| {
+                format!(
+                    "HTTPRoute {}/{}",
+                    namespace_of(&r.metadata),
+                    r.metadata.name
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         pb::Destination {
@@ -400,7 +363,12 @@ impl Model {
         let Some(service) = self.services.get(&(ns.to_string(), name.to_string())) else {
             return failure(weight, format!("no Service {ns}/{name}"));
         };
-        let Some(svc_port) = service.spec.ports.iter().find(|p| p.port == i64::from(port)) else {
+        let Some(svc_port) = service
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.port == i64::from(port))
+        else {
             return failure(weight, format!("Service {ns}/{name} has no port {port}"));
         };
         let endpoints = self.endpoints(ns, name, svc_port);
@@ -556,7 +524,16 @@ fn to_pb_match(rule_index: u32, m: &HttpRouteMatch) -> pb::RouteMatch {
     }
 }
 
-type PrecedenceKey = (u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>, usize, usize, usize);
+type PrecedenceKey = (
+    u8,
+    Reverse<usize>,
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+    usize,
+    usize,
+    usize,
+);
 
 /// The Gateway API's order: exact path, then longest prefix, then a method, then most header
 /// matches, then most query matches; ties by route age/name (the order of `routes`), then rule
@@ -640,21 +617,6 @@ endpoints:
 "#;
 
     #[test]
-    fn authorities_resolve_like_kubernetes_dns() {
-        let t = |a| parse_authority(a, "shop");
-        assert_eq!(t("web").unwrap().fqdn(), "web.shop.svc.cluster.local:80");
-        assert_eq!(t("web.default:8080").unwrap().fqdn(), "web.default.svc.cluster.local:8080");
-        assert_eq!(t("web.default.svc").unwrap().fqdn(), "web.default.svc.cluster.local:80");
-        assert_eq!(
-            t("web.default.svc.cluster.local.:81").unwrap().fqdn(),
-            "web.default.svc.cluster.local:81"
-        );
-        assert!(t("example.com.au.x.y").is_none());
-        assert!(t("[::1]:80").is_none());
-        assert!(t("web:0").is_none());
-    }
-
-    #[test]
     fn service_port_maps_to_slice_port_by_name() {
         let m = model(SERVICES);
         let d = dest(&m, "web-v1");
@@ -684,7 +646,9 @@ endpoints:
         assert_eq!(d.source, "TrafficSplit default/web");
         let b = &d.rules[0].backends;
         assert_eq!(b[0].weight, 3);
-        assert!(matches!(&b[1].kind, Some(pb::weighted_backend::Kind::Failure(f)) if f.http_status == 500));
+        assert!(
+            matches!(&b[1].kind, Some(pb::weighted_backend::Kind::Failure(f)) if f.http_status == 500)
+        );
     }
 
     #[test]
@@ -702,7 +666,10 @@ endpoints:
             .iter()
             .map(|m| (m.path.as_ref().unwrap().value.clone(), m.rule_index))
             .collect();
-        assert_eq!(order, vec![("/x".into(), 1), ("/api".into(), 1), ("/".into(), 0)]);
+        assert_eq!(
+            order,
+            vec![("/x".into(), 1), ("/api".into(), 1), ("/".into(), 0)]
+        );
         assert_eq!(d.matches[1].headers[0].name, "x-v");
         assert_eq!(d.rules[1].timeouts.unwrap().request_ms, 2000);
     }

@@ -502,10 +502,7 @@ fn validate_slice(s: &EndpointSlice) -> Result<(), FieldError> {
     if !matches!(s.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
         return Err(FieldError::new(
             "addressType",
-            format!(
-                "`{}` is not one of IPv4, IPv6, FQDN",
-                s.address_type
-            ),
+            format!("`{}` is not one of IPv4, IPv6, FQDN", s.address_type),
         ));
     }
     if !s.metadata.labels.contains_key(SERVICE_NAME_LABEL) {
@@ -541,10 +538,16 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 fn validate_split(s: &TrafficSplit) -> Result<(), FieldError> {
     if s.spec.service.is_empty() {
-        return Err(FieldError::new("spec.service", "must name the root service"));
+        return Err(FieldError::new(
+            "spec.service",
+            "must name the root service",
+        ));
     }
     if s.spec.backends.is_empty() {
-        return Err(FieldError::new("spec.backends", "needs at least one backend"));
+        return Err(FieldError::new(
+            "spec.backends",
+            "needs at least one backend",
+        ));
     }
     for (i, b) in s.spec.backends.iter().enumerate() {
         if b.service.is_empty() {
@@ -838,7 +841,10 @@ mod tests {
 
     #[test]
     fn the_gateway_api_examples_parse() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/specs/gateway-api/examples");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/specs/gateway-api/examples"
+        );
         let Ok(entries) = std::fs::read_dir(dir) else {
             return; // shared/ is beside the checkout in development and CI
         };

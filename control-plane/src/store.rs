@@ -249,7 +249,9 @@ mod tests {
             .objects()
             .into_iter()
             .filter_map(|(_, r)| match r {
-                Resource::TrafficSplit(s) => Some(s.spec.backends.iter().map(|b| b.weight).collect::<Vec<_>>()),
+                Resource::TrafficSplit(s) => {
+                    Some(s.spec.backends.iter().map(|b| b.weight).collect::<Vec<_>>())
+                }
                 _ => None,
             })
             .flatten()
@@ -281,14 +283,24 @@ mod tests {
         let errors = store.errors();
         assert_eq!(errors.len(), 1);
         let text = errors[0].to_string();
-        assert!(text.contains("split.yaml document 1 (TrafficSplit default/web): field `spec.backends[1].weight`"), "{text}");
+        assert!(
+            text.contains(
+                "split.yaml document 1 (TrafficSplit default/web): field `spec.backends[1].weight`"
+            ),
+            "{text}"
+        );
 
         write(&file, "this: is: not: yaml: [");
         store.scan().unwrap();
         assert_eq!(weights(&store), vec![90, 10]);
         assert!(store.errors()[0].reason.contains("not valid YAML"));
 
-        write(&file, &SPLIT.replace("weight: 10", "weight: 50").replace("weight: 90", "weight: 50"));
+        write(
+            &file,
+            &SPLIT
+                .replace("weight: 10", "weight: 50")
+                .replace("weight: 90", "weight: 50"),
+        );
         store.scan().unwrap();
         assert_eq!(weights(&store), vec![50, 50]);
         assert!(store.errors().is_empty());

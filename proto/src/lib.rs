@@ -11,3 +11,4 @@ pub mod demo {
         tonic::include_proto!("pillion.demo.v1");
     }
 }
+pub mod names;

@@ -1,1 +1,177 @@
+//! Pillion's sidecar proxy.
+//!
+//! ```text
+//! app ─▶ outbound listener ─▶ detect ─▶ route ─▶ split ─▶ balance ─▶ endpoint ─▶ peer proxy
+//! peer ─▶ inbound listener ─▶ detect ─▶ local application
+//! ```
 
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod detect;
+pub mod discovery;
+pub mod errors;
+pub mod forward;
+pub mod inbound;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod pool;
+pub mod routing;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// A bound proxy: its addresses, and the switch that starts a graceful shutdown.
+pub struct Proxy {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl Proxy {
+    /// Stops accepting; in-flight requests finish within the grace period.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once a shutdown has started (from `/shutdown` or [`Proxy::shutdown`]).
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Binds every listener (so that a bad address fails at start), then returns the future
+    /// that runs the proxy until a shutdown completes.
+    pub async fn bind(
+        config: Config,
+    ) -> anyhow::Result<(Proxy, impl std::future::Future<Output = ()> + Send)> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind the {what} listener on {addr}: {e}"))
+        };
+        let outbound = bind(config.outbound_listen, "outbound").await?;
+        let inbound = bind(config.inbound_listen, "inbound").await?;
+        let admin = bind(config.admin_listen, "admin").await?;
+        let (outbound_addr, inbound_addr, admin_addr) = (
+            outbound.local_addr()?,
+            inbound.local_addr()?,
+            admin.local_addr()?,
+        );
+
+        let metrics = Arc::new(metrics::Metrics::new());
+        let dests = discovery::Destinations::new(
+            &config.control_plane_addr,
+            config.namespace.clone(),
+            config.workload.clone(),
+            config.connect_timeout,
+            config.discovery_timeout,
+            metrics.clone(),
+        )?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shutdown_tx = Arc::new(shutdown_tx);
+        let listener_cfg = Arc::new(server::ListenerConfig {
+            detect_timeout: config.detect_timeout,
+            opaque_ports: config.opaque_ports.clone(),
+        });
+        let tracker = server::Tracker::default();
+
+        let out_handler = Arc::new(outbound::Outbound {
+            dests: dests.clone(),
+            metrics: metrics.clone(),
+            namespace: config.namespace.clone(),
+            passthrough: balance::EndpointCache::new(config.connect_timeout),
+            connect_timeout: config.connect_timeout,
+            own_ports: vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()],
+        });
+        let in_handler = Arc::new(inbound::Inbound {
+            forward_to: config.inbound_forward,
+            app: balance::EndpointCache::new(config.connect_timeout),
+            metrics: metrics.clone(),
+            connect_timeout: config.connect_timeout,
+        });
+        let admin_srv = Arc::new(admin::Admin {
+            metrics: metrics.clone(),
+            dests: dests.clone(),
+            shutdown: shutdown_tx.clone(),
+            workload: config.workload.clone(),
+        });
+        tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, control_plane = %config.control_plane_addr, workload = %config.workload, "proxy listening");
+
+        let grace = config.shutdown_grace;
+        let mut done_rx = shutdown_rx.clone();
+        let run = async move {
+            let background = [
+                tokio::spawn(dests.clone().probe()),
+                tokio::spawn(dests.clone().sweep()),
+                tokio::spawn(admin_srv.serve(admin)),
+            ];
+            let out = tokio::spawn(server::serve(
+                outbound,
+                out_handler,
+                listener_cfg.clone(),
+                metrics.clone(),
+                tracker.clone(),
+                shutdown_rx.clone(),
+            ));
+            let inb = tokio::spawn(server::serve(
+                inbound,
+                in_handler,
+                listener_cfg,
+                metrics,
+                tracker.clone(),
+                shutdown_rx,
+            ));
+            let _ = done_rx.wait_for(|s| *s).await;
+            let _ = tokio::join!(out, inb);
+            let open = tracker.count();
+            tracing::info!(
+                open,
+                grace_secs = grace.as_secs(),
+                "stopped accepting; waiting for open connections"
+            );
+            if tokio::time::timeout(grace, tracker.idle()).await.is_err() {
+                tracing::warn!(
+                    open = tracker.count(),
+                    "grace period over; closing what is left"
+                );
+            }
+            for task in background {
+                task.abort();
+            }
+            tracing::info!("proxy stopped");
+        };
+        Ok((
+            Proxy {
+                outbound_addr,
+                inbound_addr,
+                admin_addr,
+                shutdown: shutdown_tx,
+            },
+            run,
+        ))
+    }
+}
+
+/// Installs the log subscriber: `PILLION_LOG` is the filter, `PILLION_LOG_FORMAT=json` for JSON.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PILLION_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("PILLION_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,208 @@
+//! Endpoint selection: power of two choices over a peak-EWMA latency estimate (as in Finagle
+//! and Linkerd). Each endpoint's estimate and its connections live in one shared `Endpoint`
+//! that configuration updates carry over by address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use pillion_proto::discovery::v1::ProtocolHint;
+use rand::Rng;
+
+use crate::pool::Conns;
+
+/// The estimate a new endpoint starts with: optimistic enough to get tried, not so low that it
+/// takes everything before its first answer.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast the estimate forgets a peak.
+const DECAY: Duration = Duration::from_secs(10);
+
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub hint: ProtocolHint,
+    pub conns: Conns,
+    /// Requests sent and not yet finished (until the response body ends).
+    pending: AtomicU32,
+    ewma: Mutex<Ewma>,
+}
+
+struct Ewma {
+    rtt_ns: f64,
+    stamp: Instant,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, hint: ProtocolHint, connect_timeout: Duration) -> Self {
+        Endpoint {
+            addr,
+            hint,
+            conns: Conns::new(addr, connect_timeout),
+            pending: AtomicU32::new(0),
+            ewma: Mutex::new(Ewma {
+                rtt_ns: DEFAULT_RTT.as_nanos() as f64,
+                stamp: Instant::now(),
+            }),
+        }
+    }
+
+    fn ewma(&self) -> std::sync::MutexGuard<'_, Ewma> {
+        match self.ewma.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The cost of sending one more request here: estimated latency times outstanding work.
+    pub fn load(&self) -> f64 {
+        let rtt = self.ewma().rtt_ns;
+        rtt * f64::from(self.pending.load(Ordering::Relaxed) + 1)
+    }
+
+    /// Records one observed latency: a peak is taken at once, a dip decays in over `DECAY`.
+    pub fn observe(&self, rtt: Duration) {
+        let now = Instant::now();
+        let rtt = rtt.as_nanos() as f64;
+        let mut e = self.ewma();
+        if rtt > e.rtt_ns {
+            e.rtt_ns = rtt;
+        } else {
+            let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
+            let w = (-elapsed / DECAY.as_secs_f64()).exp();
+            e.rtt_ns = e.rtt_ns * w + rtt * (1.0 - w);
+        }
+        e.stamp = now;
+    }
+
+    /// Counts a request as outstanding until the guard drops.
+    pub fn start(self: &Arc<Self>) -> PendingGuard {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        PendingGuard(self.clone())
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "address": self.addr.to_string(),
+            "protocolHint": self.hint.as_str_name(),
+            "pending": self.pending.load(Ordering::Relaxed),
+            "ewmaMs": self.ewma().rtt_ns / 1e6,
+        })
+    }
+}
+
+pub struct PendingGuard(Arc<Endpoint>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Endpoints that are not discovered but fixed by the connection: the local application
+/// (inbound) and original destinations outside the mesh (outbound, transparent mode). Cached so
+/// their connections are pooled.
+pub struct EndpointCache {
+    connect_timeout: Duration,
+    map: Mutex<std::collections::HashMap<SocketAddr, Arc<Endpoint>>>,
+}
+
+/// More distinct addresses than this and the cache starts over (it only holds pools).
+const CACHE_MAX: usize = 1024;
+
+impl EndpointCache {
+    pub fn new(connect_timeout: Duration) -> Self {
+        EndpointCache {
+            connect_timeout,
+            map: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, addr: SocketAddr) -> Arc<Endpoint> {
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() >= CACHE_MAX && !map.contains_key(&addr) {
+            map.clear();
+        }
+        map.entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Endpoint::new(
+                    addr,
+                    ProtocolHint::Unspecified,
+                    self.connect_timeout,
+                ))
+            })
+            .clone()
+    }
+}
+
+/// Two endpoints at random; the one with the lower load.
+pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    match endpoints.len() {
+        0 => None,
+        1 => endpoints.first(),
+        n => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ea, eb) = (&endpoints[a], &endpoints[b]);
+            Some(if ea.load() <= eb.load() { ea } else { eb })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(port: u16) -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            ProtocolHint::Unspecified,
+            Duration::from_secs(1),
+        ))
+    }
+
+    #[test]
+    fn slow_endpoint_gets_less_traffic() {
+        let fast = ep(1);
+        let slow = ep(2);
+        fast.observe(Duration::from_millis(1));
+        slow.observe(Duration::from_millis(500));
+        let eps = vec![fast.clone(), slow.clone()];
+        let picks_fast = (0..100)
+            .filter(|_| Arc::ptr_eq(pick(&eps).unwrap(), &fast))
+            .count();
+        assert_eq!(
+            picks_fast, 100,
+            "with two endpoints p2c always compares both"
+        );
+    }
+
+    #[test]
+    fn pending_requests_raise_the_load() {
+        let e = ep(1);
+        let before = e.load();
+        let guard = e.start();
+        assert!(e.load() > before);
+        drop(guard);
+        assert_eq!(e.load(), before);
+    }
+
+    #[test]
+    fn peaks_count_at_once_and_decay_slowly() {
+        let e = ep(1);
+        e.observe(Duration::from_millis(200));
+        assert!(e.load() >= 200e6);
+        e.observe(Duration::from_millis(1));
+        assert!(
+            e.load() > 150e6,
+            "a dip right after a peak barely moves the estimate"
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! The body type the proxy moves around, and a wrapper that runs something when a body ends.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Any body, streamed: requests and responses pass through without being buffered.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn boxed<B>(body: B) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    boxed(http_body_util::Full::new(bytes.into()).map_err(|never| match never {}))
+}
+
+pub fn empty() -> Body {
+    boxed(http_body_util::Empty::new().map_err(|never| match never {}))
+}
+
+/// A body that holds `guard` until it is read to the end or dropped: how long a response
+/// "is in flight" for the balancer includes streaming its body.
+pub struct Guarded<G> {
+    inner: Body,
+    guard: Option<G>,
+}
+
+impl<G: Send + Unpin + 'static> Guarded<G> {
+    pub fn wrap(inner: Body, guard: G) -> Body {
+        if inner.is_end_stream() {
+            drop(guard);
+            return inner;
+        }
+        UnsyncBoxBody::new(Guarded {
+            inner,
+            guard: Some(guard),
+        })
+    }
+}
+
+impl<G: Unpin> HttpBody for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard = None;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,233 @@
+//! The proxy's configuration: `PILLION_*` environment variables only, parsed once at start.
+//!
+//! Read through [`Env`] so that tests hand the parser a map instead of the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where configuration values come from.
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl Env for HashMap<&str, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+/// A variable that is set but wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port` of the control plane's gRPC API.
+    pub control_plane_addr: String,
+    pub outbound_listen: SocketAddr,
+    pub inbound_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The local application; `None`: 127.0.0.1 at the connection's original destination port.
+    pub inbound_forward: Option<SocketAddr>,
+    pub namespace: String,
+    /// `namespace/name`.
+    pub workload: String,
+    pub shutdown_grace: Duration,
+    pub connect_timeout: Duration,
+    /// How long protocol detection waits for the client's first bytes before treating the
+    /// connection as opaque TCP.
+    pub detect_timeout: Duration,
+    /// Ports whose protocols speak first from the server (SMTP, MySQL, ...): no detection.
+    pub opaque_ports: Vec<u16>,
+    /// How long a request waits for the first answer about a destination it has never seen.
+    pub discovery_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let control_plane_addr = match env.get("PILLION_CONTROL_PLANE_ADDR") {
+            Some(v) if valid_host_port(&v) => v,
+            Some(v) => {
+                return Err(ConfigError {
+                    var: "PILLION_CONTROL_PLANE_ADDR",
+                    value: v,
+                    reason: "expected host:port".into(),
+                });
+            }
+            None => {
+                return Err(ConfigError {
+                    var: "PILLION_CONTROL_PLANE_ADDR",
+                    value: String::new(),
+                    reason: "required (host:port of the control plane)".into(),
+                });
+            }
+        };
+        let workload = env
+            .get("PILLION_WORKLOAD")
+            .unwrap_or_else(|| "default/unknown".into());
+        let namespace = match workload.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                ns.to_string()
+            }
+            _ => {
+                return Err(ConfigError {
+                    var: "PILLION_WORKLOAD",
+                    value: workload,
+                    reason: "expected namespace/name".into(),
+                });
+            }
+        };
+        Ok(Config {
+            control_plane_addr,
+            outbound_listen: addr(env, "PILLION_OUTBOUND_LISTEN", "127.0.0.1:4140")?,
+            inbound_listen: addr(env, "PILLION_INBOUND_LISTEN", "0.0.0.0:4143")?,
+            admin_listen: addr(env, "PILLION_ADMIN_LISTEN", "0.0.0.0:4191")?,
+            inbound_forward: match env.get("PILLION_INBOUND_FORWARD") {
+                Some(v) => Some(parse_addr("PILLION_INBOUND_FORWARD", &v)?),
+                None => None,
+            },
+            namespace,
+            workload,
+            shutdown_grace: duration(env, "PILLION_SHUTDOWN_GRACE", "30s")?,
+            connect_timeout: duration(env, "PILLION_CONNECT_TIMEOUT", "1s")?,
+            detect_timeout: duration(env, "PILLION_DETECT_TIMEOUT", "10s")?,
+            opaque_ports: ports(
+                env,
+                "PILLION_OPAQUE_PORTS",
+                "25,587,3306,4444,5432,6379,9300,11211",
+            )?,
+            discovery_timeout: duration(env, "PILLION_DISCOVERY_TIMEOUT", "10s")?,
+        })
+    }
+}
+
+fn valid_host_port(v: &str) -> bool {
+    match v.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+fn parse_addr(var: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| ConfigError {
+        var,
+        value: v.to_string(),
+        reason: "expected ip:port (IPv6 as [::1]:port)".into(),
+    })
+}
+
+fn addr(env: &dyn Env, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+    parse_addr(var, &env.get(var).unwrap_or_else(|| default.to_string()))
+}
+
+fn duration(env: &dyn Env, var: &'static str, default: &str) -> Result<Duration, ConfigError> {
+    let v = env.get(var).unwrap_or_else(|| default.to_string());
+    parse_duration(&v).ok_or(ConfigError {
+        var,
+        value: v,
+        reason: "expected a duration such as 500ms, 10s or 2m".into(),
+    })
+}
+
+/// `500ms`, `10s`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+fn ports(env: &dyn Env, var: &'static str, default: &str) -> Result<Vec<u16>, ConfigError> {
+    let v = env.get(var).unwrap_or_else(|| default.to_string());
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>().map_err(|_| ConfigError {
+                var,
+                value: v.clone(),
+                reason: format!("`{p}` is not a port number"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
+        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_env(&env(&[("PILLION_CONTROL_PLANE_ADDR", "cp:8086")])).unwrap();
+        assert_eq!(c.outbound_listen.to_string(), "127.0.0.1:4140");
+        assert_eq!(c.inbound_listen.to_string(), "0.0.0.0:4143");
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:4191");
+        assert_eq!(c.namespace, "default");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert!(c.opaque_ports.contains(&3306));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Config::from_env(&env(&[])).unwrap_err();
+        assert_eq!(err.var, "PILLION_CONTROL_PLANE_ADDR");
+        for (var, value) in [
+            ("PILLION_OUTBOUND_LISTEN", "localhost"),
+            ("PILLION_WORKLOAD", "no-namespace"),
+            ("PILLION_SHUTDOWN_GRACE", "soon"),
+            ("PILLION_OPAQUE_PORTS", "25,smtp"),
+        ] {
+            let err = Config::from_env(&env(&[
+                ("PILLION_CONTROL_PLANE_ADDR", "cp:8086"),
+                (var, value),
+            ]))
+            .unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn ipv6_listeners_parse() {
+        let c = Config::from_env(&env(&[
+            ("PILLION_CONTROL_PLANE_ADDR", "[::1]:8086"),
+            ("PILLION_INBOUND_LISTEN", "[::]:4143"),
+            ("PILLION_WORKLOAD", "shop/cart"),
+        ]))
+        .unwrap();
+        assert!(c.inbound_listen.is_ipv6());
+        assert_eq!(c.namespace, "shop");
+    }
+}

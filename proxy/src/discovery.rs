@@ -1,0 +1,265 @@
+//! The proxy's side of discovery: one watch per destination, opened the first time a request
+//! needs it, each keeping the latest snapshot in a `watch` channel that requests read without
+//! waiting. A lost control plane leaves every snapshot in force; watches reconnect with backoff.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use pb::discovery_client::DiscoveryClient;
+use pillion_proto::discovery::v1 as pb;
+use rand::Rng;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::balance::Endpoint;
+use crate::errors::ProxyError;
+use crate::metrics::Metrics;
+use crate::routing::Snapshot;
+
+/// A destination nobody asked for in this long is forgotten (its watch closed).
+const IDLE_AFTER: Duration = Duration::from_secs(600);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+struct Watched {
+    rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    task: tokio::task::AbortHandle,
+    /// Milliseconds since `Destinations::epoch` of the last request.
+    last_used: AtomicU64,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct Destinations {
+    client: DiscoveryClient<Channel>,
+    namespace: String,
+    workload: String,
+    connect_timeout: Duration,
+    discovery_timeout: Duration,
+    metrics: Arc<Metrics>,
+    epoch: Instant,
+    map: RwLock<HashMap<String, Arc<Watched>>>,
+    ready: AtomicBool,
+}
+
+impl Destinations {
+    pub fn new(
+        control_plane_addr: &str,
+        namespace: String,
+        workload: String,
+        connect_timeout: Duration,
+        discovery_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{control_plane_addr}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+        Ok(Arc::new(Destinations {
+            client: DiscoveryClient::new(channel),
+            namespace,
+            workload,
+            connect_timeout,
+            discovery_timeout,
+            metrics,
+            epoch: Instant::now(),
+            map: RwLock::new(HashMap::new()),
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    /// Ready once the control plane has answered once; it stays ready when the control plane
+    /// goes away later, since the proxy keeps serving with what it has.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn connected(&self, yes: bool) {
+        if yes {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        self.metrics.control_plane_connected.set(i64::from(yes));
+    }
+
+    /// Asks the control plane who it is until it answers, then every few seconds, to keep the
+    /// `control_plane_connected` gauge true.
+    pub async fn probe(self: Arc<Self>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let req = pb::InfoRequest {
+                source_workload: self.workload.clone(),
+            };
+            let ok = tokio::time::timeout(Duration::from_secs(5), self.client.clone().info(req))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            self.connected(ok);
+            let wait = if ok {
+                backoff = BACKOFF_MIN;
+                Duration::from_secs(5)
+            } else {
+                backoff = next_backoff(backoff);
+                backoff
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The current snapshot for a canonical destination name, opening a watch the first time.
+    /// Only a destination never seen before waits (for its first answer, bounded).
+    pub async fn get(self: &Arc<Self>, fqdn: &str) -> Result<Arc<Snapshot>, ProxyError> {
+        let watched = self.watched(fqdn);
+        watched
+            .last_used
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(s) = watched.rx.borrow().as_ref() {
+            return Ok(s.clone());
+        }
+        let mut rx = watched.rx.clone();
+        match tokio::time::timeout(self.discovery_timeout, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(s)) => s
+                .as_ref()
+                .cloned()
+                .ok_or(ProxyError::Unavailable("control plane unavailable")),
+            _ => Err(ProxyError::Unavailable("control plane unavailable")),
+        }
+    }
+
+    fn watched(self: &Arc<Self>, fqdn: &str) -> Arc<Watched> {
+        if let Some(w) = read(&self.map).get(fqdn) {
+            return w.clone();
+        }
+        let mut map = write(&self.map);
+        if let Some(w) = map.get(fqdn) {
+            return w.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(self.clone().watch(fqdn.to_string(), tx)).abort_handle();
+        let w = Arc::new(Watched {
+            rx,
+            task,
+            last_used: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+        });
+        map.insert(fqdn.to_string(), w.clone());
+        self.metrics.destinations.set(map.len() as i64);
+        w
+    }
+
+    /// Keeps one destination's snapshot current, reconnecting with backoff.
+    async fn watch(self: Arc<Self>, fqdn: String, tx: watch::Sender<Option<Arc<Snapshot>>>) {
+        let mut endpoints: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let req = pb::WatchRequest {
+                authority: fqdn.clone(),
+                source_namespace: self.namespace.clone(),
+                source_workload: self.workload.clone(),
+            };
+            match self.client.clone().watch(req).await {
+                Ok(resp) => {
+                    let mut stream = resp.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(update)) => {
+                                backoff = BACKOFF_MIN;
+                                self.connected(true);
+                                self.metrics.destination_updates.inc();
+                                let version = update.version.clone();
+                                match Snapshot::compile(
+                                    update,
+                                    &mut endpoints,
+                                    self.connect_timeout,
+                                ) {
+                                    Ok(s) => {
+                                        tracing::debug!(%fqdn, %version, "destination updated");
+                                        tx.send_replace(Some(Arc::new(s)));
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(%fqdn, %version, error = %e, "destination update refused; keeping the previous one");
+                                    }
+                                }
+                            }
+                            Ok(None) => {
+                                tracing::info!(%fqdn, "control plane closed the watch; reconnecting");
+                                break;
+                            }
+                            Err(status) => {
+                                tracing::warn!(%fqdn, error = %status, "watch failed; keeping the last state and reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(%fqdn, error = %status.message(), "cannot reach the control plane; retrying");
+                    self.connected(false);
+                }
+            }
+            backoff = next_backoff(backoff);
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Forgets destinations not used for a while; run periodically.
+    pub async fn sweep(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            interval.tick().await;
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let mut map = write(&self.map);
+            map.retain(|fqdn, w| {
+                let keep = now.saturating_sub(w.last_used.load(Ordering::Relaxed))
+                    < IDLE_AFTER.as_millis() as u64;
+                if !keep {
+                    tracing::debug!(%fqdn, "idle destination forgotten");
+                }
+                keep
+            });
+            self.metrics.destinations.set(map.len() as i64);
+        }
+    }
+
+    /// For `/config`.
+    pub fn describe(&self) -> serde_json::Value {
+        let map = read(&self.map);
+        let mut out = serde_json::Map::new();
+        for (fqdn, w) in map.iter() {
+            let v = match w.rx.borrow().as_ref() {
+                Some(s) => s.describe(),
+                None => serde_json::json!({ "pending": true }),
+            };
+            out.insert(fqdn.clone(), v);
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+/// Doubles, with jitter, up to the maximum.
+fn next_backoff(current: Duration) -> Duration {
+    let doubled = (current * 2).min(BACKOFF_MAX);
+    let jitter = rand::rng().random_range(0..=doubled.as_millis() as u64 / 4);
+    doubled - Duration::from_millis(jitter)
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match l.read() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    match l.write() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}

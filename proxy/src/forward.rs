@@ -1,0 +1,368 @@
+//! Sending one request to one endpoint: hop-by-hop headers (RFC 9110 §7.6.1), the request
+//! target's form for the protocol spoken upstream, timeouts (the route's and `grpc-timeout`),
+//! HTTP/1.1 upgrades (WebSocket) passed through, and the balancer's bookkeeping.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::balance::Endpoint;
+use crate::body::{self, Body, Guarded};
+use crate::errors::ProxyError;
+use crate::metrics::{Direction, Label, LatencyLabels, Metrics, RequestLabels, ResponseLabels};
+use crate::pool::Protocol;
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [&str; 6] = [
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Removes hop-by-hop headers, keeping `te: trailers` (gRPC needs it at every hop) and, for
+/// an upgrade, the `Upgrade` header with `Connection: upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for name in listed {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrading && let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
+pub fn authority_of(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Picks the protocol for an endpoint: its hint if it has one, else the request's own.
+pub fn protocol_for(endpoint: &Endpoint, req: &Request<Incoming>) -> Protocol {
+    use pillion_proto::discovery::v1::ProtocolHint;
+    match endpoint.hint {
+        ProtocolHint::H2 => Protocol::Http2,
+        ProtocolHint::Http1 => Protocol::Http1,
+        _ if req.version() == Version::HTTP_2 => Protocol::Http2,
+        _ => Protocol::Http1,
+    }
+}
+
+/// Sends `req` to `endpoint` and returns the response to give the client.
+pub async fn forward(
+    endpoint: &Arc<Endpoint>,
+    mut req: Request<Incoming>,
+    authority: &str,
+    timeout: Option<Duration>,
+) -> Result<Response<Body>, ProxyError> {
+    let protocol = protocol_for(endpoint, &req);
+    let client_version = req.version();
+    let upgrading = protocol == Protocol::Http1 && wants_upgrade(&req);
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrading);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    match protocol {
+        Protocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri =
+                Uri::try_from(path).map_err(|_| ProxyError::BadRequest("bad request target"))?;
+            if !parts.headers.contains_key(header::HOST) {
+                let host = HeaderValue::from_str(authority)
+                    .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        Protocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+            parts.headers.remove(header::HOST);
+        }
+    }
+    let upstream_req = Request::from_parts(parts, body::boxed(incoming));
+
+    let guard = endpoint.start();
+    let started = Instant::now();
+    let send = endpoint.conns.send(upstream_req, protocol);
+    let result = match timeout {
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .unwrap_or(Err(ProxyError::Timeout)),
+        None => send.await,
+    };
+    let mut resp = match result {
+        Ok(resp) => {
+            endpoint.observe(started.elapsed());
+            resp
+        }
+        Err(e) => {
+            // A failing endpoint looks slow, so the balancer steers away from it.
+            if !matches!(e, ProxyError::Timeout) {
+                endpoint.observe(Duration::from_secs(1));
+            }
+            return Err(e);
+        }
+    };
+
+    if let Some(client_upgrade) = client_upgrade
+        && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let _guard = guard;
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        parts.version = client_version;
+        return Ok(Response::from_parts(parts, body::empty()));
+    }
+
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    parts.version = client_version;
+    Ok(Response::from_parts(
+        parts,
+        Guarded::wrap(body::boxed(incoming), guard),
+    ))
+}
+
+/// Forwards an opaque TCP connection to `addr`, bytes as they are.
+pub async fn tcp<S>(mut io: S, addr: std::net::SocketAddr, connect_timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let upstream =
+        tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await;
+    let mut upstream = match upstream {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%addr, error = %e, "opaque connect failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%addr, "opaque connect timed out");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
+        tracing::debug!(%addr, error = %e, "opaque connection ended");
+    }
+}
+
+/// The shortest of the timeouts that apply.
+pub fn shortest(timeouts: impl IntoIterator<Item = Option<Duration>>) -> Option<Duration> {
+    timeouts.into_iter().flatten().min()
+}
+
+/// What a request is counted under; filled in as routing learns more.
+#[derive(Clone)]
+pub struct Observation {
+    pub direction: Direction,
+    pub authority: Label,
+    pub route: Label,
+    pub backend: Label,
+    pub started: Instant,
+}
+
+impl Observation {
+    pub fn new(direction: Direction, authority: Label) -> Self {
+        Observation {
+            direction,
+            authority,
+            route: Label::default(),
+            backend: Label::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts the request and its response (or the proxy's error), and turns an error into the
+    /// response the client gets.
+    pub fn finish(
+        self,
+        metrics: &Metrics,
+        result: Result<Response<Body>, ProxyError>,
+        grpc: bool,
+    ) -> Response<Body> {
+        let (resp, error) = match result {
+            Ok(resp) => (resp, Label::default()),
+            Err(e) => {
+                let reason = e.reason();
+                match &e {
+                    ProxyError::Upstream(_) | ProxyError::Connect(..) => {
+                        tracing::info!(authority = %self.authority.0, backend = %self.backend.0, error = %e, "request failed");
+                    }
+                    _ => {
+                        tracing::debug!(authority = %self.authority.0, error = %e, "request refused")
+                    }
+                }
+                (e.into_response(grpc), Label::from(reason))
+            }
+        };
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: self.direction,
+                authority: self.authority.clone(),
+                route: self.route.clone(),
+                backend: self.backend.clone(),
+            })
+            .inc();
+        let grpc_status = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(Label::from)
+            .unwrap_or_default();
+        metrics
+            .responses
+            .get_or_create(&ResponseLabels {
+                direction: self.direction,
+                authority: self.authority.clone(),
+                route: self.route,
+                backend: self.backend.clone(),
+                status_code: resp.status().as_u16(),
+                grpc_status,
+                error,
+            })
+            .inc();
+        metrics
+            .latency
+            .get_or_create(&LatencyLabels {
+                direction: self.direction,
+                authority: self.authority,
+                backend: self.backend,
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_te_trailers_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-kept"], "1");
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let t = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_static(v));
+            grpc_timeout(&h)
+        };
+        assert_eq!(t("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("123456789S"), None);
+        assert_eq!(t("10x"), None);
+    }
+}

@@ -1,0 +1,162 @@
+//! Connections to one endpoint: one multiplexed HTTP/2 connection, and a pool of idle HTTP/1.1
+//! connections. Requests that provably never reached the peer (the connection was found dead
+//! before the request was written) are sent again on a fresh connection.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::errors::ProxyError;
+
+/// Idle HTTP/1.1 connections kept per endpoint, and for how long.
+const MAX_IDLE: usize = 64;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+pub struct Conns {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    /// Held across the handshake so that concurrent requests share one new connection.
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    h1_idle: Arc<Mutex<Vec<(http1::SendRequest<Body>, Instant)>>>,
+}
+
+impl Conns {
+    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
+        Conns {
+            addr,
+            connect_timeout,
+            h2: tokio::sync::Mutex::new(None),
+            h1_idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(self.addr))?
+            .map_err(|e| ProxyError::Connect(self.addr, e))?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    /// Sends a request, retrying once on a new connection if the pooled one was dead before
+    /// the request went out.
+    pub async fn send(
+        &self,
+        req: http::Request<Body>,
+        protocol: Protocol,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        let mut req = req;
+        for attempt in 0..2 {
+            let fresh = attempt > 0;
+            let result = match protocol {
+                Protocol::Http2 => {
+                    let mut sender = self.h2_sender(fresh).await?;
+                    sender.try_send_request(req).await
+                }
+                Protocol::Http1 => {
+                    let mut sender = self.h1_sender(fresh).await?;
+                    let result = sender.try_send_request(req).await;
+                    if result.is_ok() {
+                        self.release_h1(sender);
+                    }
+                    result
+                }
+            };
+            match result {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(r) if !fresh => {
+                        tracing::debug!(addr = %self.addr, error = %e.error(), "connection was dead before the request was sent; retrying");
+                        req = r;
+                    }
+                    _ => return Err(ProxyError::Upstream(e.into_error())),
+                },
+            }
+        }
+        Err(ProxyError::Unavailable("retry budget exhausted"))
+    }
+
+    async fn h2_sender(&self, fresh: bool) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let mut slot = self.h2.lock().await;
+        if !fresh
+            && let Some(s) = slot.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let io = self.connect().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .handshake(io)
+            .await
+            .map_err(ProxyError::Upstream)?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn h1_sender(&self, fresh: bool) -> Result<http1::SendRequest<Body>, ProxyError> {
+        if !fresh {
+            let mut idle = lock(&self.h1_idle);
+            while let Some((sender, since)) = idle.pop() {
+                if sender.is_ready() && !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                    return Ok(sender);
+                }
+            }
+        }
+        let io = self.connect().await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(ProxyError::Upstream)?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Puts an HTTP/1.1 connection back once its response has been read to the end.
+    fn release_h1(&self, mut sender: http1::SendRequest<Body>) {
+        let idle = self.h1_idle.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = lock(&idle);
+                if idle.len() < MAX_IDLE {
+                    idle.push((sender, Instant::now()));
+                }
+            }
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

@@ -1,0 +1,505 @@
+//! A destination's routing state, compiled from the control plane's message into what the
+//! request path reads: ordered matches, rules, weighted splits, endpoints.
+//!
+//! A snapshot is immutable and shared (`Arc`); an update builds a new one and swaps it in.
+//! Endpoint state (latency estimates, connection pools) is carried over by address, so an update
+//! never resets the balancer or drops a connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pillion_proto::discovery::v1 as pb;
+use regex::Regex;
+
+use crate::balance::Endpoint;
+use crate::errors::ProxyError;
+
+/// The request attributes routing looks at.
+pub struct RequestInfo<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+}
+
+pub struct Snapshot {
+    pub version: String,
+    pub fqdn: Arc<str>,
+    pub source: String,
+    pub routes: Routes,
+}
+
+pub enum Routes {
+    InMesh {
+        matches: Vec<Match>,
+        rules: Vec<Rule>,
+    },
+    NotInMesh {
+        reason: String,
+    },
+}
+
+pub struct Rule {
+    pub name: Arc<str>,
+    pub split: Split,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+}
+
+pub struct Backend {
+    pub weight: u32,
+    pub target: BackendTarget,
+}
+
+pub enum BackendTarget {
+    Service {
+        name: Arc<str>,
+        endpoints: Vec<Arc<Endpoint>>,
+    },
+    Failure {
+        status: u16,
+        reason: String,
+    },
+}
+
+impl BackendTarget {
+    pub fn name(&self) -> Arc<str> {
+        match self {
+            BackendTarget::Service { name, .. } => name.clone(),
+            BackendTarget::Failure { .. } => Arc::from(""),
+        }
+    }
+}
+
+/// Weighted choice by dealing from a shuffled deck: each deck holds every backend as many times
+/// as its weight (reduced by the common divisor), and is reshuffled when dealt out. So every
+/// deck gives each backend exactly its share (a 90/10 split is 9/1 over every ten requests), and
+/// the order within a deck is random, so a client whose requests alternate between two kinds
+/// does not see all of one backend's share land on one kind (as a fixed round-robin order would).
+pub struct Split {
+    pub backends: Vec<Backend>,
+    deck: Mutex<Deck>,
+}
+
+struct Deck {
+    cards: Vec<u32>,
+    next: usize,
+}
+
+/// The largest deck; weights summing to more are scaled down (by at most 0.05 % of a share).
+const MAX_DECK: u64 = 1000;
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+impl Split {
+    pub fn new(backends: Vec<Backend>) -> Self {
+        let weights: Vec<u64> = backends.iter().map(|b| u64::from(b.weight)).collect();
+        let divisor = weights.iter().copied().fold(0, gcd).max(1);
+        let mut counts: Vec<u64> = weights.iter().map(|w| w / divisor).collect();
+        let sum: u64 = counts.iter().sum();
+        if sum > MAX_DECK {
+            counts = counts
+                .iter()
+                .map(|&c| {
+                    if c == 0 {
+                        0
+                    } else {
+                        (c * MAX_DECK / sum).max(1)
+                    }
+                })
+                .collect();
+        }
+        let mut cards = Vec::with_capacity(counts.iter().sum::<u64>() as usize);
+        for (i, &c) in counts.iter().enumerate() {
+            cards.extend(std::iter::repeat_n(i as u32, c as usize));
+        }
+        let next = cards.len();
+        Split {
+            backends,
+            deck: Mutex::new(Deck { cards, next }),
+        }
+    }
+
+    pub fn pick(&self) -> Option<&Backend> {
+        let mut deck = match self.deck.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if deck.cards.is_empty() {
+            return None;
+        }
+        if deck.next >= deck.cards.len() {
+            use rand::seq::SliceRandom;
+            deck.cards.shuffle(&mut rand::rng());
+            deck.next = 0;
+        }
+        let card = deck.cards[deck.next];
+        deck.next += 1;
+        self.backends.get(card as usize)
+    }
+}
+
+pub struct Match {
+    pub rule: usize,
+    path: PathMatch,
+    headers: Vec<(http::HeaderName, ValueMatch)>,
+    query: Vec<(String, ValueMatch)>,
+    method: Option<http::Method>,
+}
+
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueMatch::Exact(e) => e == v,
+            ValueMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+impl Match {
+    fn matches(&self, req: &RequestInfo<'_>) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => req.path == p,
+            PathMatch::Prefix(p) => prefix_matches(p, req.path),
+            PathMatch::Regex(r) => r.is_match(req.path),
+        };
+        path_ok
+            && self.method.as_ref().is_none_or(|m| m == req.method)
+            && self.headers.iter().all(|(name, v)| {
+                req.headers
+                    .get(name)
+                    .and_then(|h| h.to_str().ok())
+                    .is_some_and(|h| v.matches(h))
+            })
+            && self
+                .query
+                .iter()
+                .all(|(name, v)| query_value(req.query, name).is_some_and(|q| v.matches(&q)))
+    }
+}
+
+/// Gateway API `PathPrefix`: whole path elements, so `/api` matches `/api` and `/api/x` but not
+/// `/apix`; a trailing slash in the prefix is ignored.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The first value of a query parameter, percent-decoded only for `+` and `%XX` bytes.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn anchored(re: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{re})$")).map_err(|e| e.to_string())
+}
+
+impl Snapshot {
+    /// Compiles an update. `endpoints` is the balancer state of the previous snapshot, by
+    /// address; endpoints that stay keep their state.
+    pub fn compile(
+        update: pb::DestinationUpdate,
+        endpoints: &mut HashMap<SocketAddr, Arc<Endpoint>>,
+        connect_timeout: Duration,
+    ) -> Result<Snapshot, String> {
+        let version = update.version;
+        let Some(state) = update.state else {
+            return Err("update without state".into());
+        };
+        let dest = match state {
+            pb::destination_update::State::NotInMesh(n) => {
+                return Ok(Snapshot {
+                    version,
+                    fqdn: Arc::from(""),
+                    source: String::new(),
+                    routes: Routes::NotInMesh { reason: n.reason },
+                });
+            }
+            pb::destination_update::State::Destination(d) => d,
+        };
+        let mut live: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
+        let mut rules = Vec::with_capacity(dest.rules.len());
+        for rule in dest.rules {
+            let mut backends = Vec::with_capacity(rule.backends.len());
+            for b in rule.backends {
+                let target = match b.kind {
+                    Some(pb::weighted_backend::Kind::Service(svc)) => {
+                        let mut eps = Vec::with_capacity(svc.endpoints.len());
+                        for ep in svc.endpoints {
+                            let addr: SocketAddr = ep
+                                .address
+                                .parse()
+                                .map_err(|_| format!("bad endpoint address {}", ep.address))?;
+                            let hint = pb::ProtocolHint::try_from(ep.protocol_hint)
+                                .unwrap_or(pb::ProtocolHint::Unspecified);
+                            let e = live
+                                .entry(addr)
+                                .or_insert_with(|| match endpoints.get(&addr) {
+                                    Some(old) if old.hint == hint => old.clone(),
+                                    _ => Arc::new(Endpoint::new(addr, hint, connect_timeout)),
+                                })
+                                .clone();
+                            eps.push(e);
+                        }
+                        BackendTarget::Service {
+                            name: Arc::from(svc.name),
+                            endpoints: eps,
+                        }
+                    }
+                    Some(pb::weighted_backend::Kind::Failure(f)) => BackendTarget::Failure {
+                        status: u16::try_from(f.http_status).unwrap_or(500),
+                        reason: f.reason,
+                    },
+                    None => BackendTarget::Failure {
+                        status: 500,
+                        reason: "backend without target".into(),
+                    },
+                };
+                backends.push(Backend {
+                    weight: b.weight,
+                    target,
+                });
+            }
+            let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+            let timeouts = rule.timeouts.unwrap_or_default();
+            rules.push(Rule {
+                name: Arc::from(rule.name),
+                split: Split::new(backends),
+                request_timeout: ms(timeouts.request_ms),
+                backend_timeout: ms(timeouts.backend_request_ms),
+            });
+        }
+        let mut matches = Vec::with_capacity(dest.matches.len());
+        for m in dest.matches {
+            let rule = m.rule_index as usize;
+            if rule >= rules.len() {
+                return Err(format!("match refers to rule {rule} of {}", rules.len()));
+            }
+            let path = match m.path {
+                None => PathMatch::Prefix("/".into()),
+                Some(p) => match pb::path_match::Kind::try_from(p.kind) {
+                    Ok(pb::path_match::Kind::Exact) => PathMatch::Exact(p.value),
+                    Ok(pb::path_match::Kind::Regex) => PathMatch::Regex(anchored(&p.value)?),
+                    _ => PathMatch::Prefix(p.value),
+                },
+            };
+            let value = |v: Option<pb::header_match::Value>| -> Result<ValueMatch, String> {
+                Ok(match v {
+                    Some(pb::header_match::Value::Regex(r)) => ValueMatch::Regex(anchored(&r)?),
+                    Some(pb::header_match::Value::Exact(e)) => ValueMatch::Exact(e),
+                    None => ValueMatch::Regex(anchored(".*")?),
+                })
+            };
+            let mut headers = Vec::with_capacity(m.headers.len());
+            for h in m.headers {
+                let name = http::HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| format!("bad header name {}", h.name))?;
+                headers.push((name, value(h.value)?));
+            }
+            let mut query = Vec::with_capacity(m.query_params.len());
+            for q in m.query_params {
+                let v = q.value.map(|v| match v {
+                    pb::query_param_match::Value::Exact(e) => pb::header_match::Value::Exact(e),
+                    pb::query_param_match::Value::Regex(r) => pb::header_match::Value::Regex(r),
+                });
+                query.push((q.name, value(v)?));
+            }
+            let method = if m.method.is_empty() {
+                None
+            } else {
+                Some(
+                    http::Method::from_bytes(m.method.as_bytes())
+                        .map_err(|_| format!("bad method {}", m.method))?,
+                )
+            };
+            matches.push(Match {
+                rule,
+                path,
+                headers,
+                query,
+                method,
+            });
+        }
+        *endpoints = live;
+        Ok(Snapshot {
+            version,
+            fqdn: Arc::from(dest.fqdn),
+            source: dest.source,
+            routes: Routes::InMesh { matches, rules },
+        })
+    }
+
+    /// The rule for a request: the first match in precedence order.
+    pub fn route(&self, req: &RequestInfo<'_>) -> Result<&Rule, ProxyError> {
+        match &self.routes {
+            Routes::NotInMesh { .. } => Err(ProxyError::NotInMesh),
+            Routes::InMesh { matches, rules } => matches
+                .iter()
+                .find(|m| m.matches(req))
+                .and_then(|m| rules.get(m.rule))
+                .ok_or(ProxyError::NoRoute),
+        }
+    }
+
+    /// For `/config`: the rules with their backends and weights.
+    pub fn describe(&self) -> serde_json::Value {
+        match &self.routes {
+            Routes::NotInMesh { reason } => serde_json::json!({
+                "version": self.version,
+                "inMesh": false,
+                "reason": reason,
+            }),
+            Routes::InMesh { matches, rules } => serde_json::json!({
+                "version": self.version,
+                "inMesh": true,
+                "fqdn": &*self.fqdn,
+                "source": self.source,
+                "matches": matches.len(),
+                "rules": rules.iter().map(|r| serde_json::json!({
+                    "name": &*r.name,
+                    "requestTimeoutMs": r.request_timeout.map(|d| d.as_millis() as u64),
+                    "backends": r.split.backends.iter().map(|b| match &b.target {
+                        BackendTarget::Service { name, endpoints } => serde_json::json!({
+                            "service": &**name,
+                            "weight": b.weight,
+                            "endpoints": endpoints.iter().map(|e| e.describe()).collect::<Vec<_>>(),
+                        }),
+                        BackendTarget::Failure { status, reason } => serde_json::json!({
+                            "failure": status,
+                            "reason": reason,
+                            "weight": b.weight,
+                        }),
+                    }).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure_backend(weight: u32, status: u16) -> Backend {
+        Backend {
+            weight,
+            target: BackendTarget::Failure {
+                status,
+                reason: String::new(),
+            },
+        }
+    }
+
+    fn shares(split: &Split, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; split.backends.len()];
+        for _ in 0..n {
+            let b = split.pick().unwrap();
+            let BackendTarget::Failure { status, .. } = b.target else {
+                panic!()
+            };
+            counts[status as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn split_is_exact_over_every_deck() {
+        let split = Split::new(vec![failure_backend(90, 0), failure_backend(10, 1)]);
+        for _ in 0..20 {
+            assert_eq!(shares(&split, 10), vec![9, 1]);
+        }
+        assert_eq!(shares(&split, 1000), vec![900, 100]);
+        let split = Split::new(vec![failure_backend(999_999, 0), failure_backend(1, 1)]);
+        let counts = shares(&split, 1000);
+        assert_eq!(counts, vec![999, 1], "a tiny weight keeps a card");
+        let split = Split::new(vec![
+            failure_backend(1, 0),
+            failure_backend(0, 1),
+            failure_backend(2, 2),
+        ]);
+        assert_eq!(shares(&split, 300), vec![100, 0, 200]);
+    }
+
+    #[test]
+    fn alternating_callers_each_get_the_small_share() {
+        let split = Split::new(vec![failure_backend(90, 0), failure_backend(10, 1)]);
+        let mut small_on_odd = 0;
+        for i in 0..1000 {
+            let BackendTarget::Failure { status, .. } = split.pick().unwrap().target else {
+                panic!()
+            };
+            if status == 1 && i % 2 == 1 {
+                small_on_odd += 1;
+            }
+        }
+        // 100 small picks in all; a fixed order would put all or none of them on odd requests.
+        assert!((20..=80).contains(&small_on_odd), "{small_on_odd}");
+    }
+
+    #[test]
+    fn path_prefix_matches_whole_segments() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api/", "/api/v1"));
+        assert!(!prefix_matches("/api", "/apiv1"));
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            query_value(Some("a=1&b=x%20y+z"), "b").as_deref(),
+            Some("x y z")
+        );
+        assert_eq!(query_value(Some("a=1"), "b"), None);
+        assert_eq!(query_value(Some("a=%zz%"), "a").as_deref(), Some("%zz%"));
+    }
+}

@@ -1,0 +1,219 @@
+//! Accepting connections: detect the protocol, then serve HTTP/1.1 or HTTP/2 with hyper, or
+//! hand opaque bytes to the direction's TCP forwarder. Connections are tracked so that a
+//! shutdown can stop accepting and wait for them (gracefully closing idle HTTP connections).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::body::Body;
+use crate::detect::{self, Detected, Prefixed};
+use crate::metrics::{ConnLabels, Direction, Label, Metrics};
+
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnMeta {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Where the client meant to connect, when iptables redirected it here.
+    pub orig_dst: Option<SocketAddr>,
+}
+
+pub trait Handler: Send + Sync + 'static {
+    fn direction(&self) -> Direction;
+    fn http(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        conn: ConnMeta,
+    ) -> impl Future<Output = http::Response<Body>> + Send;
+    fn opaque(
+        self: Arc<Self>,
+        io: Prefixed<TcpStream>,
+        conn: ConnMeta,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+pub struct ListenerConfig {
+    pub detect_timeout: Duration,
+    pub opaque_ports: Vec<u16>,
+}
+
+/// Counts live connections; shutdown waits for the count to reach zero.
+#[derive(Clone)]
+pub struct Tracker {
+    tx: Arc<watch::Sender<usize>>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            tx: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+pub struct Tracked(Arc<watch::Sender<usize>>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Tracker {
+    pub fn track(&self) -> Tracked {
+        self.tx.send_modify(|n| *n += 1);
+        Tracked(self.tx.clone())
+    }
+
+    /// Resolves when no tracked connection is left.
+    pub async fn idle(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    pub fn count(&self) -> usize {
+        *self.tx.borrow()
+    }
+}
+
+/// Accepts until `shutdown` turns true; each connection then finishes what it has in flight.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    cfg: Arc<ListenerConfig>,
+    metrics: Arc<Metrics>,
+    tracker: Tracker,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = signalled(&mut shutdown) => break,
+        };
+        let tracked = tracker.track();
+        let handler = handler.clone();
+        let cfg = cfg.clone();
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _tracked = tracked;
+            serve_conn(stream, peer, handler, cfg, metrics, shutdown).await;
+        });
+    }
+}
+
+async fn serve_conn<H: Handler>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    cfg: Arc<ListenerConfig>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let orig_dst = crate::orig_dst::original_dst(&stream);
+    let conn = ConnMeta {
+        peer,
+        local,
+        orig_dst,
+    };
+    let port = orig_dst.unwrap_or(local).port();
+    let (detected, prefix) = if cfg.opaque_ports.contains(&port) {
+        (Detected::Opaque, bytes::Bytes::new())
+    } else {
+        match detect::detect(&mut stream, cfg.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed before detection");
+                return;
+            }
+        }
+    };
+    let protocol = match detected {
+        Detected::Http1 => "http/1",
+        Detected::Http2 => "h2",
+        Detected::Opaque => "opaque",
+        Detected::Closed => return,
+    };
+    metrics
+        .connections
+        .get_or_create(&ConnLabels {
+            direction: handler.direction(),
+            protocol: Label::from(protocol),
+        })
+        .inc();
+    let io = Prefixed::new(prefix, stream);
+    let svc = {
+        let handler = handler.clone();
+        service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.http(req, conn).await) }
+        })
+    };
+    match detected {
+        Detected::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => log_end(peer, r),
+                _ = signalled(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    log_end(peer, conn.await);
+                }
+            }
+        }
+        Detected::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => log_end(peer, r),
+                _ = signalled(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    log_end(peer, conn.await);
+                }
+            }
+        }
+        Detected::Opaque => handler.opaque(io, conn).await,
+        Detected::Closed => {}
+    }
+}
+
+/// Resolves once the shutdown switch is on (the guard `wait_for` returns must not be held).
+async fn signalled(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn log_end(peer: SocketAddr, r: Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

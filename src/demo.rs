@@ -1,0 +1,298 @@
+//! `pillion demo`: a whole mesh in this one process, on loopback ports the OS picks.
+//!
+//! A control plane reads `examples/demo` (copied into a work directory the user can edit), two
+//! versions of a `web` service run behind their own proxies, and a client proxy carries a steady
+//! loop of HTTP and gRPC requests. The live share per version is printed as it changes.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pillion_proto::demo::v1::HelloRequest;
+use pillion_proto::demo::v1::echo_client::EchoClient;
+
+use crate::demo_app;
+
+const SERVICES: &str = include_str!("../examples/demo/services.yaml");
+const SPLIT: &str = include_str!("../examples/demo/traffic-split.yaml");
+/// Shares are computed over this many most recent answers.
+const WINDOW: usize = 50;
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Work directory for the demo's configuration (default: a new temporary directory).
+    #[arg(long, env = "PILLION_DEMO_DIR")]
+    pub dir: Option<PathBuf>,
+    /// Stop after this long (for example `30s`); runs until Ctrl-C when absent.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Pause between requests.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    pillion_proxy::config::parse_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration like 30s"))
+}
+
+/// A proxy's environment, as the sidecar injector would set it, on loopback ports.
+fn proxy_env(
+    cp: SocketAddr,
+    workload: &str,
+    forward: Option<SocketAddr>,
+) -> HashMap<&'static str, String> {
+    let mut env = HashMap::from([
+        ("PILLION_CONTROL_PLANE_ADDR", cp.to_string()),
+        ("PILLION_OUTBOUND_LISTEN", "127.0.0.1:0".to_string()),
+        ("PILLION_INBOUND_LISTEN", "127.0.0.1:0".to_string()),
+        ("PILLION_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("PILLION_WORKLOAD", workload.to_string()),
+        ("PILLION_SHUTDOWN_GRACE", "2s".to_string()),
+    ]);
+    if let Some(f) = forward {
+        env.insert("PILLION_INBOUND_FORWARD", f.to_string());
+    }
+    env
+}
+
+async fn start_proxy(env: HashMap<&'static str, String>) -> anyhow::Result<pillion_proxy::Proxy> {
+    let config = pillion_proxy::Config::from_env(&env)?;
+    let (proxy, run) = pillion_proxy::Proxy::bind(config).await?;
+    tokio::spawn(run);
+    Ok(proxy)
+}
+
+/// EndpointSlices for the two versions: each version's endpoint is its proxy's inbound port.
+pub fn endpoints_yaml(versions: &[(&str, SocketAddr)]) -> String {
+    let mut out = String::from(
+        "# Written by `pillion demo`: where each version's pods (their proxies) listen.\n",
+    );
+    for (version, addr) in versions {
+        out.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{version}-demo\n  namespace: default\n  labels:\n    kubernetes.io/service-name: web-{version}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\nendpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: web-{version}-0, namespace: default}}\n",
+            port = addr.port(),
+            ip = addr.ip(),
+        ));
+    }
+    out
+}
+
+fn prepare_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, bool)> {
+    let (dir, temporary) = match dir {
+        Some(d) => (d, false),
+        None => (
+            std::env::temp_dir().join(format!("pillion-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, text) in [("services.yaml", SERVICES), ("traffic-split.yaml", SPLIT)] {
+        let path = dir.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok((dir, temporary))
+}
+
+/// The last answers of one kind, for the live share.
+#[derive(Default)]
+struct Tally {
+    recent: VecDeque<String>,
+    errors: u64,
+    total: u64,
+}
+
+impl Tally {
+    fn record(&mut self, result: Result<String, String>) {
+        self.total += 1;
+        let v = result.unwrap_or_else(|e| {
+            self.errors += 1;
+            format!("error: {e}")
+        });
+        self.recent.push_back(v);
+        if self.recent.len() > WINDOW {
+            self.recent.pop_front();
+        }
+    }
+
+    fn line(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for v in &self.recent {
+            match counts.iter_mut().find(|(k, _)| *k == v.as_str()) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((v.as_str(), 1)),
+            }
+        }
+        counts.sort();
+        let n = self.recent.len().max(1);
+        counts
+            .iter()
+            .map(|(k, c)| {
+                let pct = c * 100 / n;
+                format!("{k} {:<10} {pct:>3}%", "#".repeat(pct / 10))
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    }
+}
+
+async fn http_call(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    outbound: SocketAddr,
+) -> Result<String, String> {
+    let req = http::Request::get(format!("http://{outbound}/"))
+        .header(http::header::HOST, "web")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let version = resp
+        .headers()
+        .get("x-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    match version {
+        Some(v) if status.is_success() => Ok(v),
+        _ => Err(format!(
+            "{status} {}",
+            String::from_utf8_lossy(&body.to_bytes()).trim()
+        )),
+    }
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let (dir, temporary) = prepare_dir(args.dir)?;
+    let (cp_stop_tx, cp_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (cp, serve) = pillion_control_plane::ControlPlane::bind(
+        pillion_control_plane::Args {
+            config_dir: dir.clone(),
+            listen: "127.0.0.1:0".parse()?,
+        },
+        async {
+            let _ = cp_stop_rx.await;
+        },
+    )
+    .await?;
+    tokio::spawn(serve);
+
+    let mut endpoints = Vec::new();
+    let mut proxies = Vec::new();
+    for version in ["v1", "v2"] {
+        let (app, _) = demo_app::spawn("127.0.0.1:0".parse()?, version).await?;
+        let proxy = start_proxy(proxy_env(
+            cp.addr,
+            &format!("default/web-{version}"),
+            Some(app),
+        ))
+        .await?;
+        endpoints.push((version, proxy.inbound_addr));
+        proxies.push(proxy);
+    }
+    let generation = cp.generation();
+    std::fs::write(dir.join("endpoints.yaml"), endpoints_yaml(&endpoints))?;
+    // Start the traffic once the control plane has read where the versions listen.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cp.generation() == generation && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client_proxy = start_proxy(proxy_env(cp.addr, "default/client", None)).await?;
+    let outbound = client_proxy.outbound_addr;
+
+    println!(
+        "Pillion demo: a control plane, three proxies and two versions of `web`, all on loopback."
+    );
+    println!("  control plane   {}", cp.addr);
+    println!(
+        "  client proxy    outbound {outbound}, admin http://{}/metrics",
+        client_proxy.admin_addr
+    );
+    for ((version, inbound), p) in endpoints.iter().zip(&proxies) {
+        println!(
+            "  web-{version} proxy   inbound {inbound}, admin http://{}/config",
+            p.admin_addr
+        );
+    }
+    println!();
+    println!("To shift traffic, edit the weights in:");
+    println!("  {}", dir.join("traffic-split.yaml").display());
+    println!("Try it yourself:  curl -H 'Host: web' http://{outbound}/");
+    println!("Ctrl-C stops everything.\n");
+
+    let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))?
+        .origin("http://web.default:80".parse()?)
+        .connect_lazy();
+    let mut grpc = EchoClient::new(channel);
+
+    let mut http_tally = Tally::default();
+    let mut grpc_tally = Tally::default();
+    let started = Instant::now();
+    let mut last_print = Instant::now();
+    let mut ticker = tokio::time::interval(args.interval);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = ticker.tick() => {}
+        }
+        if args.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        http_tally.record(http_call(&http, outbound).await);
+        let reply = grpc
+            .hello(HelloRequest {
+                name: "demo".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().version)
+            .map_err(|s| format!("{:?} {}", s.code(), s.message()));
+        grpc_tally.record(reply);
+        if last_print.elapsed() >= Duration::from_secs(2) {
+            last_print = Instant::now();
+            println!(
+                "[{:>4}s] HTTP  {}\n        gRPC  {}   (requests {}, errors {})",
+                started.elapsed().as_secs(),
+                http_tally.line(),
+                grpc_tally.line(),
+                http_tally.total + grpc_tally.total,
+                http_tally.errors + grpc_tally.errors,
+            );
+        }
+    }
+    println!(
+        "\nStopping: {} requests, {} errors.",
+        http_tally.total + grpc_tally.total,
+        http_tally.errors + grpc_tally.errors
+    );
+    client_proxy.shutdown();
+    for p in &proxies {
+        p.shutdown();
+    }
+    let _ = cp_stop_tx.send(());
+    if temporary {
+        remove_dir(&dir);
+    }
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        eprintln!("could not remove {}: {e}", dir.display());
+    }
+}
