@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -19,6 +20,13 @@ use pillion_proto::demo::v1::echo_server::{Echo, EchoServer};
 use pillion_proto::demo::v1::{HelloReply, HelloRequest};
 use tokio::net::TcpListener;
 use tonic::codegen::Service;
+
+/// Requests to `/slow` being answered right now, in this process (tests wait on it).
+static SLOW_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+pub fn slow_in_flight() -> usize {
+    SLOW_IN_FLIGHT.load(Ordering::SeqCst)
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -127,7 +135,9 @@ async fn handle(
             .find_map(|kv| kv.strip_prefix("ms="))
             .and_then(|v| v.parse().ok())
             .unwrap_or(1000);
+        SLOW_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        SLOW_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         return text(
             StatusCode::OK,
             &version,

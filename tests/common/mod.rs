@@ -1,0 +1,385 @@
+//! End-to-end harness: the real `pillion-control-plane` and `pillion-proxy` binaries as child
+//! processes, the demo application in-process as the server app, all on loopback ports the OS
+//! picks. Addresses are read from the processes' JSON logs; every wait polls a condition with a
+//! generous deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Where cargo put the workspace's binaries (next to this package's `pillion`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_pillion"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        // `cargo test -p pillion` alone does not build the other packages' binaries.
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bin", name])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "cannot build {name}");
+    }
+    path
+}
+
+pub struct Process {
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    pub fn spawn(name: &str, bin: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env("PILLION_LOG_FORMAT", "json")
+            .env("PILLION_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let label = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("PILLION_TEST_LOGS").is_some() {
+                    eprintln!("[{label}] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Process {
+            name: name.to_string(),
+            child,
+            lines,
+        }
+    }
+
+    /// The first JSON log line for which `pred` holds, waiting for it.
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(v) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| pred(v))
+            {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no log line {what} in time; log:\n{}",
+                self.name,
+                self.lines.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(v: &Value, name: &str) -> Option<String> {
+    v["fields"][name].as_str().map(str::to_string)
+}
+
+pub fn message_is(v: &Value, m: &str) -> bool {
+    v["fields"]["message"].as_str() == Some(m)
+}
+
+pub struct ControlPlaneProc {
+    pub proc: Process,
+    pub addr: SocketAddr,
+}
+
+pub fn start_control_plane(dir: &Path, listen: &str) -> ControlPlaneProc {
+    let proc = Process::spawn(
+        "control-plane",
+        &bin("pillion-control-plane"),
+        &["--config-dir", dir.to_str().unwrap(), "--listen", listen],
+        &[],
+    );
+    let line = proc.wait_log("`control plane listening`", |v| {
+        message_is(v, "control plane listening")
+    });
+    let addr = field(&line, "addr").unwrap().parse().unwrap();
+    ControlPlaneProc { proc, addr }
+}
+
+pub struct ProxyProc {
+    pub proc: Process,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+pub fn start_proxy(
+    name: &str,
+    cp: SocketAddr,
+    workload: &str,
+    forward: Option<SocketAddr>,
+    extra: &[(&str, String)],
+) -> ProxyProc {
+    let mut env = vec![
+        ("PILLION_CONTROL_PLANE_ADDR", cp.to_string()),
+        ("PILLION_OUTBOUND_LISTEN", "127.0.0.1:0".to_string()),
+        ("PILLION_INBOUND_LISTEN", "127.0.0.1:0".to_string()),
+        ("PILLION_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("PILLION_WORKLOAD", workload.to_string()),
+    ];
+    if let Some(f) = forward {
+        env.push(("PILLION_INBOUND_FORWARD", f.to_string()));
+    }
+    env.extend(extra.iter().cloned());
+    let proc = Process::spawn(name, &bin("pillion-proxy"), &[], &env);
+    let line = proc.wait_log("`proxy listening`", |v| message_is(v, "proxy listening"));
+    let get = |k: &str| field(&line, k).unwrap().parse().unwrap();
+    ProxyProc {
+        outbound: get("outbound_addr"),
+        inbound: get("inbound_addr"),
+        admin: get("admin_addr"),
+        proc,
+    }
+}
+
+pub const SERVICES: &str = include_str!("../../examples/demo/services.yaml");
+
+pub fn split_yaml(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata:\n  name: web-canary\n  namespace: default\nspec:\n  service: web\n  backends:\n  - service: web-v1\n    weight: {v1}\n  - service: web-v2\n    weight: {v2}\n"
+    )
+}
+
+/// Writes a file so that a poller surely sees a new version (a new mtime, even within the
+/// file system's timestamp granularity).
+pub fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    let now = std::time::SystemTime::now() + Duration::from_millis(1);
+    f.set_modified(now).unwrap();
+}
+
+/// A two-version mesh: `web` split over `web-v1` and `web-v2`, each version an in-process demo
+/// app behind its own proxy process, and a client proxy process.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub cp: ControlPlaneProc,
+    pub server_proxies: Vec<ProxyProc>,
+    pub client: ProxyProc,
+    pub apps: Vec<SocketAddr>,
+}
+
+impl Mesh {
+    pub async fn start(v1: u32, v2: u32) -> Mesh {
+        Self::start_with(v1, v2, &[]).await
+    }
+
+    pub async fn start_with(v1: u32, v2: u32, client_env: &[(&str, String)]) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(&dir.path().join("services.yaml"), SERVICES);
+        write_config(&dir.path().join("split.yaml"), &split_yaml(v1, v2));
+        let cp = start_control_plane(dir.path(), "127.0.0.1:0");
+        let mut server_proxies = Vec::new();
+        let mut apps = Vec::new();
+        let mut endpoints = Vec::new();
+        for version in ["v1", "v2"] {
+            let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
+                .await
+                .unwrap();
+            let p = start_proxy(
+                &format!("proxy-{version}"),
+                cp.addr,
+                &format!("default/web-{version}"),
+                Some(app),
+                &[],
+            );
+            endpoints.push((version, p.inbound));
+            server_proxies.push(p);
+            apps.push(app);
+        }
+        write_config(
+            &dir.path().join("endpoints.yaml"),
+            &pillion::demo::endpoints_yaml(&endpoints),
+        );
+        let client = start_proxy("proxy-client", cp.addr, "default/client", None, client_env);
+        let mesh = Mesh {
+            dir,
+            cp,
+            server_proxies,
+            client,
+            apps,
+        };
+        // Ready when both versions answer through the client proxy.
+        mesh.wait_for_versions(&["v1", "v2"]).await;
+        mesh
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Sends requests until every version in `want` has answered.
+    pub async fn wait_for_versions(&self, want: &[&str]) {
+        let client = http1_client();
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen: Vec<String> = Vec::new();
+        let mut last = None;
+        while !want.iter().all(|w| seen.iter().any(|s| s == w)) {
+            assert!(
+                Instant::now() < deadline,
+                "versions {want:?} not reached; saw {seen:?}, last failure {last:?}"
+            );
+            match get(&client, self.client.outbound, "web", "/").await {
+                Ok(r) if r.status == 200 => seen.push(r.version),
+                other => {
+                    last = Some(other.map(|a| (a.status, a.error)));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+pub type H1Client = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http1_client() -> H1Client {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> H1Client {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub version: String,
+    pub error: Option<String>,
+    pub body: Bytes,
+    pub headers: http::HeaderMap,
+}
+
+pub async fn request(
+    client: &H1Client,
+    proxy: SocketAddr,
+    req: http::request::Builder,
+    host: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<Answer, String> {
+    let req = req
+        .uri(format!("http://{proxy}{path}"))
+        .header(http::header::HOST, host)
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let header = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Ok(Answer {
+        status: parts.status.as_u16(),
+        version: header("x-version").unwrap_or_default(),
+        error: header("pillion-proxy-error"),
+        body,
+        headers: parts.headers,
+    })
+}
+
+pub async fn get(
+    client: &H1Client,
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<Answer, String> {
+    request(
+        client,
+        proxy,
+        http::Request::builder(),
+        host,
+        path,
+        Bytes::new(),
+    )
+    .await
+}
+
+/// A plain HTTP/1.1 GET to an admin port.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let client = http1_client();
+    let resp = client
+        .request(
+            http::Request::get(format!("http://{admin}{path}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Counts answers by version.
+pub fn count(answers: &[String], version: &str) -> usize {
+    answers.iter().filter(|v| *v == version).count()
+}

@@ -1,0 +1,278 @@
+//! HTTP/1.1, h2c and gRPC through two proxies, and the errors the proxy itself answers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use hyper::body::Bytes;
+use pillion_proto::demo::v1::HelloRequest;
+use pillion_proto::demo::v1::echo_client::EchoClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn grpc_client(mesh: &Mesh) -> EchoClient<tonic::transport::Channel> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.client.outbound))
+            .unwrap()
+            .origin("http://web.default.svc.cluster.local:80".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+    EchoClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+async fn h2c_connect(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn h2c_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    uri: &str,
+) -> (u16, String) {
+    let req = http::Request::get(uri)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let version = resp
+        .headers()
+        .get("x-version")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (resp.status().as_u16(), version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2c_pass_through_two_proxies() {
+    let mesh = Mesh::start(1, 1).await;
+    let out = mesh.client.outbound;
+
+    let h1 = http1_client();
+    let a = get(&h1, out, "web", "/").await.unwrap();
+    assert_eq!(a.status, 200);
+    assert!(String::from_utf8_lossy(&a.body).starts_with("hello from v"));
+
+    // A streamed (chunked) POST body of 3 MiB comes back intact.
+    let payload: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let a = request(
+        &h1,
+        out,
+        http::Request::builder().method("POST"),
+        "web",
+        "/echo",
+        Bytes::from(payload.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), payload.len());
+    assert!(a.body == payload);
+
+    // Hop-by-hop headers stop at the proxy; end-to-end ones arrive.
+    let a = request(
+        &h1,
+        out,
+        http::Request::builder()
+            .header("connection", "x-hop")
+            .header("x-hop", "1")
+            .header("x-end", "2"),
+        "web",
+        "/headers",
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let seen = String::from_utf8_lossy(&a.body).to_string();
+    assert!(seen.contains("x-end: 2"), "{seen}");
+    assert!(!seen.contains("x-hop"), "{seen}");
+
+    // h2c with prior knowledge (`:authority` names the service), and the application's own
+    // status codes.
+    let mut h2 = h2c_connect(out).await;
+    let (status, version) = h2c_get(&mut h2, "http://web.default/").await;
+    assert_eq!(status, 200);
+    assert!(version.starts_with('v'));
+    let (status, _) = h2c_get(&mut h2, "http://web/status/418").await;
+    assert_eq!(status, 418);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_streaming_errors_and_large_messages_arrive_intact() {
+    let mesh = Mesh::start(1, 1).await;
+    let mut client = grpc_client(&mesh).await;
+
+    let reply = client
+        .hello(HelloRequest {
+            name: "unary".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(reply.metadata().get("x-version").is_some());
+    assert!(reply.into_inner().message.starts_with("hello unary from v"));
+
+    // A non-OK status and its message survive both hops.
+    let status = client
+        .hello(HelloRequest {
+            name: "boom".into(),
+            fail_with: tonic::Code::NotFound as u32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "failed as asked by boom");
+
+    // 8 MiB each way.
+    let big = vec![7u8; 8 << 20];
+    let reply = client
+        .hello(HelloRequest {
+            name: "big".into(),
+            payload: big.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.payload.len(), big.len());
+
+    // Bidirectional streaming: each message answered in turn, on one stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = client
+        .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut version = None;
+    for i in 0..20 {
+        tx.send(HelloRequest {
+            name: format!("m{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let r = replies.next().await.unwrap().unwrap();
+        assert!(r.message.starts_with(&format!("hello m{i} from")));
+        // One stream is one request: every message goes to the same version.
+        assert_eq!(*version.get_or_insert(r.version.clone()), r.version);
+    }
+    drop(tx);
+    assert!(
+        replies.next().await.is_none(),
+        "the stream ends with OK trailers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_passed_through() {
+    let mesh = Mesh::start(1, 1).await;
+    let mut s = tokio::net::TcpStream::connect(mesh.client.outbound)
+        .await
+        .unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed before the 101");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping over the tunnel").await.unwrap();
+    let mut buf = [0u8; 20];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping over the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_have_clear_statuses_for_http_and_grpc() {
+    let mesh = Mesh::start(1, 1).await;
+    let h1 = http1_client();
+    let out = mesh.client.outbound;
+
+    let a = get(&h1, out, "nowhere", "/").await.unwrap();
+    assert_eq!((a.status, a.error.as_deref()), (503, Some("not in mesh")));
+    let a = get(&h1, out, "example.org", "/").await.unwrap();
+    assert_eq!((a.status, a.error.as_deref()), (503, Some("not in mesh")));
+
+    // A backend that is not a Service answers 500 for its share; a route that matches nothing 404.
+    write_config(
+        &mesh.path("route.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: default}\n\
+         spec:\n  parentRefs: [{group: '', kind: Service, name: web, port: 80}]\n  rules:\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /v1}}]\n    backendRefs: [{name: web-v1, port: 80}]\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /gone}}]\n    backendRefs: [{name: web-v9, port: 80}]\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /slow}}]\n    backendRefs: [{name: web-v2, port: 80}]\n    timeouts: {request: 200ms}\n",
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let a = get(&h1, out, "web", "/elsewhere").await.unwrap();
+        if a.status == 404 {
+            assert_eq!(a.error.as_deref(), Some("no route"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HTTPRoute never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = get(&h1, out, "web", "/v1/x").await.unwrap();
+    assert_eq!((a.status, a.version.as_str()), (200, "v1"));
+    let a = get(&h1, out, "web", "/gone").await.unwrap();
+    assert_eq!(
+        (a.status, a.error.as_deref()),
+        (500, Some("backend failure"))
+    );
+    let a = get(&h1, out, "web", "/slow?ms=5000").await.unwrap();
+    assert_eq!((a.status, a.error.as_deref()), (504, Some("timeout")));
+
+    // gRPC callers get gRPC statuses instead: no route is UNIMPLEMENTED.
+    let mut client = grpc_client(&mesh).await;
+    let status = client.hello(HelloRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_reports_readiness_metrics_and_config() {
+    let mesh = Mesh::start(1, 1).await;
+    assert_eq!(admin_get(mesh.client.admin, "/live").await.0, 200);
+    assert_eq!(admin_get(mesh.client.admin, "/ready").await.0, 200);
+    let (status, metrics) = admin_get(mesh.client.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("pillion_requests_total{direction=\"outbound\",authority=\"web.default.svc.cluster.local:80\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pillion_response_latency_seconds_bucket"),
+        "{metrics}"
+    );
+    let (_, server_metrics) = admin_get(mesh.server_proxies[0].admin, "/metrics").await;
+    assert!(
+        server_metrics.contains("direction=\"inbound\""),
+        "{server_metrics}"
+    );
+    let (status, config) = admin_get(mesh.client.admin, "/config").await;
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let web = &config["destinations"]["web.default.svc.cluster.local:80"];
+    assert_eq!(web["source"], "TrafficSplit default/web-canary");
+    assert_eq!(web["rules"][0]["backends"][0]["weight"], 1);
+}

@@ -1,0 +1,170 @@
+//! Weighted splits end to end: accuracy, live changes under load, refused configuration.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::sync::Mutex;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_90_10_split_lands_within_one_percent_over_1000_requests() {
+    let mesh = Mesh::start(90, 10).await;
+    let client = http1_client();
+    let mut versions = Vec::new();
+    for _ in 0..1000 {
+        let a = get(&client, mesh.client.outbound, "web", "/")
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{:?}", a.error);
+        versions.push(a.version);
+    }
+    let v1 = count(&versions, "v1");
+    let v2 = count(&versions, "v2");
+    eprintln!("90/10 split over 1000 requests: v1={v1} v2={v2}");
+    assert_eq!(v1 + v2, 1000);
+    assert!((890..=910).contains(&v1), "v1 got {v1} of 1000");
+}
+
+/// Several workers keep requests flowing while the split goes from 90/10 to 50/50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_split_under_load_shifts_traffic_with_no_failed_request() {
+    let mesh = Arc::new(Mesh::start(90, 10).await);
+    let log: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (mesh, log, failures, stop) =
+            (mesh.clone(), log.clone(), failures.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let client = http1_client();
+            while !stop.load(Ordering::Relaxed) {
+                match get(&client, mesh.client.outbound, "web", "/").await {
+                    Ok(a) if a.status == 200 => log.lock().await.push((Instant::now(), a.version)),
+                    other => {
+                        eprintln!("failed request: {:?}", other.map(|a| (a.status, a.error)));
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // Some traffic at 90/10 first.
+    let deadline = Instant::now() + DEADLINE;
+    while log.lock().await.len() < 200 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let changed_at = Instant::now();
+    write_config(&mesh.path("split.yaml"), &split_yaml(50, 50));
+    // Propagated when 100 consecutive answers after the change show the new split.
+    let propagated = loop {
+        assert!(
+            Instant::now() < changed_at + DEADLINE,
+            "the split never moved to 50/50"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let log = log.lock().await;
+        let after: Vec<&(Instant, String)> = log.iter().filter(|(t, _)| *t > changed_at).collect();
+        // The first answer from which a window of 100 is balanced within ±10.
+        let found = after.windows(100).find(|w| {
+            let v2 = w.iter().filter(|(_, v)| v == "v2").count();
+            (40..=60).contains(&v2)
+        });
+        if let Some(w) = found {
+            break w[0].0 - changed_at;
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    eprintln!(
+        "split change propagated in {propagated:?} (file write to first answer of a balanced window)"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_configuration_is_reported_and_the_previous_split_stays() {
+    let mesh = Mesh::start(90, 10).await;
+    let split = mesh.path("split.yaml");
+
+    // A field error: the control plane names file, document, object and field.
+    write_config(
+        &split,
+        &split_yaml(90, 10).replace("weight: 10", "weight: -10"),
+    );
+    let line = mesh
+        .cp
+        .proc
+        .wait_log("refusal of the negative weight", |v| {
+            v["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("split.yaml") && e.contains("spec.backends[1].weight"))
+        });
+    let error = line["fields"]["error"].as_str().unwrap();
+    assert!(error.contains("TrafficSplit default/web-canary"), "{error}");
+
+    // Not YAML at all.
+    write_config(&split, "spec: [unclosed\n  backends: {");
+    mesh.cp.proc.wait_log("refusal of the broken YAML", |v| {
+        v["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("split.yaml") && e.contains("not valid YAML"))
+    });
+
+    let client = http1_client();
+    let mut versions = Vec::new();
+    for _ in 0..200 {
+        let a = get(&client, mesh.client.outbound, "web", "/")
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+        versions.push(a.version);
+    }
+    let v1 = count(&versions, "v1");
+    assert!(
+        (178..=182).contains(&v1),
+        "the previous 90/10 split should hold: v1={v1}/200"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_does_not_block_changes_in_other_files() {
+    let mesh = Mesh::start(90, 10).await;
+    write_config(&mesh.path("broken.yaml"), "kind: [");
+    mesh.cp.proc.wait_log("refusal of broken.yaml", |v| {
+        v["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("broken.yaml"))
+    });
+    write_config(&mesh.path("split.yaml"), &split_yaml(0, 1));
+    let client = http1_client();
+    let deadline = Instant::now() + DEADLINE;
+    let mut consecutive_v2 = 0;
+    while consecutive_v2 < 20 {
+        assert!(Instant::now() < deadline, "the 0/1 split never applied");
+        let a = get(&client, mesh.client.outbound, "web", "/")
+            .await
+            .unwrap();
+        consecutive_v2 = if a.version == "v2" {
+            consecutive_v2 + 1
+        } else {
+            0
+        };
+    }
+    for _ in 0..50 {
+        let a = get(&client, mesh.client.outbound, "web", "/")
+            .await
+            .unwrap();
+        assert_eq!(a.version, "v2");
+    }
+}
