@@ -105,7 +105,7 @@ impl Model {
     fn destination(&self, target: &Target, source_ns: &str) -> pb::Destination {
         let routes = self.routes_for(target, source_ns);
         if !routes.is_empty() {
-            return self.from_routes(target, &routes);
+            return self.destination_from_routes(target, &routes);
         }
         let splits: Vec<&TrafficSplit> = self
             .splits
@@ -125,7 +125,7 @@ impl Model {
                     "several TrafficSplits for one service; the oldest is used"
                 );
             }
-            return self.from_split(target, split);
+            return self.destination_from_split(target, split);
         }
         pb::Destination {
             fqdn: target.fqdn(),
@@ -171,7 +171,7 @@ impl Model {
             .collect()
     }
 
-    fn from_routes(&self, target: &Target, routes: &[&HttpRoute]) -> pb::Destination {
+    fn destination_from_routes(&self, target: &Target, routes: &[&HttpRoute]) -> pb::Destination {
         if self.splits.iter().any(|s| {
             parse_authority(&s.spec.service, namespace_of(&s.metadata))
                 .is_some_and(|t| t.namespace == target.namespace && t.name == target.name)
@@ -256,7 +256,7 @@ impl Model {
                 }
             }
         }
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.sort_by_key(|k| k.0);
         let source = routes
             .iter()
             .map(|r| {
@@ -276,7 +276,7 @@ impl Model {
         }
     }
 
-    fn from_split(&self, target: &Target, split: &TrafficSplit) -> pb::Destination {
+    fn destination_from_split(&self, target: &Target, split: &TrafficSplit) -> pb::Destination {
         let ns = namespace_of(&split.metadata);
         let backends = split
             .spec

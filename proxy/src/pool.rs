@@ -18,6 +18,9 @@ use crate::errors::ProxyError;
 const MAX_IDLE: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// An idle HTTP/1.1 connection and when it became idle.
+type IdleH1 = (http1::SendRequest<Body>, Instant);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
@@ -29,7 +32,7 @@ pub struct Conns {
     connect_timeout: Duration,
     /// Held across the handshake so that concurrent requests share one new connection.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
-    h1_idle: Arc<Mutex<Vec<(http1::SendRequest<Body>, Instant)>>>,
+    h1_idle: Arc<Mutex<Vec<IdleH1>>>,
 }
 
 impl Conns {
