@@ -164,3 +164,70 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_list_every_family() {
+        let m = Metrics::new();
+        let labels = LatencyLabels {
+            direction: Direction::outbound,
+            authority: Label::from("a"),
+            backend: Label::from("b"),
+        };
+        m.latency.get_or_create(&labels).observe(0.1);
+        // Families without samples are not printed: give each one.
+        let (direction, authority, route, backend) = (
+            Direction::outbound,
+            Label::from("a"),
+            Label::from("r"),
+            Label::from("b"),
+        );
+        m.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                authority: authority.clone(),
+                route: route.clone(),
+                backend: backend.clone(),
+            })
+            .inc();
+        m.responses
+            .get_or_create(&ResponseLabels {
+                direction,
+                authority,
+                route,
+                backend,
+                status_code: 200,
+                grpc_status: Label::default(),
+                error: Label::default(),
+            })
+            .inc();
+        m.connections
+            .get_or_create(&ConnLabels {
+                direction,
+                protocol: Label::from("h2"),
+            })
+            .inc();
+        let text = m.encode();
+        let docs = include_str!("../../docs/metrics.md");
+        let mut families = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let name = if kind == "counter" && !name.ends_with("_total") {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                assert!(docs.contains(&format!("`{name}`")), "{name} is missing from docs/metrics.md");
+                families.push(name);
+            }
+        }
+        for line in docs.lines().filter(|l| l.starts_with("| `pillion_")) {
+            let name = line.split('`').nth(1).unwrap();
+            assert!(families.iter().any(|f| f == name), "docs/metrics.md lists {name}, which the proxy does not have");
+        }
+    }
+}
