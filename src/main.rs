@@ -14,6 +14,15 @@ enum Command {
     Demo(pillion::demo::DemoArgs),
     /// Run the control plane in this process (the same as `pillion-control-plane`).
     ControlPlane(pillion_control_plane::Args),
+    /// Run the demo's backend application alone (for benchmarks and manual tests).
+    DemoApp {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The version it reports (`x-version` header, gRPC replies).
+        #[arg(long = "app-version", default_value = "v1")]
+        app_version: String,
+    },
 }
 
 #[tokio::main]
@@ -32,6 +41,22 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             serve.await
+        }
+        Command::DemoApp {
+            listen,
+            app_version,
+        } => {
+            init_logging("info");
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!(
+                "demo app {app_version} listening on {}",
+                listener.local_addr()?
+            );
+            tokio::select! {
+                _ = pillion::demo_app::serve(listener, app_version) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
         }
     }
 }

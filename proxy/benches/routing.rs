@@ -1,1 +1,113 @@
-fn main() {}
+//! The per-request routing work: match the request to a rule, pick a backend by weight, pick an
+//! endpoint by power of two choices. `cargo bench -p pillion-proxy --bench routing`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use pillion_proto::discovery::v1 as pb;
+use pillion_proxy::balance;
+use pillion_proxy::routing::{BackendTarget, RequestInfo, Snapshot};
+
+fn backend(name: &str, weight: u32, first_port: u16) -> pb::WeightedBackend {
+    pb::WeightedBackend {
+        weight,
+        kind: Some(pb::weighted_backend::Kind::Service(pb::Backend {
+            name: name.into(),
+            endpoints: (0..10)
+                .map(|i| pb::Endpoint {
+                    address: format!("10.0.0.{}:{}", i + 1, first_port),
+                    weight: 1,
+                    ..Default::default()
+                })
+                .collect(),
+        })),
+    }
+}
+
+/// Four header/path rules before the catch-all 90/10 split the benchmark's request takes.
+fn snapshot() -> Snapshot {
+    let mut rules = Vec::new();
+    let mut matches = Vec::new();
+    for i in 0..4 {
+        rules.push(pb::Rule {
+            name: format!("rule-{i}"),
+            backends: vec![backend("other", 1, 9000)],
+            timeouts: None,
+        });
+        matches.push(pb::RouteMatch {
+            rule_index: i,
+            path: Some(pb::PathMatch {
+                kind: pb::path_match::Kind::Prefix as i32,
+                value: format!("/api/v{i}"),
+            }),
+            headers: vec![pb::HeaderMatch {
+                name: "x-canary".into(),
+                value: Some(pb::header_match::Value::Exact("yes".into())),
+            }],
+            ..Default::default()
+        });
+    }
+    rules.push(pb::Rule {
+        name: "split".into(),
+        backends: vec![backend("web-v1", 90, 8080), backend("web-v2", 10, 8081)],
+        timeouts: None,
+    });
+    matches.push(pb::RouteMatch {
+        rule_index: 4,
+        path: Some(pb::PathMatch {
+            kind: pb::path_match::Kind::Prefix as i32,
+            value: "/".into(),
+        }),
+        ..Default::default()
+    });
+    let update = pb::DestinationUpdate {
+        version: "1".into(),
+        state: Some(pb::destination_update::State::Destination(
+            pb::Destination {
+                fqdn: "web.default.svc.cluster.local:80".into(),
+                rules,
+                matches,
+                source: "bench".into(),
+            },
+        )),
+    };
+    Snapshot::compile(update, &mut HashMap::new(), Duration::from_secs(1)).expect("compiles")
+}
+
+fn routing(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let snap = snapshot();
+    let method = http::Method::GET;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("user-agent", http::HeaderValue::from_static("bench"));
+    headers.insert("accept", http::HeaderValue::from_static("*/*"));
+    c.bench_function("route+split+balance", |b| {
+        b.iter(|| {
+            let info = RequestInfo {
+                method: &method,
+                path: black_box("/shop/cart"),
+                query: None,
+                headers: &headers,
+            };
+            let rule = snap.route(&info).expect("route");
+            let backend = rule.split.pick().expect("backend");
+            match &backend.target {
+                BackendTarget::Service { endpoints, .. } => {
+                    black_box(balance::pick(endpoints).expect("endpoint"));
+                }
+                BackendTarget::Failure { .. } => unreachable!(),
+            }
+        })
+    });
+    c.bench_function("authority parse", |b| {
+        b.iter(|| pillion_proto::names::parse_authority(black_box("web.default:80"), "default"))
+    });
+}
+
+criterion_group!(benches, routing);
+criterion_main!(benches);

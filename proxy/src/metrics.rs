@@ -221,13 +221,19 @@ mod tests {
                 } else {
                     name.to_string()
                 };
-                assert!(docs.contains(&format!("`{name}`")), "{name} is missing from docs/metrics.md");
+                assert!(
+                    docs.contains(&format!("`{name}`")),
+                    "{name} is missing from docs/metrics.md"
+                );
                 families.push(name);
             }
         }
         for line in docs.lines().filter(|l| l.starts_with("| `pillion_")) {
             let name = line.split('`').nth(1).unwrap();
-            assert!(families.iter().any(|f| f == name), "docs/metrics.md lists {name}, which the proxy does not have");
+            assert!(
+                families.iter().any(|f| f == name),
+                "docs/metrics.md lists {name}, which the proxy does not have"
+            );
         }
     }
 }
