@@ -276,3 +276,42 @@ async fn admin_port_reports_readiness_metrics_and_config() {
     assert_eq!(web["source"], "TrafficSplit default/web-canary");
     assert_eq!(web["rules"][0]["backends"][0]["weight"], 1);
 }
+
+/// Bytes that are not HTTP are forwarded as they are: here to a TCP echo server behind the
+/// inbound listener (a redis-style greeting, then a payload larger than detection reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_is_forwarded_as_bytes() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start_control_plane(dir.path(), "127.0.0.1:0");
+    let proxy = start_proxy("proxy-tcp", cp.addr, "default/tcp", Some(echo_addr), &[]);
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let mut payload = b"*1\r\n$4\r\nPING\r\n".to_vec();
+    payload.extend((0..100_000).map(|i| (i % 256) as u8));
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = r.read_to_end(&mut back);
+    let (_, n) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(send, recv) })
+        .await
+        .unwrap();
+    n.unwrap();
+    assert!(
+        back == payload,
+        "{} bytes came back of {}",
+        back.len(),
+        payload.len()
+    );
+}

@@ -26,16 +26,21 @@ pub fn bin(name: &str) -> PathBuf {
         .parent()
         .expect("bin dir")
         .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
-        // `cargo test -p pillion` alone does not build the other packages' binaries.
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--bin", name])
-            .status()
-            .expect("cargo build");
+    // `cargo test` builds the binaries of packages with integration tests only: build the
+    // others (once per test process; cargo's lock orders concurrent builds).
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--locked", "-p", name, "--bin", name]);
+        if cfg!(not(debug_assertions)) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo build");
         assert!(status.success(), "cannot build {name}");
+        built.push(name.to_string());
     }
-    path
+    dir.join(name)
 }
 
 pub struct Process {
