@@ -8,12 +8,13 @@ N=${N:-100000}
 C=${C:-10}
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
-cargo build --release --locked --bins -q
+cargo build --release --locked --workspace --bins -q
 T=target/release
 dir=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
 
 wait_for() { # file pattern
   for _ in $(seq 1 500); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.02; done
@@ -64,5 +65,6 @@ echo "h2load -n $N -c $C (h2c: -m 10 streams per connection)"
 run "h2c direct"          -n "$N" -c "$C" -m 10 "http://$APP/"
 run "h2c one proxy hop"   -n "$N" -c "$C" -m 10 -H ':authority: web-v1' "http://$OUT/"
 run "http/1.1 direct"     --h1 -n "$N" -c "$C" "http://$APP/"
-run "http/1.1 one proxy hop" --h1 -n "$N" -c "$C" -H 'host: web-v1' "http://$OUT/"
+run "http/1.1 one proxy hop" --h1 -n "$N" -c "$C" -H ':authority: web-v1' "http://$OUT/"
 echo "proxy RSS after the runs: $(awk '/VmRSS/ {print $2 " " $3}' /proc/$PROXY_PID/status)"
+[ -n "${KEEP:-}" ] && { echo "OUT=$OUT APP=$APP"; sleep 30; }
