@@ -206,6 +206,14 @@ async fn proxy_errors_have_clear_statuses_for_http_and_grpc() {
     let h1 = http1_client();
     let out = mesh.client.outbound;
 
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nHost: other\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400", "two Host headers are refused");
+
     let a = get(&h1, out, "nowhere", "/").await.unwrap();
     assert_eq!((a.status, a.error.as_deref()), (503, Some("not in mesh")));
     let a = get(&h1, out, "example.org", "/").await.unwrap();

@@ -46,6 +46,16 @@ impl Outbound {
         if self.loops(&conn) {
             return Err(ProxyError::Loop);
         }
+        // RFC 9112 §3.2: a request with more than one Host header is answered 400.
+        if req
+            .headers()
+            .get_all(http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(ProxyError::BadRequest("several Host headers"));
+        }
         let authority = authority_of(&req);
         let target = authority
             .as_deref()
