@@ -234,32 +234,54 @@ impl Mesh {
     }
 
     pub async fn start_with(v1: u32, v2: u32, client_env: &[(&str, String)]) -> Mesh {
+        let mut apps = Vec::new();
+        for version in ["v1", "v2"] {
+            let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
+                .await
+                .unwrap();
+            apps.push(app);
+        }
+        Self::start_with_apps(v1, v2, apps, client_env)
+            .await
+            .started()
+            .await
+    }
+
+    /// The same mesh with the two versions' applications already listening at `apps`.
+    pub async fn start_with_apps(
+        v1: u32,
+        v2: u32,
+        apps: Vec<SocketAddr>,
+        client_env: &[(&str, String)],
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         write_config(&dir.path().join("services.yaml"), SERVICES);
         write_config(&dir.path().join("split.yaml"), &split_yaml(v1, v2));
         let cp = start_control_plane(dir.path(), "127.0.0.1:0");
         let mut server_proxies = Vec::new();
-        let mut apps = Vec::new();
         let mut endpoints = Vec::new();
-        for version in ["v1", "v2"] {
-            let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
-                .await
-                .unwrap();
+        for (version, app) in ["v1", "v2"].into_iter().zip(&apps) {
             let p = start_proxy(
                 &format!("proxy-{version}"),
                 cp.addr,
                 &format!("default/web-{version}"),
-                Some(app),
+                Some(*app),
                 &[],
             );
             endpoints.push((version, p.inbound));
             server_proxies.push(p);
-            apps.push(app);
         }
         write_config(
             &dir.path().join("endpoints.yaml"),
             &pillion::demo::endpoints_yaml(&endpoints),
         );
+        // The control plane has published the endpoints before any client asks.
+        cp.proc.wait_log("endpoints published", |v| {
+            message_is(v, "configuration change published")
+                && v["fields"]["files"]
+                    .as_str()
+                    .is_some_and(|f| f.contains("endpoints.yaml"))
+        });
         let client = start_proxy("proxy-client", cp.addr, "default/client", None, client_env);
         let mesh = Mesh {
             dir,
@@ -268,9 +290,13 @@ impl Mesh {
             client,
             apps,
         };
-        // Ready when both versions answer through the client proxy.
-        mesh.wait_for_versions(&["v1", "v2"]).await;
         mesh
+    }
+
+    /// `start_with_apps`, then wait until both demo-app versions answer through the client proxy.
+    async fn started(self) -> Mesh {
+        self.wait_for_versions(&["v1", "v2"]).await;
+        self
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -387,4 +413,18 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
 /// Counts answers by version.
 pub fn count(answers: &[String], version: &str) -> usize {
     answers.iter().filter(|v| *v == version).count()
+}
+
+/// The Python with grpcio that `scripts/test.sh` installs (`PILLION_TEST_PYTHON` overrides).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("PILLION_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run scripts/test.sh, which installs grpcio into .venv",
+        venv.display()
+    );
+    venv
 }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs what the tests use besides Rust, then
+# `cargo test --workspace --locked` (extra arguments go to cargo test).
+#   - Python grpcio + grpcio-tools in .venv (a real third-party gRPC client and server)
+#   - promtool, from Debian's prometheus package (lints the proxy's /metrics)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! .venv/bin/python -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "installing grpcio into .venv" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+fi
+
+if ! command -v promtool >/dev/null; then
+  echo "installing promtool (Debian package prometheus)" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+exec cargo test --workspace --locked "$@"

@@ -1,0 +1,86 @@
+//! gRPC through the mesh with a real third-party implementation on both ends: Python grpcio
+//! servers behind the server proxies and a grpcio client through the client proxy.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+struct PyServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn py_server(version: &str) -> PyServer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py");
+    let mut child = Command::new(python())
+        .args([script, "server", version])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the grpcio server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("grpcio server said {line:?}"));
+    PyServer { child, port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_client_and_servers_through_two_proxies() {
+    let servers = [py_server("v1"), py_server("v2")];
+    let apps = servers
+        .iter()
+        .map(|s| std::net::SocketAddr::from(([127, 0, 0, 1], s.port)))
+        .collect();
+    let mesh = Mesh::start_with_apps(1, 1, apps, &[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py");
+    let out = Command::new(python())
+        .args([
+            script,
+            "client",
+            &mesh.client.outbound.to_string(),
+            "web.default.svc.cluster.local:80",
+        ])
+        .output()
+        .expect("run the grpcio client");
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions: Vec<String> = result["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(count(&versions, "v1"), 10, "{versions:?}");
+    assert_eq!(count(&versions, "v2"), 10, "{versions:?}");
+    assert!(
+        result["trailer"].as_str().unwrap().starts_with("grpcio-v"),
+        "trailing metadata lost: {result}"
+    );
+    assert_eq!(result["status"], "NOT_FOUND");
+    assert_eq!(result["message"], "python failed as asked by boom");
+    assert_eq!(result["big"], 4 << 20);
+    let stream: Vec<String> = (0..10).map(|i| format!("hello s{i}")).collect();
+    assert_eq!(result["stream"], serde_json::json!(stream));
+    assert_eq!(result["stream_versions"].as_array().unwrap().len(), 1);
+    assert!(result["errors"].as_array().unwrap().is_empty(), "{result}");
+}
