@@ -283,14 +283,13 @@ impl Mesh {
                     .is_some_and(|f| f.contains("endpoints.yaml"))
         });
         let client = start_proxy("proxy-client", cp.addr, "default/client", None, client_env);
-        let mesh = Mesh {
+        Mesh {
             dir,
             cp,
             server_proxies,
             client,
             apps,
-        };
-        mesh
+        }
     }
 
     /// `start_with_apps`, then wait until both demo-app versions answer through the client proxy.
