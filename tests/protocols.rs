@@ -272,6 +272,7 @@ async fn admin_port_reports_readiness_metrics_and_config() {
         metrics.contains("pillion_response_latency_seconds_bucket"),
         "{metrics}"
     );
+    promtool_accepts(&metrics);
     let (_, server_metrics) = admin_get(mesh.server_proxies[0].admin, "/metrics").await;
     assert!(
         server_metrics.contains("direction=\"inbound\""),
