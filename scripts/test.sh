@@ -3,6 +3,7 @@
 # `cargo test --workspace --locked` (extra arguments go to cargo test).
 #   - Python grpcio + grpcio-tools in .venv (a real third-party gRPC client and server)
 #   - promtool, from Debian's prometheus package (lints the proxy's /metrics)
+#   - iproute2 and iptables (transparent-mode tests in a network namespace; they need root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,12 +13,16 @@ if ! .venv/bin/python -c 'import grpc, grpc_tools' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools
 fi
 
-if ! command -v promtool >/dev/null; then
-  echo "installing promtool (Debian package prometheus)" >&2
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v iptables >/dev/null || missing+=(iptables)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages)" >&2
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 exec cargo test --workspace --locked "$@"

@@ -51,12 +51,31 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, bin: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
-        let mut cmd = Command::new(bin);
+        Self::spawn_in(None, name, bin, args, env)
+    }
+
+    /// Spawns `bin`, inside network namespace `ns` when given. Its stdout and stderr lines
+    /// are collected.
+    pub fn spawn_in(
+        ns: Option<&Netns>,
+        name: &str,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Process {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.0]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(args)
             .env("PILLION_LOG_FORMAT", "json")
             .env("PILLION_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
@@ -64,22 +83,31 @@ impl Process {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let stderr = child.stderr.take().expect("stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let label = name.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("PILLION_TEST_LOGS").is_some() {
-                    eprintln!("[{label}] {line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        collect(name, stdout, lines.clone());
+        collect(name, stderr, lines.clone());
         Process {
             name: name.to_string(),
             child,
             lines,
+        }
+    }
+
+    /// Waits for a plain-text line containing `text`; returns it.
+    pub fn wait_text(&self, text: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no line with {text:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -129,6 +157,60 @@ impl Process {
     }
 }
 
+fn collect(label: &str, from: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
+    let label = label.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if std::env::var_os("PILLION_TEST_LOGS").is_some() {
+                eprintln!("[{label}] {line}");
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// A network namespace of the test's own, with loopback up; deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("pillion-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace and asserts it succeeded; returns its stdout.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.0];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} {args:?}: {e} (scripts/test.sh installs iproute2 and iptables)")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -150,7 +232,12 @@ pub struct ControlPlaneProc {
 }
 
 pub fn start_control_plane(dir: &Path, listen: &str) -> ControlPlaneProc {
-    let proc = Process::spawn(
+    start_control_plane_in(None, dir, listen)
+}
+
+pub fn start_control_plane_in(ns: Option<&Netns>, dir: &Path, listen: &str) -> ControlPlaneProc {
+    let proc = Process::spawn_in(
+        ns,
         "control-plane",
         &bin("pillion-control-plane"),
         &["--config-dir", dir.to_str().unwrap(), "--listen", listen],
@@ -177,6 +264,22 @@ pub fn start_proxy(
     forward: Option<SocketAddr>,
     extra: &[(&str, String)],
 ) -> ProxyProc {
+    start_proxy_in(None, None, name, cp, workload, forward, extra)
+}
+
+/// The proxy's user in transparent-mode tests: iptables skips its own connections by uid, as
+/// `pillion-init` will, so that what the proxy sends is not redirected back to it.
+pub const PROXY_UID: u32 = 2102;
+
+pub fn start_proxy_in(
+    ns: Option<&Netns>,
+    run_as: Option<u32>,
+    name: &str,
+    cp: SocketAddr,
+    workload: &str,
+    forward: Option<SocketAddr>,
+    extra: &[(&str, String)],
+) -> ProxyProc {
     let mut env = vec![
         ("PILLION_CONTROL_PLANE_ADDR", cp.to_string()),
         ("PILLION_OUTBOUND_LISTEN", "127.0.0.1:0".to_string()),
@@ -188,7 +291,20 @@ pub fn start_proxy(
         env.push(("PILLION_INBOUND_FORWARD", f.to_string()));
     }
     env.extend(extra.iter().cloned());
-    let proc = Process::spawn(name, &bin("pillion-proxy"), &[], &env);
+    let proxy = bin("pillion-proxy");
+    let proc = match run_as {
+        Some(uid) => {
+            let (u, g) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+            let args = [
+                u.as_str(),
+                g.as_str(),
+                "--clear-groups",
+                proxy.to_str().unwrap(),
+            ];
+            Process::spawn_in(ns, name, Path::new("setpriv"), &args, &env)
+        }
+        None => Process::spawn_in(ns, name, &proxy, &[], &env),
+    };
     let line = proc.wait_log("`proxy listening`", |v| message_is(v, "proxy listening"));
     let get = |k: &str| field(&line, k).unwrap().parse().unwrap();
     ProxyProc {
