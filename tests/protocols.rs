@@ -352,3 +352,77 @@ fn promtool_accepts(metrics: &str) {
         "promtool: {said}\n{metrics}"
     );
 }
+
+/// A server that speaks first (SMTP, MySQL): the client waits for its greeting, so detection
+/// must give up after its bounded wait and forward the connection as opaque bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_speaks_first_protocols_work_after_the_detection_timeout() {
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = server.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"220 ready\r\n").await.unwrap();
+                let mut line = [0u8; 6];
+                if s.read_exact(&mut line).await.is_ok() {
+                    let _ = s.write_all(b"250 ok\r\n").await;
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start_control_plane(dir.path(), "127.0.0.1:0");
+    let proxy = start_proxy(
+        "proxy-smtp",
+        cp.addr,
+        "default/smtp",
+        Some(server_addr),
+        &[("PILLION_DETECT_TIMEOUT", "300ms".to_string())],
+    );
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut greeting))
+        .await
+        .expect("the greeting never came through")
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    s.write_all(b"HELO\r\n").await.unwrap();
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"250 ok\r\n");
+}
+
+/// The same mesh path on IPv6 loopback: listeners, control plane and an IPv6 EndpointSlice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_end_to_end() {
+    let (app, _) = pillion::demo_app::spawn("[::1]:0".parse().unwrap(), "v6")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        &dir.path().join("web.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web6}}\nspec:\n  ports: [{{port: 80}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web6-1\n  labels: {{kubernetes.io/service-name: web6}}\n\
+             addressType: IPv6\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"::1\"]}}]\n",
+            app.port()
+        ),
+    );
+    let cp = start_control_plane(dir.path(), "[::1]:0");
+    assert!(cp.addr.is_ipv6());
+    let v6 = "[::1]:0".to_string();
+    let proxy = start_proxy(
+        "proxy-v6",
+        cp.addr,
+        "default/client",
+        None,
+        &[
+            ("PILLION_OUTBOUND_LISTEN", v6.clone()),
+            ("PILLION_INBOUND_LISTEN", v6.clone()),
+            ("PILLION_ADMIN_LISTEN", v6),
+        ],
+    );
+    assert!(proxy.outbound.is_ipv6());
+    let a = get(&http1_client(), proxy.outbound, "web6", "/").await.unwrap();
+    assert_eq!((a.status, a.version.as_str()), (200, "v6"), "{:?}", a.error);
+}
