@@ -43,6 +43,9 @@ impl Echo for EchoImpl {
         request: tonic::Request<HelloRequest>,
     ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
         let req = request.into_inner();
+        if req.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(req.delay_ms))).await;
+        }
         if req.fail_with != 0 {
             let code = tonic::Code::from(req.fail_with as i32);
             return Err(tonic::Status::new(

@@ -423,6 +423,55 @@ async fn ipv6_end_to_end() {
         ],
     );
     assert!(proxy.outbound.is_ipv6());
-    let a = get(&http1_client(), proxy.outbound, "web6", "/").await.unwrap();
+    let a = get(&http1_client(), proxy.outbound, "web6", "/")
+        .await
+        .unwrap();
     assert_eq!((a.status, a.version.as_str()), (200, "v6"), "{:?}", a.error);
+}
+
+/// The caller's deadline (`grpc-timeout`) is honoured by the proxy: a trailers-only
+/// DEADLINE_EXCEEDED from the proxy, long before the server would answer. Sent with hyper by
+/// hand because tonic enforces the deadline itself on the client side too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_is_enforced_by_the_proxy() {
+    use prost::Message;
+    let mesh = Mesh::start(1, 1).await;
+    let io = hyper_util::rt::TokioIo::new(
+        tokio::net::TcpStream::connect(mesh.client.outbound)
+            .await
+            .unwrap(),
+    );
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Full<Bytes>,
+    >(hyper_util::rt::TokioExecutor::new(), io)
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let msg = HelloRequest {
+        name: "slow".into(),
+        delay_ms: 10_000,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend((msg.len() as u32).to_be_bytes());
+    frame.extend(msg);
+    let req = http::Request::post("http://web.default/pillion.demo.v1.Echo/Hello")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(http_body_util::Full::new(Bytes::from(frame)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = sender.send_request(req).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(9));
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["grpc-status"],
+        "4",
+        "DEADLINE_EXCEEDED: {resp:?}"
+    );
+    assert_eq!(resp.headers()["pillion-proxy-error"], "timeout");
 }
