@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/pillion/discovery/v1/discovery.proto",
         "proto/pillion/demo/v1/demo.proto",
+        "proto/pillion/identity/v1/identity.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -69,16 +69,33 @@ async fn start_proxy(env: HashMap<&'static str, String>) -> anyhow::Result<pilli
     Ok(proxy)
 }
 
-/// EndpointSlices for the two versions: each version's endpoint is its proxy's inbound port.
-pub fn endpoints_yaml(versions: &[(&str, SocketAddr)]) -> String {
+/// One version's endpoint, as the demo (and the tests) describe it.
+pub struct DemoEndpoint<'a> {
+    pub version: &'a str,
+    /// Where requests for this version go: its proxy's inbound port (plaintext), or the
+    /// application itself when `meshed` says which proxy fronts it.
+    pub addr: SocketAddr,
+    /// `(identity, proxy port)`: a Pillion proxy fronts the endpoint (mTLS).
+    pub meshed: Option<(&'a str, u16)>,
+}
+
+/// EndpointSlices for the versions, in the files-mode shape `docs/identity.md` describes.
+pub fn endpoints_yaml(endpoints: &[DemoEndpoint<'_>]) -> String {
     let mut out = String::from(
         "# Written by `pillion demo`: where each version's pods (their proxies) listen.\n",
     );
-    for (version, addr) in versions {
+    for e in endpoints {
+        let annotations = match e.meshed {
+            Some((identity, port)) => format!(
+                "  annotations:\n    pillion.dev/identity: {identity}\n    pillion.dev/proxy-port: \"{port}\"\n"
+            ),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{version}-demo\n  namespace: default\n  labels:\n    kubernetes.io/service-name: web-{version}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\nendpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: web-{version}-0, namespace: default}}\n",
-            port = addr.port(),
-            ip = addr.ip(),
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{version}-demo\n  namespace: default\n  labels:\n    kubernetes.io/service-name: web-{version}\n{annotations}addressType: IPv4\nports:\n- name: http\n  port: {port}\nendpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: web-{version}-0, namespace: default}}\n",
+            version = e.version,
+            port = e.addr.port(),
+            ip = e.addr.ip(),
         ));
     }
     out
@@ -178,10 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (dir, temporary) = prepare_dir(args.dir)?;
     let (cp_stop_tx, cp_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (cp, serve) = pillion_control_plane::ControlPlane::bind(
-        pillion_control_plane::Args {
-            config_dir: dir.clone(),
-            listen: "127.0.0.1:0".parse()?,
-        },
+        pillion_control_plane::Args::new(dir.clone(), "127.0.0.1:0".parse()?),
         async {
             let _ = cp_stop_rx.await;
         },
@@ -199,7 +213,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             Some(app),
         ))
         .await?;
-        endpoints.push((version, proxy.inbound_addr));
+        endpoints.push(DemoEndpoint {
+            version,
+            addr: proxy.inbound_addr,
+            meshed: None,
+        });
         proxies.push(proxy);
     }
     let generation = cp.generation();
@@ -220,10 +238,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  client proxy    outbound {outbound}, admin http://{}/metrics",
         client_proxy.admin_addr
     );
-    for ((version, inbound), p) in endpoints.iter().zip(&proxies) {
+    for (e, p) in endpoints.iter().zip(&proxies) {
         println!(
-            "  web-{version} proxy   inbound {inbound}, admin http://{}/config",
-            p.admin_addr
+            "  web-{} proxy   inbound {}, admin http://{}/config",
+            e.version, e.addr, p.admin_addr
         );
     }
     println!();

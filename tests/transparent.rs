@@ -61,7 +61,7 @@ fn redirected_connections_are_routed_or_passed_through() {
     let dir = tempfile::tempdir().unwrap();
     write_config(&dir.path().join("web.yaml"), SERVICE);
     write_config(&dir.path().join("endpoints.yaml"), &endpoints(app_port));
-    let cp = start_control_plane_in(Some(&ns), dir.path(), "127.0.0.1:0");
+    let cp = start_control_plane_in(Some(&ns), dir.path(), "127.0.0.1:0", &[]);
     let proxy = start_proxy_in(
         Some(&ns),
         Some(PROXY_UID),

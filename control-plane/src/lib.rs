@@ -1,7 +1,9 @@
 //! Pillion's control plane: reads Kubernetes-shaped YAML from a directory and serves each proxy
 //! the complete, versioned state of every destination it asks about.
 
+pub mod ca;
 pub mod discovery;
+pub mod identity;
 pub mod model;
 pub mod resources;
 pub mod store;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pillion_proto::discovery::v1::discovery_server::DiscoveryServer;
+use pillion_proto::identity::v1::identity_server::IdentityServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -34,6 +37,41 @@ pub struct Args {
         default_value = "0.0.0.0:8086"
     )]
     pub listen: SocketAddr,
+    /// Directory of the certificate authority (generated there on first start if empty).
+    /// Without it the Identity service is off and proxies run without mTLS.
+    #[arg(long, env = "PILLION_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// The trust domain of workload identities (`spiffe://<trust-domain>/ns/../sa/..`).
+    #[arg(long, env = "PILLION_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates (`24h`, `90s`).
+    #[arg(long, env = "PILLION_LEAF_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    pub leaf_lifetime: Duration,
+    /// Files mode: the tokens file mapping bootstrap tokens to `namespace/service-account`.
+    #[arg(long, env = "PILLION_IDENTITY_TOKENS")]
+    pub identity_tokens: Option<PathBuf>,
+}
+
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    let ms = resources::parse_duration(s)?;
+    if ms < 1000 {
+        return Err(format!("`{s}` is shorter than a second"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+impl Args {
+    /// Defaults for an embedded control plane reading `config_dir` (no CA).
+    pub fn new(config_dir: PathBuf, listen: SocketAddr) -> Self {
+        Args {
+            config_dir,
+            listen,
+            ca_dir: None,
+            trust_domain: "cluster.local".into(),
+            leaf_lifetime: Duration::from_secs(24 * 3600),
+            identity_tokens: None,
+        }
+    }
 }
 
 /// A running control plane's handles, for embedding (the CLI demo and tests).
@@ -61,12 +99,23 @@ impl ControlPlane {
         tracing::info!(%addr, dir = %args.config_dir.display(), "control plane listening");
         let watcher = tokio::spawn(watch_dir(store, tx));
         let service = discovery::DiscoveryService::new(rx.clone());
+        let identity = match &args.ca_dir {
+            Some(dir) => {
+                let ca = ca::Ca::load_or_generate(dir, &args.trust_domain, args.leaf_lifetime)?;
+                Some(IdentityServer::new(identity::IdentityService::new(
+                    Arc::new(ca),
+                    args.identity_tokens.clone(),
+                )))
+            }
+            None => None,
+        };
         let serve = async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let result = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .add_service(DiscoveryServer::new(service))
+                .add_optional_service(identity)
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;
             watcher.abort();

@@ -410,6 +410,7 @@ impl Model {
                 .and_then(|p| p.app_protocol.as_deref())
                 .or(svc_port.app_protocol.as_deref());
             let hint = protocol_hint(app_protocol) as i32;
+            let meshed = meshed(slice);
             for ep in &slice.endpoints {
                 // Kubernetes: a missing `ready` condition means ready.
                 if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
@@ -436,6 +437,7 @@ impl Model {
                         weight: 1,
                         labels: labels.clone().into_iter().collect(),
                         protocol_hint: hint,
+                        meshed: meshed.clone(),
                     });
                 }
             }
@@ -444,6 +446,27 @@ impl Model {
         out.dedup_by(|a, b| a.address == b.address);
         out
     }
+}
+
+/// Files mode: an EndpointSlice says that a Pillion proxy fronts its endpoints with the
+/// annotations `pillion.dev/identity` (the SPIFFE ID the proxy presents) and, optionally,
+/// `pillion.dev/proxy-port` (its inbound port at the endpoint's IP; without it the endpoint's
+/// own port, as iptables redirects in Kubernetes). Validated when the slice is read.
+fn meshed(slice: &EndpointSlice) -> Option<pb::MeshedEndpoint> {
+    let identity = slice
+        .metadata
+        .annotations
+        .get(resources::IDENTITY_ANNOTATION)?;
+    let proxy_port = slice
+        .metadata
+        .annotations
+        .get(resources::PROXY_PORT_ANNOTATION)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    Some(pb::MeshedEndpoint {
+        identity: identity.clone(),
+        proxy_port,
+    })
 }
 
 fn protocol_hint(app_protocol: Option<&str>) -> pb::ProtocolHint {

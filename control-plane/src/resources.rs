@@ -511,6 +511,28 @@ fn validate_slice(s: &EndpointSlice) -> Result<(), FieldError> {
             "missing: it names the Service these endpoints belong to",
         ));
     }
+    if let Some(id) = s.metadata.annotations.get(IDENTITY_ANNOTATION)
+        && pillion_proto::names::Identity::from_spiffe_id(id).is_none()
+    {
+        return Err(FieldError::new(
+            format!("metadata.annotations.{IDENTITY_ANNOTATION}"),
+            format!(
+                "`{id}` is not a SPIFFE ID like spiffe://cluster.local/ns/<namespace>/sa/<service-account>"
+            ),
+        ));
+    }
+    if let Some(port) = s.metadata.annotations.get(PROXY_PORT_ANNOTATION) {
+        let field = format!("metadata.annotations.{PROXY_PORT_ANNOTATION}");
+        match port.parse::<i64>() {
+            Ok(p) => check_port(field, p)?,
+            Err(_) => {
+                return Err(FieldError::new(
+                    field,
+                    format!("`{port}` is not a port number"),
+                ));
+            }
+        }
+    }
     for (i, p) in s.ports.iter().flatten().enumerate() {
         if let Some(port) = p.port {
             check_port(format!("ports[{i}].port"), port)?;
@@ -535,6 +557,8 @@ fn validate_slice(s: &EndpointSlice) -> Result<(), FieldError> {
 }
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const IDENTITY_ANNOTATION: &str = "pillion.dev/identity";
+pub const PROXY_PORT_ANNOTATION: &str = "pillion.dev/proxy-port";
 
 fn validate_split(s: &TrafficSplit) -> Result<(), FieldError> {
     if s.spec.service.is_empty() {

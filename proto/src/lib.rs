@@ -6,6 +6,12 @@ pub mod discovery {
     }
 }
 
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("pillion.identity.v1");
+    }
+}
+
 pub mod demo {
     pub mod v1 {
         tonic::include_proto!("pillion.demo.v1");

@@ -49,9 +49,81 @@ pub fn parse_authority(authority: &str, source_ns: &str) -> Option<Target> {
     })
 }
 
+/// A workload identity: a Kubernetes service account in a trust domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Identity {
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`, the URI SAN of its
+    /// certificates.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+
+    /// The same identity as a DNS name, also in its certificates (as a DNS SAN), so that the
+    /// standard TLS server-name check verifies a peer's identity:
+    /// `<sa>.<ns>.serviceaccount.identity.pillion.<trust-domain>`.
+    pub fn dns_name(&self) -> String {
+        format!(
+            "{}.{}.serviceaccount.identity.pillion.{}",
+            self.service_account, self.namespace, self.trust_domain
+        )
+    }
+
+    /// Parses a SPIFFE ID of Pillion's shape.
+    pub fn from_spiffe_id(id: &str) -> Option<Identity> {
+        let rest = id.strip_prefix("spiffe://")?;
+        let (td, path) = rest.split_once('/')?;
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            ["ns", ns, "sa", sa] if [td, ns, sa].iter().all(|p| dns_label_ok(p)) => {
+                Some(Identity {
+                    trust_domain: td.to_string(),
+                    namespace: ns.to_string(),
+                    service_account: sa.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Lowercase letters, digits, `-` and `.`, not empty: what Kubernetes names and trust domains
+/// are made of (and so safe inside a DNS name).
+fn dns_label_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identities_round_trip() {
+        let id = Identity::from_spiffe_id("spiffe://cluster.local/ns/shop/sa/cart").unwrap();
+        assert_eq!(id.namespace, "shop");
+        assert_eq!(id.spiffe_id(), "spiffe://cluster.local/ns/shop/sa/cart");
+        assert_eq!(
+            id.dns_name(),
+            "cart.shop.serviceaccount.identity.pillion.cluster.local"
+        );
+        assert!(Identity::from_spiffe_id("spiffe://cluster.local/ns/shop/sa/").is_none());
+        assert!(Identity::from_spiffe_id("spiffe://cluster.local/ns/Shop/sa/x").is_none());
+        assert!(Identity::from_spiffe_id("https://cluster.local/ns/a/sa/b").is_none());
+        assert!(Identity::from_spiffe_id("spiffe://cluster.local/ns/a/sa/b/c").is_none());
+    }
 
     #[test]
     fn authorities_resolve_like_kubernetes_dns() {

@@ -20,6 +20,7 @@ pub struct Admin {
     pub dests: Arc<Destinations>,
     pub shutdown: Arc<watch::Sender<bool>>,
     pub workload: String,
+    pub identity: Option<Arc<crate::identity::LocalIdentity>>,
 }
 
 impl Admin {
@@ -50,13 +51,18 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
-                if self.dests.is_ready() {
-                    text(StatusCode::OK, "ready\n")
-                } else {
+                if !self.dests.is_ready() {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "not ready: the control plane has not answered yet\n",
                     )
+                } else if self.identity.as_ref().is_some_and(|i| !i.is_ready()) {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: no certificate yet\n",
+                    )
+                } else {
+                    text(StatusCode::OK, "ready\n")
                 }
             }
             (&Method::GET, "/metrics") => {
@@ -70,6 +76,7 @@ impl Admin {
             (&Method::GET, "/config") => {
                 let config = serde_json::json!({
                     "workload": self.workload,
+                    "identity": self.identity.as_ref().map(|i| i.spiffe_id.to_string()),
                     "ready": self.dests.is_ready(),
                     "destinations": self.dests.describe(),
                 });

@@ -20,8 +20,11 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 const DECAY: Duration = Duration::from_secs(10);
 
 pub struct Endpoint {
+    /// The endpoint as discovery named it (the application's address).
     pub addr: SocketAddr,
     pub hint: ProtocolHint,
+    /// Set when a Pillion proxy fronts the endpoint.
+    pub meshed: Option<Meshed>,
     pub conns: Conns,
     /// Requests sent and not yet finished (until the response body ends).
     pending: AtomicU32,
@@ -33,12 +36,35 @@ struct Ewma {
     stamp: Instant,
 }
 
+/// A meshed endpoint: where its proxy listens and who it must be.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Meshed {
+    /// The SPIFFE ID discovery promised.
+    pub identity: Arc<str>,
+    /// Where the endpoint's proxy listens (the endpoint's IP, its proxy port).
+    pub proxy_addr: SocketAddr,
+}
+
 impl Endpoint {
     pub fn new(addr: SocketAddr, hint: ProtocolHint, connect_timeout: Duration) -> Self {
+        Self::with_mesh(addr, hint, connect_timeout, None, None)
+    }
+
+    /// An endpoint fronted by a proxy: connections go to the proxy, over mTLS when `tls` is
+    /// given (this proxy has an identity), in plaintext otherwise.
+    pub fn with_mesh(
+        addr: SocketAddr,
+        hint: ProtocolHint,
+        connect_timeout: Duration,
+        meshed: Option<Meshed>,
+        tls: Option<crate::pool::TlsTarget>,
+    ) -> Self {
+        let connect_to = meshed.as_ref().map_or(addr, |m| m.proxy_addr);
         Endpoint {
             addr,
             hint,
-            conns: Conns::new(addr, connect_timeout),
+            meshed,
+            conns: Conns::new(connect_to, connect_timeout, tls),
             pending: AtomicU32::new(0),
             ewma: Mutex::new(Ewma {
                 rtt_ns: DEFAULT_RTT.as_nanos() as f64,
@@ -85,6 +111,9 @@ impl Endpoint {
         serde_json::json!({
             "address": self.addr.to_string(),
             "protocolHint": self.hint.as_str_name(),
+            "identity": self.meshed.as_ref().map(|m| m.identity.to_string()),
+            "proxyAddress": self.meshed.as_ref().map(|m| m.proxy_addr.to_string()),
+            "tls": self.conns.is_tls(),
             "pending": self.pending.load(Ordering::Relaxed),
             "ewmaMs": self.ewma().rtt_ns / 1e6,
         })

@@ -62,6 +62,19 @@ pub struct Config {
     pub opaque_ports: Vec<u16>,
     /// How long a request waits for the first answer about a destination it has never seen.
     pub discovery_timeout: Duration,
+    /// mTLS: set when `PILLION_TRUST_ANCHORS` is.
+    pub identity: Option<crate::identity::IdentitySettings>,
+    pub inbound_policy: InboundPolicy,
+}
+
+/// Who may call the local application when no authorization says more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundPolicy {
+    /// Anyone, meshed or not (the default, so unmeshed callers keep working).
+    AllUnauthenticated,
+    /// Only callers with a mesh identity (mTLS).
+    AllAuthenticated,
+    Deny,
 }
 
 impl Config {
@@ -98,6 +111,7 @@ impl Config {
                 });
             }
         };
+        let namespace_for_identity = namespace.clone();
         Ok(Config {
             control_plane_addr,
             outbound_listen: addr(env, "PILLION_OUTBOUND_LISTEN", "127.0.0.1:4140")?,
@@ -118,8 +132,77 @@ impl Config {
                 "25,587,3306,4444,5432,6379,9300,11211",
             )?,
             discovery_timeout: duration(env, "PILLION_DISCOVERY_TIMEOUT", "10s")?,
+            identity: identity(env, &namespace_for_identity)?,
+            inbound_policy: match env.get("PILLION_INBOUND_DEFAULT_POLICY").as_deref() {
+                None | Some("all-unauthenticated") => InboundPolicy::AllUnauthenticated,
+                Some("all-authenticated") => InboundPolicy::AllAuthenticated,
+                Some("deny") => InboundPolicy::Deny,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "PILLION_INBOUND_DEFAULT_POLICY",
+                        value: other.to_string(),
+                        reason: "expected all-unauthenticated, all-authenticated or deny".into(),
+                    });
+                }
+            },
         })
     }
+}
+
+/// `PILLION_TRUST_ANCHORS` (PEM inline, or a file), `PILLION_IDENTITY_TOKEN_FILE`,
+/// `PILLION_SERVICE_ACCOUNT` (default `default`), `PILLION_TRUST_DOMAIN` (default
+/// `cluster.local`). No anchors: no mTLS.
+fn identity(
+    env: &dyn Env,
+    namespace: &str,
+) -> Result<Option<crate::identity::IdentitySettings>, ConfigError> {
+    let Some(anchors) = env.get("PILLION_TRUST_ANCHORS") else {
+        return Ok(None);
+    };
+    let trust_anchors_pem = if anchors.trim_start().starts_with("-----BEGIN") {
+        anchors
+    } else {
+        std::fs::read_to_string(&anchors).map_err(|e| ConfigError {
+            var: "PILLION_TRUST_ANCHORS",
+            value: anchors.clone(),
+            reason: format!("neither PEM nor a readable file: {e}"),
+        })?
+    };
+    if let Err(e) = crate::identity::roots(&trust_anchors_pem) {
+        return Err(ConfigError {
+            var: "PILLION_TRUST_ANCHORS",
+            value: trust_anchors_pem
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            reason: e.to_string(),
+        });
+    }
+    let token_file = env.get("PILLION_IDENTITY_TOKEN_FILE").ok_or(ConfigError {
+        var: "PILLION_IDENTITY_TOKEN_FILE",
+        value: String::new(),
+        reason:
+            "required with PILLION_TRUST_ANCHORS (the token that proves this workload's identity)"
+                .into(),
+    })?;
+    let sa = env
+        .get("PILLION_SERVICE_ACCOUNT")
+        .unwrap_or_else(|| "default".into());
+    let td = env
+        .get("PILLION_TRUST_DOMAIN")
+        .unwrap_or_else(|| "cluster.local".into());
+    let id = format!("spiffe://{td}/ns/{namespace}/sa/{sa}");
+    let identity = pillion_proto::names::Identity::from_spiffe_id(&id).ok_or(ConfigError {
+        var: "PILLION_SERVICE_ACCOUNT",
+        value: sa,
+        reason: format!("`{id}` is not a valid identity (lowercase names, digits, `-`, `.`)"),
+    })?;
+    Ok(Some(crate::identity::IdentitySettings {
+        identity,
+        token_file: token_file.into(),
+        trust_anchors_pem,
+    }))
 }
 
 fn valid_host_port(v: &str) -> bool {

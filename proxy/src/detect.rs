@@ -16,6 +16,8 @@ const MAX_METHOD: usize = 20;
 pub enum Detected {
     Http1,
     Http2,
+    /// A TLS ClientHello: terminated when the listener has an identity, else opaque.
+    Tls,
     /// Not HTTP (or the client said nothing in time): forwarded as bytes.
     Opaque,
     /// The client closed the connection without sending anything.
@@ -26,6 +28,14 @@ pub enum Detected {
 pub fn classify(buf: &[u8]) -> Option<Detected> {
     if buf.is_empty() {
         return None;
+    }
+    // TLS record header: handshake (22), major version 3.
+    if buf[0] == 0x16 {
+        return match buf.get(1) {
+            None => None,
+            Some(3) => Some(Detected::Tls),
+            Some(_) => Some(Detected::Opaque),
+        };
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
@@ -142,7 +152,9 @@ mod tests {
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
-        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Detected::Opaque));
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Detected::Tls));
+        assert_eq!(classify(b"\x16"), None);
+        assert_eq!(classify(b"\x16\x01"), Some(Detected::Opaque));
         assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Some(Detected::Opaque));
         assert_eq!(classify(b"get / HTTP/1.1"), Some(Detected::Opaque));
         assert_eq!(classify(&[b'A'; 30]), Some(Detected::Opaque));

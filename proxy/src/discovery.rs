@@ -37,6 +37,18 @@ impl Drop for Watched {
     }
 }
 
+/// A lazily connecting channel to the control plane, shared by discovery and identity.
+pub fn control_plane_channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy(),
+    )
+}
+
 pub struct Destinations {
     client: DiscoveryClient<Channel>,
     namespace: String,
@@ -44,6 +56,8 @@ pub struct Destinations {
     connect_timeout: Duration,
     discovery_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Client configuration for meshed endpoints, when this proxy has an identity.
+    tls: Option<Arc<rustls::ClientConfig>>,
     epoch: Instant,
     map: RwLock<HashMap<String, Arc<Watched>>>,
     ready: AtomicBool,
@@ -51,22 +65,17 @@ pub struct Destinations {
 
 impl Destinations {
     pub fn new(
-        control_plane_addr: &str,
+        channel: Channel,
         namespace: String,
         workload: String,
         connect_timeout: Duration,
         discovery_timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Arc<Self>> {
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{control_plane_addr}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true)
-                .connect_lazy();
-        Ok(Arc::new(Destinations {
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Arc<Self> {
+        Arc::new(Destinations {
             client: DiscoveryClient::new(channel),
+            tls,
             namespace,
             workload,
             connect_timeout,
@@ -75,7 +84,7 @@ impl Destinations {
             epoch: Instant::now(),
             map: RwLock::new(HashMap::new()),
             ready: AtomicBool::new(false),
-        }))
+        })
     }
 
     /// Ready once the control plane has answered once; it stays ready when the control plane
@@ -178,6 +187,7 @@ impl Destinations {
                                     update,
                                     &mut endpoints,
                                     self.connect_timeout,
+                                    self.tls.as_ref(),
                                 ) {
                                     Ok(s) => {
                                         tracing::debug!(%fqdn, %version, "destination updated");

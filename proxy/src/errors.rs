@@ -24,6 +24,10 @@ pub enum ProxyError {
     Connect(SocketAddr, std::io::Error),
     #[error("connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    #[error("mTLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, String),
+    #[error("denied by policy: {0}")]
+    Forbidden(&'static str),
     #[error("upstream error: {0}")]
     Upstream(hyper::Error),
     #[error("request timed out")]
@@ -46,9 +50,11 @@ impl ProxyError {
             ProxyError::BackendFailure { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
-            ProxyError::Connect(..) | ProxyError::ConnectTimeout(_) | ProxyError::Upstream(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect(..)
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::Tls(..) => StatusCode::BAD_GATEWAY,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
@@ -65,6 +71,8 @@ impl ProxyError {
             ProxyError::Connect(..) => "connect failed",
             ProxyError::ConnectTimeout(_) => "connect timeout",
             ProxyError::Upstream(_) => "upstream error",
+            ProxyError::Tls(..) => "tls handshake failed",
+            ProxyError::Forbidden(_) => "forbidden",
             ProxyError::Timeout => "timeout",
             ProxyError::Unavailable(r) => r,
             ProxyError::BadRequest(r) => r,

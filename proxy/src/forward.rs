@@ -116,20 +116,53 @@ pub fn protocol_for(endpoint: &Endpoint, req: &Request<Incoming>) -> Protocol {
     }
 }
 
+/// Between proxies, the protocol the application spoke when it was not HTTP/2 (the hop itself is
+/// always HTTP/2), and the application port the request is for. Never reach an application.
+pub const ORIG_PROTO_HEADER: &str = "pillion-orig-proto";
+pub const TARGET_PORT_HEADER: &str = "pillion-target-port";
+
+/// How to forward one request.
+pub struct ForwardOpts<'a> {
+    /// The authority to send (`:authority` or `Host`).
+    pub authority: &'a str,
+    pub timeout: Option<Duration>,
+    /// The protocol to speak to the endpoint, when the caller knows better than the request's
+    /// own version (the inbound side of a proxy-to-proxy hop).
+    pub protocol: Option<Protocol>,
+}
+
 /// Sends `req` to `endpoint` and returns the response to give the client.
 pub async fn forward(
     endpoint: &Arc<Endpoint>,
     mut req: Request<Incoming>,
-    authority: &str,
-    timeout: Option<Duration>,
+    opts: ForwardOpts<'_>,
 ) -> Result<Response<Body>, ProxyError> {
-    let protocol = protocol_for(endpoint, &req);
+    let authority = opts.authority;
+    let timeout = opts.timeout;
     let client_version = req.version();
+    let protocol = if endpoint.meshed.is_some() {
+        Protocol::Http2
+    } else {
+        opts.protocol
+            .unwrap_or_else(|| protocol_for(endpoint, &req))
+    };
     let upgrading = protocol == Protocol::Http1 && wants_upgrade(&req);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, incoming) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrading);
+    parts.headers.remove(ORIG_PROTO_HEADER);
+    parts.headers.remove(TARGET_PORT_HEADER);
+    if endpoint.meshed.is_some() {
+        if client_version != Version::HTTP_2 {
+            parts
+                .headers
+                .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
+        }
+        parts
+            .headers
+            .insert(TARGET_PORT_HEADER, HeaderValue::from(endpoint.addr.port()));
+    }
     let path = parts
         .uri
         .path_and_query()

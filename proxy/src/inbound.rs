@@ -1,20 +1,26 @@
-//! Inbound: requests from the mesh to the local application (plaintext for now).
+//! Inbound: requests from the mesh to the local application. mTLS from other proxies is
+//! terminated here (the client's identity is learnt and passed on in `pillion-client-id`);
+//! plaintext from unmeshed callers is accepted when the policy allows it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use tokio::net::TcpStream;
 
 use crate::balance::EndpointCache;
 use crate::body::Body;
-use crate::detect::Prefixed;
+use crate::config::InboundPolicy;
 use crate::errors::{ProxyError, is_grpc};
-use crate::forward::{self, Observation, authority_of};
+use crate::forward::{self, ORIG_PROTO_HEADER, Observation, TARGET_PORT_HEADER, authority_of};
+use crate::identity::LocalIdentity;
 use crate::metrics::{Direction, Label, Metrics};
+use crate::pool::{Io, Protocol};
 use crate::server::{ConnMeta, Handler};
+
+/// The verified SPIFFE ID of the calling workload, set by the proxy only.
+pub const CLIENT_ID_HEADER: &str = "pillion-client-id";
 
 pub struct Inbound {
     /// The local application; `None`: 127.0.0.1 at the original destination's port.
@@ -22,12 +28,16 @@ pub struct Inbound {
     pub app: EndpointCache,
     pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
+    pub identity: Option<Arc<LocalIdentity>>,
+    pub policy: InboundPolicy,
 }
 
 impl Inbound {
-    fn target(&self, conn: &ConnMeta) -> Result<SocketAddr, ProxyError> {
+    /// The application address: the configured one, else 127.0.0.1 at the port the peer proxy
+    /// named (mTLS hops), else at the original destination's port.
+    fn target(&self, conn: &ConnMeta, named_port: Option<u16>) -> Result<SocketAddr, ProxyError> {
         let target = self.forward_to.unwrap_or_else(|| {
-            let port = conn.orig_dst.unwrap_or(conn.local).port();
+            let port = named_port.unwrap_or_else(|| conn.orig_dst.unwrap_or(conn.local).port());
             SocketAddr::from(([127, 0, 0, 1], port))
         });
         // Forwarding to our own listener would loop forever.
@@ -35,6 +45,64 @@ impl Inbound {
             return Err(ProxyError::Loop);
         }
         Ok(target)
+    }
+
+    /// The default policy; named authorizations come with the policy resource.
+    fn authorize(&self, conn: &ConnMeta) -> Result<(), ProxyError> {
+        match (self.policy, &conn.client_id) {
+            (InboundPolicy::AllUnauthenticated, _) => Ok(()),
+            (InboundPolicy::AllAuthenticated, Some(_)) => Ok(()),
+            (InboundPolicy::AllAuthenticated, None) => {
+                Err(ProxyError::Forbidden("a mesh identity is required"))
+            }
+            (InboundPolicy::Deny, _) => Err(ProxyError::Forbidden("all inbound traffic is denied")),
+        }
+    }
+
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnMeta,
+        authority: String,
+    ) -> Result<Response<Body>, ProxyError> {
+        if let Err(e) = self.authorize(conn) {
+            tracing::info!(peer = %conn.peer, client_id = conn.client_id.as_deref().unwrap_or("-"), authority, "inbound request denied");
+            return Err(e);
+        }
+        let headers = req.headers_mut();
+        // Only the proxy says who the client is.
+        headers.remove(CLIENT_ID_HEADER);
+        if let Some(id) = &conn.client_id
+            && let Ok(v) = HeaderValue::from_str(id)
+        {
+            headers.insert(CLIENT_ID_HEADER, v);
+        }
+        // What the peer proxy says about the original request counts only on an mTLS hop.
+        let (named_port, protocol) = if conn.tls {
+            let port = headers
+                .get(TARGET_PORT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u16>().ok());
+            let http1 = headers
+                .get(ORIG_PROTO_HEADER)
+                .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
+            (port, http1.then_some(Protocol::Http1))
+        } else {
+            (None, None)
+        };
+        let target = self.target(conn, named_port)?;
+        let endpoint = self.app.get(target);
+        let authority = if authority.is_empty() {
+            target.to_string()
+        } else {
+            authority
+        };
+        let opts = forward::ForwardOpts {
+            authority: &authority,
+            timeout: forward::grpc_timeout(req.headers()),
+            protocol,
+        };
+        forward::forward(&endpoint, req, opts).await
     }
 }
 
@@ -47,26 +115,22 @@ impl Handler for Inbound {
         let grpc = is_grpc(req.headers());
         let authority = authority_of(&req).unwrap_or_default();
         let obs = Observation::new(Direction::inbound, Label::from(authority.as_str()));
-        let result = match self.target(&conn) {
-            Ok(target) => {
-                let endpoint = self.app.get(target);
-                let authority = if authority.is_empty() {
-                    target.to_string()
-                } else {
-                    authority
-                };
-                let timeout = forward::grpc_timeout(req.headers());
-                forward::forward(&endpoint, req, &authority, timeout).await
-            }
-            Err(e) => Err(e),
-        };
+        let result = self.handle(req, &conn, authority).await;
         obs.finish(&self.metrics, result, grpc)
     }
 
-    async fn opaque(self: Arc<Self>, io: Prefixed<TcpStream>, conn: ConnMeta) {
-        match self.target(&conn) {
+    async fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) {
+        if let Err(e) = self.authorize(&conn) {
+            tracing::info!(peer = %conn.peer, client_id = conn.client_id.as_deref().unwrap_or("-"), error = %e, "inbound connection denied");
+            return;
+        }
+        match self.target(&conn, None) {
             Ok(target) => forward::tcp(io, target, self.connect_timeout).await,
             Err(e) => tracing::warn!(peer = %conn.peer, error = %e, "inbound connection refused"),
         }
+    }
+
+    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.identity.as_ref().map(|i| i.server_config.clone())
     }
 }

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod discovery;
 pub mod errors;
 pub mod forward;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod orig_dst;
@@ -69,14 +70,20 @@ impl Proxy {
         );
 
         let metrics = Arc::new(metrics::Metrics::new());
+        let channel = discovery::control_plane_channel(&config.control_plane_addr)?;
+        let identity = match config.identity.clone() {
+            Some(settings) => Some(identity::LocalIdentity::new(settings)?),
+            None => None,
+        };
         let dests = discovery::Destinations::new(
-            &config.control_plane_addr,
+            channel.clone(),
             config.namespace.clone(),
             config.workload.clone(),
             config.connect_timeout,
             config.discovery_timeout,
             metrics.clone(),
-        )?;
+            identity.as_ref().map(|i| i.client_config.clone()),
+        );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_tx = Arc::new(shutdown_tx);
         let listener_cfg = Arc::new(server::ListenerConfig {
@@ -98,23 +105,30 @@ impl Proxy {
             app: balance::EndpointCache::new(config.connect_timeout),
             metrics: metrics.clone(),
             connect_timeout: config.connect_timeout,
+            identity: identity.clone(),
+            policy: config.inbound_policy,
         });
         let admin_srv = Arc::new(admin::Admin {
             metrics: metrics.clone(),
             dests: dests.clone(),
             shutdown: shutdown_tx.clone(),
             workload: config.workload.clone(),
+            identity: identity.clone(),
         });
-        tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, control_plane = %config.control_plane_addr, workload = %config.workload, "proxy listening");
+        let identity_name = identity.as_ref().map(|i| i.spiffe_id.to_string());
+        tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, control_plane = %config.control_plane_addr, workload = %config.workload, identity = identity_name.as_deref().unwrap_or("none (no mTLS)"), "proxy listening");
 
         let grace = config.shutdown_grace;
         let mut done_rx = shutdown_rx.clone();
         let run = async move {
-            let background = [
+            let mut background = vec![
                 tokio::spawn(dests.clone().probe()),
                 tokio::spawn(dests.clone().sweep()),
                 tokio::spawn(admin_srv.serve(admin)),
             ];
+            if let Some(identity) = identity {
+                background.push(tokio::spawn(identity.run(channel)));
+            }
             let out = tokio::spawn(server::serve(
                 outbound,
                 out_handler,

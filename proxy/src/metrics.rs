@@ -66,6 +66,11 @@ pub struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConnLabels {
     pub direction: Direction,
     pub protocol: Label,
@@ -79,6 +84,7 @@ pub struct Metrics {
     pub responses: Family<ResponseLabels, Counter>,
     pub latency: HistogramFamily,
     pub connections: Family<ConnLabels, Counter>,
+    pub tls_handshake_failures: Family<DirectionLabel, Counter>,
     pub control_plane_connected: Gauge<i64, AtomicI64>,
     pub destination_updates: Counter,
     pub destinations: Gauge<i64, AtomicI64>,
@@ -123,6 +129,12 @@ impl Metrics {
             "Connections accepted, by direction and detected protocol",
             connections.clone(),
         );
+        let tls_handshake_failures = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "mTLS handshakes refused or timed out (no or untrusted client certificate, ...)",
+            tls_handshake_failures.clone(),
+        );
         let control_plane_connected = Gauge::default();
         registry.register(
             "control_plane_connected",
@@ -147,6 +159,7 @@ impl Metrics {
             responses,
             latency,
             connections,
+            tls_handshake_failures,
             control_plane_connected,
             destination_updates,
             destinations,
@@ -203,6 +216,9 @@ mod tests {
                 grpc_status: Label::default(),
                 error: Label::default(),
             })
+            .inc();
+        m.tls_handshake_failures
+            .get_or_create(&DirectionLabel { direction })
             .inc();
         m.connections
             .get_or_create(&ConnLabels {

@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::net::TcpStream;
 
 use crate::balance::{self, EndpointCache};
 use crate::body::Body;
-use crate::detect::Prefixed;
 use crate::discovery::Destinations;
 use crate::errors::{ProxyError, is_grpc};
 use crate::forward::{self, Observation, authority_of};
 use crate::metrics::{Direction, Label, Metrics};
+use crate::pool::Io;
 use crate::routing::{BackendTarget, RequestInfo, Routes};
 use crate::server::{ConnMeta, Handler};
 
@@ -91,7 +90,12 @@ impl Outbound {
                 let timeout =
                     forward::shortest([rule.request_timeout, rule.backend_timeout, grpc_timeout]);
                 let authority = authority.unwrap_or_default();
-                forward::forward(&endpoint, req, &authority, timeout).await
+                let opts = forward::ForwardOpts {
+                    authority: &authority,
+                    timeout,
+                    protocol: None,
+                };
+                forward::forward(&endpoint, req, opts).await
             }
         }
     }
@@ -109,7 +113,12 @@ impl Outbound {
         let endpoint = self.passthrough.get(dst);
         let timeout = forward::grpc_timeout(req.headers());
         let authority = authority.unwrap_or_else(|| dst.to_string());
-        forward::forward(&endpoint, req, &authority, timeout).await
+        let opts = forward::ForwardOpts {
+            authority: &authority,
+            timeout,
+            protocol: None,
+        };
+        forward::forward(&endpoint, req, opts).await
     }
 }
 
@@ -126,11 +135,11 @@ impl Handler for Outbound {
         let grpc = is_grpc(req.headers());
         let authority = authority_of(&req).unwrap_or_default();
         let mut obs = Observation::new(Direction::outbound, Label::from(authority.as_str()));
-        let result = self.route(req, conn, &mut obs).await;
+        let result = self.route(req, conn.clone(), &mut obs).await;
         obs.finish(&self.metrics, result, grpc)
     }
 
-    async fn opaque(self: Arc<Self>, io: Prefixed<TcpStream>, conn: ConnMeta) {
+    async fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) {
         match conn.orig_dst {
             Some(_) if self.loops(&conn) => {
                 tracing::warn!(peer = %conn.peer, "opaque connection to the proxy itself refused");

@@ -27,31 +27,62 @@ pub enum Protocol {
     Http2,
 }
 
+/// A connection to an endpoint: plain TCP or mTLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// How to reach a meshed endpoint's proxy: mTLS, checking that it presents `server_name`.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
 pub struct Conns {
     addr: SocketAddr,
     connect_timeout: Duration,
+    tls: Option<TlsTarget>,
     /// Held across the handshake so that concurrent requests share one new connection.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
     h1_idle: Arc<Mutex<Vec<IdleH1>>>,
 }
 
 impl Conns {
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
+    /// Connections to `addr`, over mTLS when `tls` is given.
+    pub fn new(addr: SocketAddr, connect_timeout: Duration, tls: Option<TlsTarget>) -> Self {
         Conns {
             addr,
             connect_timeout,
+            tls,
             h2: tokio::sync::Mutex::new(None),
             h1_idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+    async fn connect(&self) -> Result<TokioIo<Box<dyn Io>>, ProxyError> {
+        let connect = async {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| ProxyError::Connect(self.addr, e))?;
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &self.tls else {
+                return Ok(Box::new(stream) as Box<dyn Io>);
+            };
+            let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                .connect(tls.server_name.clone(), stream)
+                .await
+                .map_err(|e| ProxyError::Tls(self.addr, e.to_string()))?;
+            Ok(Box::new(stream) as Box<dyn Io>)
+        };
+        // The connect timeout covers the TLS handshake too.
+        let io = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| ProxyError::ConnectTimeout(self.addr))?
-            .map_err(|e| ProxyError::Connect(self.addr, e))?;
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+            .map_err(|_| ProxyError::ConnectTimeout(self.addr))??;
+        Ok(TokioIo::new(io))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Sends a request, retrying once on a new connection if the pooled one was dead before

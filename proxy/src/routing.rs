@@ -13,8 +13,10 @@ use std::time::Duration;
 use pillion_proto::discovery::v1 as pb;
 use regex::Regex;
 
-use crate::balance::Endpoint;
+use crate::balance::{Endpoint, Meshed};
 use crate::errors::ProxyError;
+use crate::pool::TlsTarget;
+use rustls_pki_types::ServerName;
 
 /// The request attributes routing looks at.
 pub struct RequestInfo<'a> {
@@ -235,6 +237,33 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where and how to reach a meshed endpoint's proxy.
+fn mesh_target(
+    addr: SocketAddr,
+    m: &pb::MeshedEndpoint,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Option<Meshed>, Option<TlsTarget>), String> {
+    let identity = pillion_proto::names::Identity::from_spiffe_id(&m.identity)
+        .ok_or_else(|| format!("endpoint {addr}: bad identity {}", m.identity))?;
+    let port = match m.proxy_port {
+        0 => addr.port(),
+        p => u16::try_from(p).map_err(|_| format!("endpoint {addr}: bad proxy port {p}"))?,
+    };
+    let meshed = Meshed {
+        identity: Arc::from(m.identity.as_str()),
+        proxy_addr: SocketAddr::new(addr.ip(), port),
+    };
+    let target = match tls {
+        Some(config) => Some(TlsTarget {
+            config: config.clone(),
+            server_name: ServerName::try_from(identity.dns_name())
+                .map_err(|e| format!("endpoint {addr}: {e}"))?,
+        }),
+        None => None,
+    };
+    Ok((Some(meshed), target))
+}
+
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
@@ -246,10 +275,12 @@ fn anchored(re: &str) -> Result<Regex, String> {
 impl Snapshot {
     /// Compiles an update. `endpoints` is the balancer state of the previous snapshot, by
     /// address; endpoints that stay keep their state.
+    /// `tls` is the client configuration for meshed endpoints (when this proxy has an identity).
     pub fn compile(
         update: pb::DestinationUpdate,
         endpoints: &mut HashMap<SocketAddr, Arc<Endpoint>>,
         connect_timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Snapshot, String> {
         let version = update.version;
         let Some(state) = update.state else {
@@ -281,11 +312,23 @@ impl Snapshot {
                                 .map_err(|_| format!("bad endpoint address {}", ep.address))?;
                             let hint = pb::ProtocolHint::try_from(ep.protocol_hint)
                                 .unwrap_or(pb::ProtocolHint::Unspecified);
+                            let (meshed, target) = match &ep.meshed {
+                                Some(m) => mesh_target(addr, m, tls)?,
+                                None => (None, None),
+                            };
                             let e = live
                                 .entry(addr)
                                 .or_insert_with(|| match endpoints.get(&addr) {
-                                    Some(old) if old.hint == hint => old.clone(),
-                                    _ => Arc::new(Endpoint::new(addr, hint, connect_timeout)),
+                                    Some(old) if old.hint == hint && old.meshed == meshed => {
+                                        old.clone()
+                                    }
+                                    _ => Arc::new(Endpoint::with_mesh(
+                                        addr,
+                                        hint,
+                                        connect_timeout,
+                                        meshed,
+                                        target,
+                                    )),
                                 })
                                 .clone();
                             eps.push(e);

@@ -16,15 +16,21 @@ use tokio::sync::watch;
 
 use crate::body::Body;
 use crate::detect::{self, Detected, Prefixed};
-use crate::metrics::{ConnLabels, Direction, Label, Metrics};
+use crate::identity;
+use crate::metrics::{ConnLabels, Direction, DirectionLabel, Label, Metrics};
+use crate::pool::Io;
 
 /// What a handler knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnMeta {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// Where the client meant to connect, when iptables redirected it here.
     pub orig_dst: Option<SocketAddr>,
+    /// The connection was mTLS, terminated here.
+    pub tls: bool,
+    /// The client's verified SPIFFE ID (mTLS only).
+    pub client_id: Option<Arc<str>>,
 }
 
 pub trait Handler: Send + Sync + 'static {
@@ -34,12 +40,15 @@ pub trait Handler: Send + Sync + 'static {
         req: http::Request<Incoming>,
         conn: ConnMeta,
     ) -> impl Future<Output = http::Response<Body>> + Send;
-    fn opaque(
-        self: Arc<Self>,
-        io: Prefixed<TcpStream>,
-        conn: ConnMeta,
-    ) -> impl Future<Output = ()> + Send;
+    fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) -> impl Future<Output = ()> + Send;
+    /// The TLS configuration to terminate mTLS with; `None`: TLS passes through as bytes.
+    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        None
+    }
 }
+
+/// A TLS handshake from a client gets this long.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ListenerConfig {
     pub detect_timeout: Duration,
@@ -125,17 +134,19 @@ async fn serve_conn<H: Handler>(
     handler: Arc<H>,
     cfg: Arc<ListenerConfig>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
         return;
     };
     let orig_dst = crate::orig_dst::original_dst(&stream);
-    let conn = ConnMeta {
+    let mut conn = ConnMeta {
         peer,
         local,
         orig_dst,
+        tls: false,
+        client_id: None,
     };
     let port = orig_dst.unwrap_or(local).port();
     let (detected, prefix) = if cfg.opaque_ports.contains(&port) {
@@ -149,61 +160,123 @@ async fn serve_conn<H: Handler>(
             }
         }
     };
-    let protocol = match detected {
-        Detected::Http1 => "http/1",
-        Detected::Http2 => "h2",
-        Detected::Opaque => "opaque",
-        Detected::Closed => return,
+    let direction = handler.direction();
+    let count = |protocol: &'static str| {
+        metrics
+            .connections
+            .get_or_create(&ConnLabels {
+                direction,
+                protocol: Label::from(protocol),
+            })
+            .inc();
     };
-    metrics
-        .connections
-        .get_or_create(&ConnLabels {
-            direction: handler.direction(),
-            protocol: Label::from(protocol),
-        })
-        .inc();
     let io = Prefixed::new(prefix, stream);
-    let svc = {
-        let handler = handler.clone();
-        service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.http(req, conn).await) }
-        })
-    };
     match detected {
+        Detected::Closed => {}
         Detected::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => log_end(peer, r),
-                _ = signalled(&mut shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    log_end(peer, conn.await);
-                }
-            }
+            count("http/1");
+            serve_http(io, false, handler, conn, shutdown).await;
         }
         Detected::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .adaptive_window(true)
-                .keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => log_end(peer, r),
-                _ = signalled(&mut shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    log_end(peer, conn.await);
+            count("h2");
+            serve_http(io, true, handler, conn, shutdown).await;
+        }
+        Detected::Tls if handler.tls().is_some() => {
+            let Some(config) = handler.tls() else { return };
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics
+                        .tls_handshake_failures
+                        .get_or_create(&DirectionLabel { direction })
+                        .inc();
+                    tracing::info!(%peer, error = %e, "mTLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    metrics
+                        .tls_handshake_failures
+                        .get_or_create(&DirectionLabel { direction })
+                        .inc();
+                    tracing::info!(%peer, "mTLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+            conn.tls = true;
+            conn.client_id = session
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(identity::peer_identity)
+                .map(Arc::from);
+            match alpn.as_deref() {
+                Some(identity::ALPN_H2) => {
+                    count("h2+mtls");
+                    serve_http(tls, true, handler, conn, shutdown).await;
+                }
+                Some(identity::ALPN_TCP) => {
+                    count("opaque+mtls");
+                    handler.opaque(Box::new(tls), conn).await;
+                }
+                _ => {
+                    count("http/1+mtls");
+                    serve_http(tls, false, handler, conn, shutdown).await;
                 }
             }
         }
-        Detected::Opaque => handler.opaque(io, conn).await,
-        Detected::Closed => {}
+        Detected::Tls | Detected::Opaque => {
+            count("opaque");
+            handler.opaque(Box::new(io), conn).await;
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on one connection until it ends; on shutdown,
+/// closes it gracefully (in-flight requests finish, idle keep-alive ends).
+async fn serve_http<I: Io, H: Handler>(
+    io: I,
+    h2: bool,
+    handler: Arc<H>,
+    conn: ConnMeta,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = conn.peer;
+    let svc = service_fn(move |req| {
+        let handler = handler.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handler.http(req, conn).await) }
+    });
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => log_end(peer, r),
+            _ = signalled(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                log_end(peer, conn.await);
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => log_end(peer, r),
+            _ = signalled(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                log_end(peer, conn.await);
+            }
+        }
     }
 }
 

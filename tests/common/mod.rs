@@ -232,15 +232,32 @@ pub struct ControlPlaneProc {
 }
 
 pub fn start_control_plane(dir: &Path, listen: &str) -> ControlPlaneProc {
-    start_control_plane_in(None, dir, listen)
+    start_control_plane_in(None, dir, listen, &[])
 }
 
-pub fn start_control_plane_in(ns: Option<&Netns>, dir: &Path, listen: &str) -> ControlPlaneProc {
+pub fn start_control_plane_with(dir: &Path, listen: &str, extra: &[&str]) -> ControlPlaneProc {
+    start_control_plane_in(None, dir, listen, extra)
+}
+
+/// The bootstrap tokens of the mTLS mesh.
+pub const TOKENS: &str =
+    "# token namespace/service-account\ntoken-web default/web\ntoken-client default/client\n";
+pub const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
+pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+
+pub fn start_control_plane_in(
+    ns: Option<&Netns>,
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> ControlPlaneProc {
+    let mut args = vec!["--config-dir", dir.to_str().unwrap(), "--listen", listen];
+    args.extend_from_slice(extra);
     let proc = Process::spawn_in(
         ns,
         "control-plane",
         &bin("pillion-control-plane"),
-        &["--config-dir", dir.to_str().unwrap(), "--listen", listen],
+        &args,
         &[],
     );
     let line = proc.wait_log("`control plane listening`", |v| {
@@ -370,10 +387,75 @@ impl Mesh {
         apps: Vec<SocketAddr>,
         client_env: &[(&str, String)],
     ) -> Mesh {
+        Self::start_full(v1, v2, apps, client_env, None).await
+    }
+
+    /// The mesh with mTLS: the control plane runs a CA (leaves living `leaf_lifetime`), every
+    /// proxy gets an identity (`default/web` for the servers, `default/client` for the client)
+    /// and the endpoints say they are meshed.
+    pub async fn start_mtls(leaf_lifetime: &str, client_env: &[(&str, String)]) -> Mesh {
+        let mut apps = Vec::new();
+        for version in ["v1", "v2"] {
+            let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
+                .await
+                .unwrap();
+            apps.push(app);
+        }
+        Self::start_full(1, 1, apps, client_env, Some(leaf_lifetime))
+            .await
+            .started()
+            .await
+    }
+
+    async fn start_full(
+        v1: u32,
+        v2: u32,
+        apps: Vec<SocketAddr>,
+        client_env: &[(&str, String)],
+        mtls: Option<&str>,
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         write_config(&dir.path().join("services.yaml"), SERVICES);
         write_config(&dir.path().join("split.yaml"), &split_yaml(v1, v2));
-        let cp = start_control_plane(dir.path(), "127.0.0.1:0");
+        let cp = match mtls {
+            None => start_control_plane(dir.path(), "127.0.0.1:0"),
+            Some(lifetime) => {
+                std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
+                start_control_plane_with(
+                    dir.path(),
+                    "127.0.0.1:0",
+                    &[
+                        "--ca-dir",
+                        dir.path().join("ca").to_str().unwrap(),
+                        "--identity-tokens",
+                        dir.path().join("tokens").to_str().unwrap(),
+                        "--leaf-lifetime",
+                        lifetime,
+                    ],
+                )
+            }
+        };
+        let identity_env = |sa: &str, token: &str| -> Vec<(&'static str, String)> {
+            if mtls.is_none() {
+                return vec![];
+            }
+            let token_file = dir.path().join(format!("token-{sa}"));
+            std::fs::write(&token_file, token).unwrap();
+            vec![
+                (
+                    "PILLION_TRUST_ANCHORS",
+                    dir.path()
+                        .join("ca/trust-anchors.pem")
+                        .display()
+                        .to_string(),
+                ),
+                (
+                    "PILLION_IDENTITY_TOKEN_FILE",
+                    token_file.display().to_string(),
+                ),
+                ("PILLION_SERVICE_ACCOUNT", sa.to_string()),
+            ]
+        };
         let mut server_proxies = Vec::new();
         let mut endpoints = Vec::new();
         for (version, app) in ["v1", "v2"].into_iter().zip(&apps) {
@@ -382,9 +464,20 @@ impl Mesh {
                 cp.addr,
                 &format!("default/web-{version}"),
                 Some(*app),
-                &[],
+                &identity_env("web", "token-web"),
             );
-            endpoints.push((version, p.inbound));
+            endpoints.push(match mtls {
+                None => pillion::demo::DemoEndpoint {
+                    version,
+                    addr: p.inbound,
+                    meshed: None,
+                },
+                Some(_) => pillion::demo::DemoEndpoint {
+                    version,
+                    addr: *app,
+                    meshed: Some((WEB_ID, p.inbound.port())),
+                },
+            });
             server_proxies.push(p);
         }
         write_config(
@@ -398,7 +491,9 @@ impl Mesh {
                     .as_str()
                     .is_some_and(|f| f.contains("endpoints.yaml"))
         });
-        let client = start_proxy("proxy-client", cp.addr, "default/client", None, client_env);
+        let mut env = identity_env("client", "token-client");
+        env.extend(client_env.iter().cloned());
+        let client = start_proxy("proxy-client", cp.addr, "default/client", None, &env);
         Mesh {
             dir,
             cp,
