@@ -96,7 +96,6 @@ impl ControlPlane {
             anyhow::anyhow!("cannot read config dir {}: {e}", args.config_dir.display())
         })?;
         let (tx, rx) = watch::channel(Arc::new(Model::new(store.objects(), 1)));
-        tracing::info!(%addr, dir = %args.config_dir.display(), "control plane listening");
         let watcher = tokio::spawn(watch_dir(store, tx));
         let service = discovery::DiscoveryService::new(rx.clone());
         let identity = match &args.ca_dir {
@@ -109,6 +108,9 @@ impl ControlPlane {
             }
             None => None,
         };
+        // Logged once everything a proxy needs exists (the CA files included).
+        tracing::info!(%addr, dir = %args.config_dir.display(), "control plane listening");
+
         let serve = async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let result = tonic::transport::Server::builder()

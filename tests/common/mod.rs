@@ -394,6 +394,15 @@ impl Mesh {
     /// proxy gets an identity (`default/web` for the servers, `default/client` for the client)
     /// and the endpoints say they are meshed.
     pub async fn start_mtls(leaf_lifetime: &str, client_env: &[(&str, String)]) -> Mesh {
+        Self::start_mtls_with(leaf_lifetime, client_env, &[]).await
+    }
+
+    /// `start_mtls` with extra environment for the two server proxies.
+    pub async fn start_mtls_with(
+        leaf_lifetime: &str,
+        client_env: &[(&str, String)],
+        server_env: &[(&str, String)],
+    ) -> Mesh {
         let mut apps = Vec::new();
         for version in ["v1", "v2"] {
             let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
@@ -401,7 +410,7 @@ impl Mesh {
                 .unwrap();
             apps.push(app);
         }
-        Self::start_full(1, 1, apps, client_env, Some(leaf_lifetime))
+        Self::start_full(1, 1, apps, client_env, Some((leaf_lifetime, server_env)))
             .await
             .started()
             .await
@@ -412,14 +421,14 @@ impl Mesh {
         v2: u32,
         apps: Vec<SocketAddr>,
         client_env: &[(&str, String)],
-        mtls: Option<&str>,
+        mtls: Option<(&str, &[(&str, String)])>,
     ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         write_config(&dir.path().join("services.yaml"), SERVICES);
         write_config(&dir.path().join("split.yaml"), &split_yaml(v1, v2));
         let cp = match mtls {
             None => start_control_plane(dir.path(), "127.0.0.1:0"),
-            Some(lifetime) => {
+            Some((lifetime, _)) => {
                 std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
                 start_control_plane_with(
                     dir.path(),
@@ -459,12 +468,16 @@ impl Mesh {
         let mut server_proxies = Vec::new();
         let mut endpoints = Vec::new();
         for (version, app) in ["v1", "v2"].into_iter().zip(&apps) {
+            let mut env = identity_env("web", "token-web");
+            if let Some((_, server_env)) = mtls {
+                env.extend(server_env.iter().cloned());
+            }
             let p = start_proxy(
                 &format!("proxy-{version}"),
                 cp.addr,
                 &format!("default/web-{version}"),
                 Some(*app),
-                &identity_env("web", "token-web"),
+                &env,
             );
             endpoints.push(match mtls {
                 None => pillion::demo::DemoEndpoint {
