@@ -9,105 +9,30 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use rcgen::{
-    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-
-const WEB_DNS: &str = "web.default.serviceaccount.identity.pillion.cluster.local";
-
-fn ca_file(mesh: &Mesh, name: &str) -> String {
-    std::fs::read_to_string(mesh.dir.path().join("ca").join(name)).unwrap()
-}
-
-/// A leaf for `spiffe_id` signed by `issuer`, valid from `from` to `until`.
-fn leaf(
-    issuer: &Issuer<'_, KeyPair>,
-    spiffe_id: &str,
-    dns: &str,
-    from: SystemTime,
-    until: SystemTime,
-) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::default();
-    p.distinguished_name = DistinguishedName::new();
-    p.subject_alt_names = vec![
-        SanType::URI(spiffe_id.try_into().unwrap()),
-        SanType::DnsName(dns.try_into().unwrap()),
-    ];
-    p.not_before = from.into();
-    p.not_after = until.into();
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ClientAuth,
-        ExtendedKeyUsagePurpose::ServerAuth,
-    ];
-    let cert = p.signed_by(&key, issuer).unwrap();
-    (
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
-}
-
-fn mesh_issuer(mesh: &Mesh) -> (Issuer<'static, KeyPair>, CertificateDer<'static>) {
-    let cert_pem = ca_file(mesh, "issuer.crt");
-    let key = KeyPair::from_pem(&ca_file(mesh, "issuer.key")).unwrap();
-    let der = {
-        use rustls_pki_types::pem::PemObject;
-        CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()
-    };
-    (Issuer::from_ca_cert_pem(&cert_pem, key).unwrap(), der)
-}
-
-fn foreign_issuer() -> Issuer<'static, KeyPair> {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::default();
-    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    Issuer::new(p, key)
-}
-
-fn client_config(
-    anchors_pem: &str,
-    cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for c in CertificateDer::pem_slice_iter(anchors_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match cert {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
-}
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// An HTTP/2 GET over TLS to a server proxy's inbound port: the status, or why it failed.
 async fn get_over_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<u16, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = ServerName::try_from(WEB_DNS).unwrap();
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let io = hyper_util::rt::TokioIo::new(tls);
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<hyper::body::Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        io,
-    )
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<hyper::body::Bytes>,
+    >(hyper_util::rt::TokioExecutor::new(), io)
     .await
     .map_err(|e| format!("h2: {e}"))?;
     tokio::spawn(conn);
-    let req = http::Request::get("http://web/").body(http_body_util::Empty::new()).unwrap();
+    let req = http::Request::get("http://web/")
+        .body(http_body_util::Empty::new())
+        .unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
         .await
         .map_err(|_| "timed out".to_string())?
@@ -138,18 +63,39 @@ async fn the_inbound_proxy_refuses_bad_client_certificates() {
     };
 
     // The control: a good certificate from the mesh's CA works.
-    let good = with_chain(leaf(&issuer, CLIENT_ID, "client.default.x", now - hour, now + hour));
-    assert_eq!(get_over_tls(server.inbound, client_config(&anchors, Some(good))).await, Ok(200));
+    let good = with_chain(leaf(
+        &issuer,
+        CLIENT_ID,
+        "client.default.x",
+        now - hour,
+        now + hour,
+    ));
+    assert_eq!(
+        get_over_tls(server.inbound, client_config(&anchors, Some(good))).await,
+        Ok(200)
+    );
 
     let cases = [
         ("no client certificate", None),
         (
             "a certificate from a foreign CA",
-            Some(leaf(&foreign_issuer(), CLIENT_ID, "client.default.x", now - hour, now + hour)),
+            Some(leaf(
+                &foreign_issuer(),
+                CLIENT_ID,
+                "client.default.x",
+                now - hour,
+                now + hour,
+            )),
         ),
         (
             "an expired certificate",
-            Some(with_chain(leaf(&issuer, CLIENT_ID, "client.default.x", now - 2 * hour, now - hour))),
+            Some(with_chain(leaf(
+                &issuer,
+                CLIENT_ID,
+                "client.default.x",
+                now - 2 * hour,
+                now - hour,
+            ))),
         ),
     ];
     for (what, cert) in cases {
@@ -158,7 +104,10 @@ async fn the_inbound_proxy_refuses_bad_client_certificates() {
         assert!(result.is_err(), "{what}: accepted with {result:?}");
         let deadline = std::time::Instant::now() + DEADLINE;
         while tls_failures(server).await <= before {
-            assert!(std::time::Instant::now() < deadline, "{what}: refusal not counted");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: refusal not counted"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -203,7 +152,13 @@ async fn the_inbound_proxy_refuses_bad_client_certificates() {
         said.contains("alert certificate required"),
         "openssl without a client certificate: {said}"
     );
-    let foreign = leaf(&foreign_issuer(), CLIENT_ID, "client.default.x", now - hour, now + hour);
+    let foreign = leaf(
+        &foreign_issuer(),
+        CLIENT_ID,
+        "client.default.x",
+        now - hour,
+        now + hour,
+    );
     let cert_file = dir.path().join("cert.pem");
     let key_file = dir.path().join("key.pem");
     std::fs::write(&cert_file, pem("CERTIFICATE", &foreign.0[0])).unwrap();
@@ -225,7 +180,8 @@ fn pem(label: &str, der: &[u8]) -> String {
     const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::new();
     for chunk in der.chunks(3) {
-        let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        let n =
+            chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
         for i in 0..4 {
             if i <= chunk.len() {
                 b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -255,12 +211,17 @@ async fn a_server_with_the_wrong_identity_gets_nothing() {
     let client = http1_client();
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
-        let a = get(&client, mesh.client.outbound, "web", "/").await.unwrap();
+        let a = get(&client, mesh.client.outbound, "web", "/")
+            .await
+            .unwrap();
         if a.status == 502 {
             assert_eq!(a.error.as_deref(), Some("tls handshake failed"));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the server was never refused");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server was never refused"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -268,12 +229,19 @@ async fn a_server_with_the_wrong_identity_gets_nothing() {
 /// With `all-authenticated`, plaintext callers get 403 while meshed ones pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_is_refused_when_the_policy_requires_authentication() {
-    let policy = [("PILLION_INBOUND_DEFAULT_POLICY", "all-authenticated".to_string())];
+    let policy = [(
+        "PILLION_INBOUND_DEFAULT_POLICY",
+        "all-authenticated".to_string(),
+    )];
     let mesh = Mesh::start_mtls_with("1h", &[], &policy).await;
     let client = http1_client();
-    let a = get(&client, mesh.server_proxies[0].inbound, "web", "/").await.unwrap();
+    let a = get(&client, mesh.server_proxies[0].inbound, "web", "/")
+        .await
+        .unwrap();
     assert_eq!((a.status, a.error.as_deref()), (403, Some("forbidden")));
-    let a = get(&client, mesh.client.outbound, "web", "/").await.unwrap();
+    let a = get(&client, mesh.client.outbound, "web", "/")
+        .await
+        .unwrap();
     assert_eq!(a.status, 200, "meshed callers pass: {:?}", a.error);
 }
 
@@ -292,7 +260,10 @@ async fn a_token_for_another_identity_gets_no_certificate() {
                 "PILLION_TRUST_ANCHORS",
                 mesh.path("ca/trust-anchors.pem").display().to_string(),
             ),
-            ("PILLION_IDENTITY_TOKEN_FILE", token_file.display().to_string()),
+            (
+                "PILLION_IDENTITY_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
             ("PILLION_SERVICE_ACCOUNT", "web".to_string()),
         ],
     );

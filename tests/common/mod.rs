@@ -651,3 +651,91 @@ pub fn python() -> PathBuf {
     );
     venv
 }
+
+// mTLS helpers: certificates made by the test itself, and TLS clients that present them.
+
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::time::SystemTime;
+
+pub const WEB_DNS: &str = "web.default.serviceaccount.identity.pillion.cluster.local";
+
+pub fn ca_file(mesh: &Mesh, name: &str) -> String {
+    std::fs::read_to_string(mesh.dir.path().join("ca").join(name)).unwrap()
+}
+
+/// A leaf for `spiffe_id` signed by `issuer`, valid from `from` to `until`.
+pub fn leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    spiffe_id: &str,
+    dns: &str,
+    from: SystemTime,
+    until: SystemTime,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.subject_alt_names = vec![
+        SanType::URI(spiffe_id.try_into().unwrap()),
+        SanType::DnsName(dns.try_into().unwrap()),
+    ];
+    p.not_before = from.into();
+    p.not_after = until.into();
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let cert = p.signed_by(&key, issuer).unwrap();
+    (
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+}
+
+pub fn mesh_issuer(mesh: &Mesh) -> (Issuer<'static, KeyPair>, CertificateDer<'static>) {
+    let cert_pem = ca_file(mesh, "issuer.crt");
+    let key = KeyPair::from_pem(&ca_file(mesh, "issuer.key")).unwrap();
+    let der = {
+        use rustls_pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()
+    };
+    (Issuer::from_ca_cert_pem(&cert_pem, key).unwrap(), der)
+}
+
+pub fn foreign_issuer() -> Issuer<'static, KeyPair> {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Issuer::new(p, key)
+}
+
+pub fn client_config(
+    anchors_pem: &str,
+    cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in CertificateDer::pem_slice_iter(anchors_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
