@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/pillion/discovery/v1/discovery.proto",
         "proto/pillion/demo/v1/demo.proto",
         "proto/pillion/identity/v1/identity.proto",
+        "proto/pillion/policy/v1/policy.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

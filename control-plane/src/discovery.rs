@@ -21,11 +21,49 @@ impl DiscoveryService {
     }
 }
 
-type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::DestinationUpdate, Status>> + Send>>;
+pub type UpdateStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
+
+/// A server stream that sends `compute(model)` at once and again whenever the model changes
+/// in a way that changes it, with a version that is the content's hash. Ends when the client
+/// goes away.
+pub fn watch_stream<M, F>(
+    mut model: watch::Receiver<Arc<Model>>,
+    what: String,
+    compute: F,
+    set_version: fn(&mut M, String),
+) -> UpdateStream<M>
+where
+    M: prost::Message + Send + 'static,
+    F: Fn(&Model) -> M + Send + 'static,
+{
+    // Small: each message is complete, so a slow proxy only ever needs the latest.
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut last_version = String::new();
+        loop {
+            let mut msg = compute(&model.borrow_and_update());
+            let version = model::version_of_bytes(&msg.encode_to_vec());
+            if version != last_version {
+                set_version(&mut msg, version.clone());
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+                tracing::debug!(%what, %version, "update sent");
+                last_version = version;
+            }
+            tokio::select! {
+                changed = model.changed() => if changed.is_err() { break },
+                _ = tx.closed() => break,
+            }
+        }
+        tracing::debug!(%what, "watch closed");
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
 
 #[tonic::async_trait]
 impl pb::discovery_server::Discovery for DiscoveryService {
-    type WatchStream = UpdateStream;
+    type WatchStream = UpdateStream<pb::DestinationUpdate>;
 
     async fn watch(
         &self,
@@ -40,37 +78,21 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         } else {
             req.source_namespace
         };
-        let mut model = self.model.clone();
-        // Small: each message is a complete state, so a slow proxy only ever needs the latest.
-        let (tx, rx) = mpsc::channel(4);
-        tracing::debug!(authority = %req.authority, workload = %req.source_workload, "watch opened");
-        tokio::spawn(async move {
-            let mut last_version = String::new();
-            loop {
-                let state = model
-                    .borrow_and_update()
-                    .resolve(&req.authority, &source_ns);
-                let version = model::version_of(&state);
-                if version != last_version {
-                    let update = pb::DestinationUpdate {
-                        version: version.clone(),
-                        state: Some(state),
-                    };
-                    if tx.send(Ok(update)).await.is_err() {
-                        break;
-                    }
-                    tracing::debug!(authority = %req.authority, %version, "destination sent");
-                    last_version = version;
+        let authority = req.authority.clone();
+        tracing::debug!(%authority, workload = %req.source_workload, "watch opened");
+        let stream = watch_stream(
+            self.model.clone(),
+            authority,
+            move |m: &Model| {
+                let state = m.resolve(&req.authority, &source_ns);
+                pb::DestinationUpdate {
+                    version: String::new(),
+                    state: Some(state),
                 }
-                tokio::select! {
-                    changed = model.changed() => if changed.is_err() { break },
-                    _ = tx.closed() => break,
-                }
-            }
-            tracing::debug!(authority = %req.authority, "watch closed");
-        });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Ok(Response::new(Box::pin(stream)))
+            },
+            |u, version| u.version = version,
+        );
+        Ok(Response::new(stream))
     }
 
     async fn info(

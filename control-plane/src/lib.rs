@@ -5,6 +5,7 @@ pub mod ca;
 pub mod discovery;
 pub mod identity;
 pub mod model;
+pub mod policy;
 pub mod resources;
 pub mod store;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use pillion_proto::discovery::v1::discovery_server::DiscoveryServer;
 use pillion_proto::identity::v1::identity_server::IdentityServer;
+use pillion_proto::policy::v1::inbound_policy_server::InboundPolicyServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -98,6 +100,7 @@ impl ControlPlane {
         let (tx, rx) = watch::channel(Arc::new(Model::new(store.objects(), 1)));
         let watcher = tokio::spawn(watch_dir(store, tx));
         let service = discovery::DiscoveryService::new(rx.clone());
+        let policy = policy::PolicyService::new(rx.clone());
         let identity = match &args.ca_dir {
             Some(dir) => {
                 let ca = ca::Ca::load_or_generate(dir, &args.trust_domain, args.leaf_lifetime)?;
@@ -118,6 +121,7 @@ impl ControlPlane {
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .add_service(DiscoveryServer::new(service))
                 .add_optional_service(identity)
+                .add_service(InboundPolicyServer::new(policy))
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;
             watcher.abort();

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use pillion_proto::discovery::v1 as pb;
-use prost::Message;
 
 use crate::resources::{
     self, EndpointSlice, HttpRoute, HttpRouteGroup, HttpRouteMatch, IntOrString, ObjectId,
@@ -32,6 +31,7 @@ pub struct Model {
     splits: Vec<TrafficSplit>,
     route_groups: HashMap<(String, String), HttpRouteGroup>,
     routes: Vec<HttpRoute>,
+    policies: Vec<resources::AuthorizationPolicy>,
     pub generation: u64,
 }
 
@@ -60,6 +60,7 @@ impl Model {
                     model.route_groups.insert((id.namespace, id.name), g);
                 }
                 Resource::HttpRoute(r) => model.routes.push(r),
+                Resource::AuthorizationPolicy(p) => model.policies.push(p),
             }
         }
         // Oldest first, then by namespace/name: the Gateway API's tie-break, used for splits too.
@@ -73,6 +74,80 @@ impl Model {
         model.routes.sort_by_key(|r| age(&r.metadata));
         model.splits.sort_by_key(|s| age(&s.metadata));
         model
+    }
+
+    /// The authorizations that apply to the proxies of `identity` (a SPIFFE ID).
+    pub fn inbound_policy(&self, identity: &str) -> Vec<pillion_proto::policy::v1::Authorization> {
+        let Some(id) = pillion_proto::names::Identity::from_spiffe_id(identity) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for p in &self.policies {
+            let ns = namespace_of(&p.metadata);
+            if ns != id.namespace {
+                continue;
+            }
+            let target = &p.spec.target_ref;
+            let ports: Vec<u32> = match target.kind.as_str() {
+                "ServiceAccount" if target.name == id.service_account => {
+                    p.spec.ports.iter().map(|p| *p as u32).collect()
+                }
+                "Service" => {
+                    let serves = self
+                        .slices
+                        .get(&(ns.to_string(), target.name.clone()))
+                        .into_iter()
+                        .flatten()
+                        .any(|s| {
+                            s.metadata
+                                .annotations
+                                .get(resources::IDENTITY_ANNOTATION)
+                                .map(String::as_str)
+                                == Some(identity)
+                        });
+                    if !serves {
+                        continue;
+                    }
+                    let ports = self.service_app_ports(ns, &target.name, &p.spec.ports);
+                    if ports.is_empty() {
+                        continue;
+                    }
+                    ports
+                }
+                _ => continue,
+            };
+            out.push(pillion_proto::policy::v1::Authorization {
+                name: format!("{ns}/{}", p.metadata.name),
+                ports,
+                identities: p
+                    .spec
+                    .allow
+                    .iter()
+                    .flat_map(|r| r.identities.clone())
+                    .collect(),
+                unauthenticated: p.spec.allow.iter().any(|r| r.unauthenticated),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The application ports behind some (or all, when `only` is empty) ports of a Service.
+    fn service_app_ports(&self, ns: &str, name: &str, only: &[i64]) -> Vec<u32> {
+        let Some(svc) = self.services.get(&(ns.to_string(), name.to_string())) else {
+            return Vec::new();
+        };
+        let mut ports: Vec<u32> = svc
+            .spec
+            .ports
+            .iter()
+            .filter(|p| only.is_empty() || only.contains(&p.port))
+            .flat_map(|p| self.endpoints(ns, name, p))
+            .filter_map(|e| e.address.rsplit(':').next().and_then(|p| p.parse().ok()))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// The complete state for an authority, as sent to a proxy.
@@ -581,12 +656,8 @@ fn precedence(m: &pb::RouteMatch, route: usize, rule: usize, idx: usize) -> Prec
     )
 }
 
-/// A version string that changes exactly when the content changes.
-pub fn version_of(state: &pb::destination_update::State) -> String {
-    let bytes = match state {
-        pb::destination_update::State::Destination(d) => d.encode_to_vec(),
-        pb::destination_update::State::NotInMesh(n) => n.encode_to_vec(),
-    };
+/// A version string that changes exactly when the content (encoded) changes.
+pub fn version_of_bytes(bytes: &[u8]) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
     format!("{:016x}", h.finish())

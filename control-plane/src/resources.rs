@@ -315,9 +315,47 @@ pub struct HttpRouteTimeouts {
     pub backend_request: Option<String>,
 }
 
+/// `pillion.dev/v1alpha1` `AuthorizationPolicy`: which callers may reach a server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthorizationPolicy {
+    pub metadata: Metadata,
+    pub spec: AuthorizationPolicySpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    /// The server: a `Service` (its meshed endpoints) or a `ServiceAccount` (every proxy
+    /// running as it), in the policy's namespace.
+    pub target_ref: PolicyTargetRef,
+    /// For a Service, some of its ports; for a ServiceAccount, application ports. Empty: all.
+    #[serde(default)]
+    pub ports: Vec<i64>,
+    pub allow: Vec<AllowRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTargetRef {
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    /// SPIFFE IDs; `*` matches any run of characters.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// Callers without a mesh identity.
+    #[serde(default)]
+    pub unauthenticated: bool,
+}
+
 /// One object the control plane understands, parsed and validated.
 #[derive(Debug, Clone)]
 pub enum Resource {
+    AuthorizationPolicy(AuthorizationPolicy),
     Service(Service),
     EndpointSlice(EndpointSlice),
     TrafficSplit(TrafficSplit),
@@ -376,6 +414,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
             | ("split.smi-spec.io", "v1alpha2" | "v1alpha4", "TrafficSplit")
             | ("specs.smi-spec.io", "v1alpha4", "HTTPRouteGroup")
             | ("gateway.networking.k8s.io", "v1", "HTTPRoute")
+            | ("pillion.dev", "v1alpha1", "AuthorizationPolicy")
     );
     if !known {
         return Ok(Parsed::Skipped { api_version, kind });
@@ -399,6 +438,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
             Resource::TrafficSplit(split)
         }
         "HTTPRouteGroup" => Resource::HttpRouteGroup(typed(doc).map_err(reject)?),
+        "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(doc).map_err(reject)?),
         _ => Resource::HttpRoute(typed(doc).map_err(reject)?),
     };
     validate(&resource).map_err(reject)?;
@@ -446,7 +486,50 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
         Resource::TrafficSplit(s) => validate_split(s),
         Resource::HttpRouteGroup(g) => validate_route_group(g),
         Resource::HttpRoute(r) => validate_route(r),
+        Resource::AuthorizationPolicy(p) => validate_policy(p),
     }
+}
+
+fn validate_policy(p: &AuthorizationPolicy) -> Result<(), FieldError> {
+    let spec = &p.spec;
+    if !matches!(spec.target_ref.kind.as_str(), "Service" | "ServiceAccount") {
+        return Err(FieldError::new(
+            "spec.targetRef.kind",
+            format!(
+                "`{}` is not one of Service, ServiceAccount",
+                spec.target_ref.kind
+            ),
+        ));
+    }
+    if spec.target_ref.name.is_empty() {
+        return Err(FieldError::new("spec.targetRef.name", "must not be empty"));
+    }
+    for (i, port) in spec.ports.iter().enumerate() {
+        check_port(format!("spec.ports[{i}]"), *port)?;
+    }
+    if spec.allow.is_empty() {
+        return Err(FieldError::new(
+            "spec.allow",
+            "needs at least one rule (to deny everyone, use PILLION_INBOUND_DEFAULT_POLICY=deny)",
+        ));
+    }
+    for (i, rule) in spec.allow.iter().enumerate() {
+        if rule.identities.is_empty() && !rule.unauthenticated {
+            return Err(FieldError::new(
+                format!("spec.allow[{i}]"),
+                "allows nobody: give identities or unauthenticated: true",
+            ));
+        }
+        for (j, id) in rule.identities.iter().enumerate() {
+            if id != "*" && !id.starts_with("spiffe://") {
+                return Err(FieldError::new(
+                    format!("spec.allow[{i}].identities[{j}]"),
+                    format!("`{id}` is not a SPIFFE ID pattern (spiffe://..., `*` as wildcard)"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_port(field: String, port: i64) -> Result<(), FieldError> {

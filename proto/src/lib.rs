@@ -12,6 +12,12 @@ pub mod identity {
     }
 }
 
+pub mod policy {
+    pub mod v1 {
+        tonic::include_proto!("pillion.policy.v1");
+    }
+}
+
 pub mod demo {
     pub mod v1 {
         tonic::include_proto!("pillion.demo.v1");

@@ -21,6 +21,7 @@ pub struct Admin {
     pub shutdown: Arc<watch::Sender<bool>>,
     pub workload: String,
     pub identity: Option<Arc<crate::identity::LocalIdentity>>,
+    pub policies: crate::policy::Policies,
 }
 
 impl Admin {
@@ -78,6 +79,7 @@ impl Admin {
                     "workload": self.workload,
                     "identity": self.identity.as_ref().map(|i| i.spiffe_id.to_string()),
                     "ready": self.dests.is_ready(),
+                    "inboundAuthorizations": self.policies.describe(),
                     "destinations": self.dests.describe(),
                 });
                 let mut resp = Response::new(body::full(

@@ -11,11 +11,11 @@ use hyper::body::Incoming;
 
 use crate::balance::EndpointCache;
 use crate::body::Body;
-use crate::config::InboundPolicy;
 use crate::errors::{ProxyError, is_grpc};
 use crate::forward::{self, ORIG_PROTO_HEADER, Observation, TARGET_PORT_HEADER, authority_of};
 use crate::identity::LocalIdentity;
-use crate::metrics::{Direction, Label, Metrics};
+use crate::metrics::{DenialLabels, Direction, Label, Metrics};
+use crate::policy::Policies;
 use crate::pool::{Io, Protocol};
 use crate::server::{ConnMeta, Handler};
 
@@ -29,7 +29,7 @@ pub struct Inbound {
     pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
     pub identity: Option<Arc<LocalIdentity>>,
-    pub policy: InboundPolicy,
+    pub policies: Policies,
 }
 
 impl Inbound {
@@ -47,15 +47,27 @@ impl Inbound {
         Ok(target)
     }
 
-    /// The default policy; named authorizations come with the policy resource.
-    fn authorize(&self, conn: &ConnMeta) -> Result<(), ProxyError> {
-        match (self.policy, &conn.client_id) {
-            (InboundPolicy::AllUnauthenticated, _) => Ok(()),
-            (InboundPolicy::AllAuthenticated, Some(_)) => Ok(()),
-            (InboundPolicy::AllAuthenticated, None) => {
-                Err(ProxyError::Forbidden("a mesh identity is required"))
+    /// Whether the caller may reach application port `port`; a refusal is counted and logged
+    /// with the caller's identity.
+    fn authorize(&self, conn: &ConnMeta, port: u16) -> Result<(), ProxyError> {
+        match self.policies.decide(port, conn.client_id.as_deref()) {
+            Ok(()) => Ok(()),
+            Err(denied) => {
+                self.metrics
+                    .authorization_denials
+                    .get_or_create(&DenialLabels {
+                        authorization: Label(denied.by.clone()),
+                    })
+                    .inc();
+                tracing::info!(
+                    peer = %conn.peer,
+                    client_id = conn.client_id.as_deref().unwrap_or("(none: plaintext)"),
+                    port,
+                    by = %denied.by,
+                    "inbound denied by policy"
+                );
+                Err(ProxyError::Forbidden("not authorized"))
             }
-            (InboundPolicy::Deny, _) => Err(ProxyError::Forbidden("all inbound traffic is denied")),
         }
     }
 
@@ -65,10 +77,6 @@ impl Inbound {
         conn: &ConnMeta,
         authority: String,
     ) -> Result<Response<Body>, ProxyError> {
-        if let Err(e) = self.authorize(conn) {
-            tracing::info!(peer = %conn.peer, client_id = conn.client_id.as_deref().unwrap_or("-"), authority, "inbound request denied");
-            return Err(e);
-        }
         let headers = req.headers_mut();
         // Only the proxy says who the client is.
         headers.remove(CLIENT_ID_HEADER);
@@ -91,6 +99,7 @@ impl Inbound {
             (None, None)
         };
         let target = self.target(conn, named_port)?;
+        self.authorize(conn, target.port())?;
         let endpoint = self.app.get(target);
         let authority = if authority.is_empty() {
             target.to_string()
@@ -120,11 +129,9 @@ impl Handler for Inbound {
     }
 
     async fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) {
-        if let Err(e) = self.authorize(&conn) {
-            tracing::info!(peer = %conn.peer, client_id = conn.client_id.as_deref().unwrap_or("-"), error = %e, "inbound connection denied");
-            return;
-        }
         match self.target(&conn, None) {
+            // A denied connection is closed.
+            Ok(target) if self.authorize(&conn, target.port()).is_err() => {}
             Ok(target) => forward::tcp(io, target, self.connect_timeout).await,
             Err(e) => tracing::warn!(peer = %conn.peer, error = %e, "inbound connection refused"),
         }

@@ -18,6 +18,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod policy;
 pub mod pool;
 pub mod routing;
 pub mod server;
@@ -84,6 +85,15 @@ impl Proxy {
             metrics.clone(),
             identity.as_ref().map(|i| i.client_config.clone()),
         );
+        let policies = match &identity {
+            Some(i) => policy::Policies::watch(
+                channel.clone(),
+                i.spiffe_id.to_string(),
+                config.workload.clone(),
+                config.inbound_policy,
+            ),
+            None => policy::Policies::fixed(config.inbound_policy),
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_tx = Arc::new(shutdown_tx);
         let listener_cfg = Arc::new(server::ListenerConfig {
@@ -106,7 +116,7 @@ impl Proxy {
             metrics: metrics.clone(),
             connect_timeout: config.connect_timeout,
             identity: identity.clone(),
-            policy: config.inbound_policy,
+            policies: policies.clone(),
         });
         let admin_srv = Arc::new(admin::Admin {
             metrics: metrics.clone(),
@@ -114,6 +124,7 @@ impl Proxy {
             shutdown: shutdown_tx.clone(),
             workload: config.workload.clone(),
             identity: identity.clone(),
+            policies,
         });
         let identity_name = identity.as_ref().map(|i| i.spiffe_id.to_string());
         tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, control_plane = %config.control_plane_addr, workload = %config.workload, identity = identity_name.as_deref().unwrap_or("none (no mTLS)"), "proxy listening");

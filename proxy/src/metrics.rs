@@ -66,6 +66,12 @@ pub struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// The authorization (`namespace/name`) that did not allow the caller, or `default`.
+    pub authorization: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DirectionLabel {
     pub direction: Direction,
 }
@@ -85,6 +91,7 @@ pub struct Metrics {
     pub latency: HistogramFamily,
     pub connections: Family<ConnLabels, Counter>,
     pub tls_handshake_failures: Family<DirectionLabel, Counter>,
+    pub authorization_denials: Family<DenialLabels, Counter>,
     pub control_plane_connected: Gauge<i64, AtomicI64>,
     pub destination_updates: Counter,
     pub destinations: Gauge<i64, AtomicI64>,
@@ -135,6 +142,12 @@ impl Metrics {
             "mTLS handshakes refused or timed out (no or untrusted client certificate, ...)",
             tls_handshake_failures.clone(),
         );
+        let authorization_denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "inbound_denials",
+            "Inbound requests and connections refused by policy, by the authorization that refused",
+            authorization_denials.clone(),
+        );
         let control_plane_connected = Gauge::default();
         registry.register(
             "control_plane_connected",
@@ -160,6 +173,7 @@ impl Metrics {
             latency,
             connections,
             tls_handshake_failures,
+            authorization_denials,
             control_plane_connected,
             destination_updates,
             destinations,
@@ -219,6 +233,11 @@ mod tests {
             .inc();
         m.tls_handshake_failures
             .get_or_create(&DirectionLabel { direction })
+            .inc();
+        m.authorization_denials
+            .get_or_create(&DenialLabels {
+                authorization: Label::from("default"),
+            })
             .inc();
         m.connections
             .get_or_create(&ConnLabels {

@@ -1,0 +1,49 @@
+//! The gRPC InboundPolicy service: each proxy watches the authorizations for its identity.
+
+use std::sync::Arc;
+
+use pillion_proto::policy::v1 as pb;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::discovery::{UpdateStream, watch_stream};
+use crate::model::Model;
+
+pub struct PolicyService {
+    model: watch::Receiver<Arc<Model>>,
+}
+
+impl PolicyService {
+    pub fn new(model: watch::Receiver<Arc<Model>>) -> Self {
+        Self { model }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::inbound_policy_server::InboundPolicy for PolicyService {
+    type WatchStream = UpdateStream<pb::InboundPolicyUpdate>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::InboundPolicyRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        if pillion_proto::names::Identity::from_spiffe_id(&req.identity).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "`{}` is not a SPIFFE ID",
+                req.identity
+            )));
+        }
+        tracing::debug!(identity = %req.identity, workload = %req.workload, "policy watch opened");
+        let identity = req.identity.clone();
+        Ok(Response::new(watch_stream(
+            self.model.clone(),
+            req.identity,
+            move |m: &Model| pb::InboundPolicyUpdate {
+                version: String::new(),
+                authorizations: m.inbound_policy(&identity),
+            },
+            |u, version| u.version = version,
+        )))
+    }
+}
