@@ -35,6 +35,9 @@ pub struct DemoArgs {
     /// Pause between requests.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub interval: Duration,
+    /// Run the proxies without identities: plaintext between them.
+    #[arg(long)]
+    pub no_mtls: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -43,10 +46,23 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A proxy's environment, as the sidecar injector would set it, on loopback ports.
+/// The demo's workload identities, and the bootstrap tokens that prove them.
+const TOKENS: &str = "# Bootstrap tokens of `pillion demo`: <token> <namespace>/<service-account>\n\
+    demo-web-token default/web\ndemo-client-token default/client\n";
+const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+/// mTLS settings of one demo proxy: its service account and token file.
+struct Mtls<'a> {
+    anchors: &'a Path,
+    service_account: &'a str,
+    token_file: PathBuf,
+}
+
 fn proxy_env(
     cp: SocketAddr,
     workload: &str,
     forward: Option<SocketAddr>,
+    mtls: Option<Mtls<'_>>,
 ) -> HashMap<&'static str, String> {
     let mut env = HashMap::from([
         ("PILLION_CONTROL_PLANE_ADDR", cp.to_string()),
@@ -58,6 +74,14 @@ fn proxy_env(
     ]);
     if let Some(f) = forward {
         env.insert("PILLION_INBOUND_FORWARD", f.to_string());
+    }
+    if let Some(m) = mtls {
+        env.insert("PILLION_TRUST_ANCHORS", m.anchors.display().to_string());
+        env.insert("PILLION_SERVICE_ACCOUNT", m.service_account.to_string());
+        env.insert(
+            "PILLION_IDENTITY_TOKEN_FILE",
+            m.token_file.display().to_string(),
+        );
     }
     env
 }
@@ -193,13 +217,31 @@ async fn http_call(
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (dir, temporary) = prepare_dir(args.dir)?;
+    let mtls = !args.no_mtls;
+    let mut cp_args = pillion_control_plane::Args::new(dir.clone(), "127.0.0.1:0".parse()?);
+    // Identity state lives beside, not inside, the watched configuration directory.
+    let state = dir.join(".pillion");
+    if mtls {
+        std::fs::create_dir_all(&state)?;
+        std::fs::write(state.join("tokens"), TOKENS)?;
+        for (sa, token) in [("web", "demo-web-token"), ("client", "demo-client-token")] {
+            std::fs::write(state.join(format!("token-{sa}")), token)?;
+        }
+        cp_args.ca_dir = Some(state.join("ca"));
+        cp_args.identity_tokens = Some(state.join("tokens"));
+    }
+    let anchors = state.join("ca").join("trust-anchors.pem");
+    let identity = |sa: &'static str| {
+        mtls.then(|| Mtls {
+            anchors: &anchors,
+            service_account: sa,
+            token_file: state.join(format!("token-{sa}")),
+        })
+    };
     let (cp_stop_tx, cp_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (cp, serve) = pillion_control_plane::ControlPlane::bind(
-        pillion_control_plane::Args::new(dir.clone(), "127.0.0.1:0".parse()?),
-        async {
-            let _ = cp_stop_rx.await;
-        },
-    )
+    let (cp, serve) = pillion_control_plane::ControlPlane::bind(cp_args, async {
+        let _ = cp_stop_rx.await;
+    })
     .await?;
     tokio::spawn(serve);
 
@@ -211,12 +253,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             cp.addr,
             &format!("default/web-{version}"),
             Some(app),
+            identity("web"),
         ))
         .await?;
-        endpoints.push(DemoEndpoint {
-            version,
-            addr: proxy.inbound_addr,
-            meshed: None,
+        endpoints.push(if mtls {
+            DemoEndpoint {
+                version,
+                addr: app,
+                meshed: Some((WEB_ID, proxy.inbound_addr.port())),
+            }
+        } else {
+            DemoEndpoint {
+                version,
+                addr: proxy.inbound_addr,
+                meshed: None,
+            }
         });
         proxies.push(proxy);
     }
@@ -227,7 +278,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     while cp.generation() == generation && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let client_proxy = start_proxy(proxy_env(cp.addr, "default/client", None)).await?;
+    let client_proxy = start_proxy(proxy_env(
+        cp.addr,
+        "default/client",
+        None,
+        identity("client"),
+    ))
+    .await?;
     let outbound = client_proxy.outbound_addr;
 
     println!(
@@ -243,6 +300,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "  web-{} proxy   inbound {}, admin http://{}/config",
             e.version, e.addr, p.admin_addr
         );
+    }
+    if mtls {
+        println!(
+            "  mTLS between proxies: the client is spiffe://cluster.local/ns/default/sa/client, \
+             both versions are {WEB_ID}"
+        );
+    } else {
+        println!("  plaintext between proxies (--no-mtls)");
     }
     println!();
     println!("To shift traffic, edit the weights in:");

@@ -18,6 +18,7 @@ fn the_demo_runs_and_shows_both_versions() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("traffic-split.yaml"), "{stdout}");
+    assert!(stdout.contains("mTLS between proxies"), "{stdout}");
     assert!(stdout.contains("HTTP  v1"), "{stdout}");
     assert!(stdout.contains("gRPC  v1"), "{stdout}");
     assert!(stdout.contains(", 0 errors."), "{stdout}");

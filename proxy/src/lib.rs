@@ -109,6 +109,8 @@ impl Proxy {
             passthrough: balance::EndpointCache::new(config.connect_timeout),
             connect_timeout: config.connect_timeout,
             own_ports: vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()],
+            identity: identity.clone(),
+            discovery_timeout: config.discovery_timeout,
         });
         let in_handler = Arc::new(inbound::Inbound {
             forward_to: config.inbound_forward,

@@ -28,6 +28,10 @@ pub struct Outbound {
     pub connect_timeout: Duration,
     /// The proxy's own listeners: a redirected connection to one of them would loop.
     pub own_ports: Vec<u16>,
+    /// This proxy's identity, when it has one: requests to meshed endpoints wait (bounded)
+    /// for its first certificate rather than fail the handshake without one.
+    pub identity: Option<Arc<crate::identity::LocalIdentity>>,
+    pub discovery_timeout: Duration,
 }
 
 impl Outbound {
