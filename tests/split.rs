@@ -168,3 +168,35 @@ async fn a_broken_file_does_not_block_changes_in_other_files() {
         assert_eq!(a.version, "v2");
     }
 }
+
+/// A proxy that talks to many destinations holds one watch stream for each on its one
+/// connection to the control plane: far more than HTTP/2's usual stream limit of 100-200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_proxy_watches_hundreds_of_destinations() {
+    let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), "many")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::new();
+    const N: usize = 400;
+    for i in 0..N {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec:\n  ports: [{{port: 80}}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i}-1\n  labels: {{kubernetes.io/service-name: svc-{i}}}\n\
+             addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+            app.port()
+        ));
+    }
+    write_config(&dir.path().join("many.yaml"), &yaml);
+    let cp = start_control_plane(dir.path(), "127.0.0.1:0");
+    let proxy = start_proxy("proxy-many", cp.addr, "default/client", None, &[]);
+    let client = http1_client();
+    for i in 0..N {
+        let a = get(&client, proxy.outbound, &format!("svc-{i}"), "/")
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "svc-{i}: {:?}", a.error);
+    }
+    let (_, m) = admin_get(proxy.admin, "/metrics").await;
+    assert!(m.contains(&format!("pillion_destinations {N}")), "{m}");
+}

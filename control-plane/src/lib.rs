@@ -27,6 +27,9 @@ use crate::store::Store;
 /// inotify) also sees the symlink swaps a Kubernetes ConfigMap mount makes.
 const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Concurrent watches one proxy connection may hold.
+pub const MAX_STREAMS_PER_PROXY: u32 = 100_000;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Directory of YAML files (Service, EndpointSlice, TrafficSplit, HTTPRoute, ...), watched.
@@ -119,6 +122,9 @@ impl ControlPlane {
             let result = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                // A proxy holds one stream per destination it talks to, all on one connection:
+                // allow far more than HTTP/2's usual 100-200 (each idle watch costs a task).
+                .max_concurrent_streams(MAX_STREAMS_PER_PROXY)
                 .add_service(DiscoveryServer::new(service))
                 .add_optional_service(identity)
                 .add_service(InboundPolicyServer::new(policy))
