@@ -257,3 +257,102 @@ async fn authorization_policies_allow_named_identities_and_change_live() {
         assert_eq!(get(&client, out, "web", "/").await.unwrap().status, 200);
     }
 }
+
+/// The control-plane connection is TLS too: proxies verify the control plane's identity, and
+/// the control plane knows each proxy by its certificate (a proxy may not ask for another
+/// identity's policy). Plaintext and the wrong identity do not get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
+    use pillion_proto::policy::v1::InboundPolicyRequest;
+    use pillion_proto::policy::v1::inbound_policy_client::InboundPolicyClient;
+    use std::time::Duration;
+
+    // The whole mesh works with TLS to the control plane (Mesh waits for both versions).
+    let mesh = Mesh::start_mtls_opts("1h", &[], &[], true).await;
+    let cp = mesh.cp.addr.to_string();
+
+    // Plaintext gRPC to the control plane fails.
+    let plain = pillion_proxy::discovery::control_plane_channel(&cp, None).unwrap();
+    let err = InboundPolicyClient::new(plain)
+        .watch(InboundPolicyRequest {
+            identity: CLIENT_ID.into(),
+            workload: "default/x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+
+    // With the client's certificate: its own policy is fine, another identity's is refused.
+    let anchors = ca_file(&mesh, "trust-anchors.pem");
+    let (issuer, issuer_der) = mesh_issuer(&mesh);
+    let now = std::time::SystemTime::now();
+    let (mut chain, key) = leaf(
+        &issuer,
+        CLIENT_ID,
+        "client.default.x",
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    chain.push(issuer_der);
+    let cp_name = rustls_pki_types::ServerName::try_from(
+        pillion_proto::names::Identity::from_spiffe_id(CP_ID)
+            .unwrap()
+            .dns_name(),
+    )
+    .unwrap();
+    let tls = pillion_proxy::discovery::ControlPlaneTls {
+        config: client_config(&anchors, Some((chain, key))),
+        server_name: cp_name.clone(),
+        wait_for: None,
+    };
+    let channel = pillion_proxy::discovery::control_plane_channel(&cp, Some(tls)).unwrap();
+    let mut policy = InboundPolicyClient::new(channel);
+    let mut own = policy
+        .watch(InboundPolicyRequest {
+            identity: CLIENT_ID.into(),
+            workload: "default/client".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(own.message().await.unwrap().is_some());
+    let status = policy
+        .watch(InboundPolicyRequest {
+            identity: WEB_ID.into(),
+            workload: "default/web".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // A proxy that expects another identity for the control plane never gets connected.
+    let token_file = mesh.path("token-client");
+    let wrong = start_proxy(
+        "wrong-cp",
+        mesh.cp.addr,
+        "default/client",
+        None,
+        &[
+            (
+                "PILLION_TRUST_ANCHORS",
+                mesh.path("ca/trust-anchors.pem").display().to_string(),
+            ),
+            (
+                "PILLION_IDENTITY_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+            ("PILLION_SERVICE_ACCOUNT", "client".into()),
+            (
+                "PILLION_CONTROL_PLANE_IDENTITY",
+                "spiffe://cluster.local/ns/pillion/sa/impostor".into(),
+            ),
+        ],
+    );
+    wrong.proc.wait_log("the refused handshake", |v| {
+        v["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate") || e.contains("NotValidForName"))
+    });
+    let (status, _) = admin_get(wrong.admin, "/ready").await;
+    assert_eq!(status, 503);
+}

@@ -107,6 +107,15 @@ impl Ca {
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(CaError::Csr)?;
+        self.sign(identity, &csr.public_key)
+    }
+
+    /// Signs a leaf for `identity` and `public_key` (also the control plane's own serving key).
+    pub fn sign(
+        &self,
+        identity: &Identity,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<Certified, CaError> {
         let now = SystemTime::now();
         let not_after = now + self.leaf_lifetime;
         let mut params = CertificateParams::default();
@@ -130,7 +139,7 @@ impl Ca {
         ];
         params.use_authority_key_identifier_extension = true;
         let leaf = params
-            .signed_by(&csr.public_key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(CaError::Sign)?;
         // Whole seconds: what the certificate can say.
         let secs = not_after

@@ -69,6 +69,17 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // A proxy with a certificate speaks for its own namespace only.
+        if let Some(peer) = crate::tls::peer_identity(&request)
+            && !request.get_ref().source_namespace.is_empty()
+            && peer.namespace != request.get_ref().source_namespace
+        {
+            return Err(Status::permission_denied(format!(
+                "a proxy of namespace {} may not watch as namespace {}",
+                peer.namespace,
+                request.get_ref().source_namespace
+            )));
+        }
         let req = request.into_inner();
         if req.authority.is_empty() {
             return Err(Status::invalid_argument("authority is empty"));

@@ -119,6 +119,15 @@ impl pb::identity_server::Identity for IdentityService {
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
         let peer = request.remote_addr();
+        // A proxy that presents its certificate may renew only that identity.
+        if let Some(holder) = crate::tls::peer_identity(&request)
+            && holder.spiffe_id() != request.get_ref().identity
+        {
+            tracing::warn!(holder = %holder.spiffe_id(), asked = %request.get_ref().identity, "certificate refused: the caller's certificate is for another identity");
+            return Err(Status::permission_denied(
+                "your certificate is for another identity",
+            ));
+        }
         let req = request.into_inner();
         let Some(identity) = Identity::from_spiffe_id(&req.identity) else {
             return Err(Status::invalid_argument(format!(

@@ -8,6 +8,7 @@ pub mod model;
 pub mod policy;
 pub mod resources;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,10 @@ pub struct Args {
     /// Files mode: the tokens file mapping bootstrap tokens to `namespace/service-account`.
     #[arg(long, env = "PILLION_IDENTITY_TOKENS")]
     pub identity_tokens: Option<PathBuf>,
+    /// Serve the gRPC API over TLS with a certificate for this SPIFFE ID, issued by the CA
+    /// (needs --ca-dir). Proxies then set PILLION_CONTROL_PLANE_IDENTITY to it.
+    #[arg(long, env = "PILLION_CONTROL_TLS_IDENTITY")]
+    pub tls_identity: Option<String>,
 }
 
 fn parse_lifetime(s: &str) -> Result<Duration, String> {
@@ -75,6 +80,7 @@ impl Args {
             trust_domain: "cluster.local".into(),
             leaf_lifetime: Duration::from_secs(24 * 3600),
             identity_tokens: None,
+            tls_identity: None,
         }
     }
 }
@@ -104,22 +110,40 @@ impl ControlPlane {
         let watcher = tokio::spawn(watch_dir(store, tx));
         let service = discovery::DiscoveryService::new(rx.clone());
         let policy = policy::PolicyService::new(rx.clone());
-        let identity = match &args.ca_dir {
-            Some(dir) => {
-                let ca = ca::Ca::load_or_generate(dir, &args.trust_domain, args.leaf_lifetime)?;
-                Some(IdentityServer::new(identity::IdentityService::new(
-                    Arc::new(ca),
-                    args.identity_tokens.clone(),
-                )))
-            }
+        let ca = match &args.ca_dir {
+            Some(dir) => Some(Arc::new(ca::Ca::load_or_generate(
+                dir,
+                &args.trust_domain,
+                args.leaf_lifetime,
+            )?)),
             None => None,
         };
+        let tls = match (&args.tls_identity, &ca) {
+            (None, _) => None,
+            (Some(id), Some(ca)) => {
+                let identity = pillion_proto::names::Identity::from_spiffe_id(id)
+                    .filter(|i| i.trust_domain == args.trust_domain)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--tls-identity {id}: not a SPIFFE ID of trust domain {}",
+                            args.trust_domain
+                        )
+                    })?;
+                Some(tls::serving_config(ca.clone(), identity)?)
+            }
+            (Some(_), None) => anyhow::bail!("--tls-identity needs --ca-dir (the CA issues it)"),
+        };
+        let identity = ca.map(|ca| {
+            IdentityServer::new(identity::IdentityService::new(
+                ca,
+                args.identity_tokens.clone(),
+            ))
+        });
         // Logged once everything a proxy needs exists (the CA files included).
         tracing::info!(%addr, dir = %args.config_dir.display(), "control plane listening");
 
         let serve = async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let result = tonic::transport::Server::builder()
+            let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 // A proxy holds one stream per destination it talks to, all on one connection:
@@ -127,9 +151,20 @@ impl ControlPlane {
                 .max_concurrent_streams(MAX_STREAMS_PER_PROXY)
                 .add_service(DiscoveryServer::new(service))
                 .add_optional_service(identity)
-                .add_service(InboundPolicyServer::new(policy))
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await;
+                .add_service(InboundPolicyServer::new(policy));
+            let result = match tls {
+                Some(config) => {
+                    router
+                        .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown)
+                        .await
+                }
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+            };
             watcher.abort();
             result.map_err(anyhow::Error::from)
         };

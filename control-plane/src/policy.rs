@@ -27,6 +27,14 @@ impl pb::inbound_policy_server::InboundPolicy for PolicyService {
         &self,
         request: Request<pb::InboundPolicyRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        if let Some(peer) = crate::tls::peer_identity(&request)
+            && peer.spiffe_id() != request.get_ref().identity
+        {
+            tracing::warn!(peer = %peer.spiffe_id(), asked = %request.get_ref().identity, "policy watch refused: another identity's policy");
+            return Err(Status::permission_denied(
+                "a proxy may only watch the policy of its own identity",
+            ));
+        }
         let req = request.into_inner();
         if pillion_proto::names::Identity::from_spiffe_id(&req.identity).is_none() {
             return Err(Status::invalid_argument(format!(

@@ -64,6 +64,9 @@ pub struct Config {
     pub discovery_timeout: Duration,
     /// mTLS: set when `PILLION_TRUST_ANCHORS` is.
     pub identity: Option<crate::identity::IdentitySettings>,
+    /// The control plane's SPIFFE ID: when set, the control-plane connection is TLS and the
+    /// control plane must prove this identity.
+    pub control_plane_identity: Option<pillion_proto::names::Identity>,
     pub inbound_policy: InboundPolicy,
 }
 
@@ -133,6 +136,26 @@ impl Config {
             )?,
             discovery_timeout: duration(env, "PILLION_DISCOVERY_TIMEOUT", "10s")?,
             identity: identity(env, &namespace_for_identity)?,
+            control_plane_identity: match env.get("PILLION_CONTROL_PLANE_IDENTITY") {
+                None => None,
+                Some(id) => {
+                    if env.get("PILLION_TRUST_ANCHORS").is_none() {
+                        return Err(ConfigError {
+                            var: "PILLION_CONTROL_PLANE_IDENTITY",
+                            value: id,
+                            reason: "needs PILLION_TRUST_ANCHORS to verify the control plane"
+                                .into(),
+                        });
+                    }
+                    Some(pillion_proto::names::Identity::from_spiffe_id(&id).ok_or(
+                        ConfigError {
+                            var: "PILLION_CONTROL_PLANE_IDENTITY",
+                            value: id,
+                            reason: "not a SPIFFE ID like spiffe://cluster.local/ns/pillion/sa/control-plane".into(),
+                        },
+                    )?)
+                }
+            },
             inbound_policy: match env.get("PILLION_INBOUND_DEFAULT_POLICY").as_deref() {
                 None | Some("all-unauthenticated") => InboundPolicy::AllUnauthenticated,
                 Some("all-authenticated") => InboundPolicy::AllAuthenticated,

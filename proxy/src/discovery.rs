@@ -37,16 +37,78 @@ impl Drop for Watched {
     }
 }
 
-/// A lazily connecting channel to the control plane, shared by discovery and identity.
-pub fn control_plane_channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+/// How to reach the control plane over TLS: its identity's DNS form as the server name, our
+/// mesh certificate (once held) as the client certificate.
+#[derive(Clone)]
+pub struct ControlPlaneTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// Connect only once this identity holds a certificate, so that the control plane can
+    /// authenticate the connection (not for the bootstrap channel that obtains it).
+    pub wait_for: Option<Arc<crate::identity::LocalIdentity>>,
+}
+
+/// A lazily connecting channel to the control plane (plaintext, or TLS when `tls` is given).
+pub fn control_plane_channel(addr: &str, tls: Option<ControlPlaneTls>) -> anyhow::Result<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(match tls {
+        None => endpoint
             .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
             .connect_lazy(),
-    )
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector {
+            addr: addr.to_string(),
+            tls,
+        }),
+    })
+}
+
+#[derive(Clone)]
+struct TlsConnector {
+    addr: String,
+    tls: ControlPlaneTls,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
+impl tonic::codegen::Service<http::Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if let Some(id) = &this.tls.wait_for {
+                id.ready().await;
+            }
+            let connect = tokio::net::TcpStream::connect(&this.addr);
+            let tcp = tokio::time::timeout(Duration::from_secs(2), connect)
+                .await
+                .map_err(|_| timed_out("connect"))??;
+            let _ = tcp.set_nodelay(true);
+            let handshake = tokio_rustls::TlsConnector::from(this.tls.config)
+                .connect(this.tls.server_name, tcp);
+            let tls = tokio::time::timeout(Duration::from_secs(10), handshake)
+                .await
+                .map_err(|_| timed_out("TLS handshake"))??;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 pub struct Destinations {

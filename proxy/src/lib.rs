@@ -71,11 +71,25 @@ impl Proxy {
         );
 
         let metrics = Arc::new(metrics::Metrics::new());
-        let channel = discovery::control_plane_channel(&config.control_plane_addr)?;
         let identity = match config.identity.clone() {
             Some(settings) => Some(identity::LocalIdentity::new(settings)?),
             None => None,
         };
+        let cp_tls = |wait: bool| -> anyhow::Result<Option<discovery::ControlPlaneTls>> {
+            let (Some(cp_id), Some(local)) = (&config.control_plane_identity, &identity) else {
+                return Ok(None);
+            };
+            Ok(Some(discovery::ControlPlaneTls {
+                config: local.client_config.clone(),
+                server_name: rustls_pki_types::ServerName::try_from(cp_id.dns_name())?,
+                wait_for: wait.then(|| local.clone()),
+            }))
+        };
+        // Discovery and policy wait for our certificate (so the control plane knows who asks);
+        // the identity channel that obtains it cannot.
+        let channel = discovery::control_plane_channel(&config.control_plane_addr, cp_tls(true)?)?;
+        let bootstrap =
+            discovery::control_plane_channel(&config.control_plane_addr, cp_tls(false)?)?;
         let dests = discovery::Destinations::new(
             channel.clone(),
             config.namespace.clone(),
@@ -140,7 +154,7 @@ impl Proxy {
                 tokio::spawn(admin_srv.serve(admin)),
             ];
             if let Some(identity) = identity {
-                background.push(tokio::spawn(identity.run(channel)));
+                background.push(tokio::spawn(identity.run(bootstrap)));
             }
             let out = tokio::spawn(server::serve(
                 outbound,

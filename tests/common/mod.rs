@@ -242,6 +242,15 @@ pub fn start_control_plane_with(dir: &Path, listen: &str, extra: &[&str]) -> Con
 /// The bootstrap tokens of the mTLS mesh.
 pub const TOKENS: &str =
     "# token namespace/service-account\ntoken-web default/web\ntoken-client default/client\n";
+pub const CP_ID: &str = "spiffe://cluster.local/ns/pillion/sa/control-plane";
+
+/// How `Mesh::start_full` sets up identities.
+pub struct MtlsOpts<'a> {
+    pub lifetime: &'a str,
+    pub server_env: &'a [(&'a str, String)],
+    pub cp_tls: bool,
+}
+
 pub const WEB_ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 
@@ -403,6 +412,17 @@ impl Mesh {
         client_env: &[(&str, String)],
         server_env: &[(&str, String)],
     ) -> Mesh {
+        Self::start_mtls_opts(leaf_lifetime, client_env, server_env, false).await
+    }
+
+    /// `start_mtls_with`, and with `cp_tls` the control plane serves TLS as `CP_ID` and every
+    /// proxy verifies it.
+    pub async fn start_mtls_opts(
+        leaf_lifetime: &str,
+        client_env: &[(&str, String)],
+        server_env: &[(&str, String)],
+        cp_tls: bool,
+    ) -> Mesh {
         let mut apps = Vec::new();
         for version in ["v1", "v2"] {
             let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
@@ -410,7 +430,12 @@ impl Mesh {
                 .unwrap();
             apps.push(app);
         }
-        Self::start_full(1, 1, apps, client_env, Some((leaf_lifetime, server_env)))
+        let mtls = MtlsOpts {
+            lifetime: leaf_lifetime,
+            server_env,
+            cp_tls,
+        };
+        Self::start_full(1, 1, apps, client_env, Some(mtls))
             .await
             .started()
             .await
@@ -421,27 +446,29 @@ impl Mesh {
         v2: u32,
         apps: Vec<SocketAddr>,
         client_env: &[(&str, String)],
-        mtls: Option<(&str, &[(&str, String)])>,
+        mtls: Option<MtlsOpts<'_>>,
     ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         write_config(&dir.path().join("services.yaml"), SERVICES);
         write_config(&dir.path().join("split.yaml"), &split_yaml(v1, v2));
-        let cp = match mtls {
+        let cp = match &mtls {
             None => start_control_plane(dir.path(), "127.0.0.1:0"),
-            Some((lifetime, _)) => {
+            Some(m) => {
                 std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
-                start_control_plane_with(
-                    dir.path(),
-                    "127.0.0.1:0",
-                    &[
-                        "--ca-dir",
-                        dir.path().join("ca").to_str().unwrap(),
-                        "--identity-tokens",
-                        dir.path().join("tokens").to_str().unwrap(),
-                        "--leaf-lifetime",
-                        lifetime,
-                    ],
-                )
+                let ca = dir.path().join("ca").display().to_string();
+                let tokens = dir.path().join("tokens").display().to_string();
+                let mut args = vec![
+                    "--ca-dir",
+                    &ca,
+                    "--identity-tokens",
+                    &tokens,
+                    "--leaf-lifetime",
+                    m.lifetime,
+                ];
+                if m.cp_tls {
+                    args.extend(["--tls-identity", CP_ID]);
+                }
+                start_control_plane_with(dir.path(), "127.0.0.1:0", &args)
             }
         };
         let identity_env = |sa: &str, token: &str| -> Vec<(&'static str, String)> {
@@ -450,27 +477,34 @@ impl Mesh {
             }
             let token_file = dir.path().join(format!("token-{sa}"));
             std::fs::write(&token_file, token).unwrap();
-            vec![
-                (
-                    "PILLION_TRUST_ANCHORS",
-                    dir.path()
-                        .join("ca/trust-anchors.pem")
-                        .display()
-                        .to_string(),
-                ),
-                (
-                    "PILLION_IDENTITY_TOKEN_FILE",
-                    token_file.display().to_string(),
-                ),
-                ("PILLION_SERVICE_ACCOUNT", sa.to_string()),
-            ]
+            let cp_identity = mtls
+                .as_ref()
+                .filter(|m| m.cp_tls)
+                .map(|_| ("PILLION_CONTROL_PLANE_IDENTITY", CP_ID.to_string()));
+            cp_identity
+                .into_iter()
+                .chain([
+                    (
+                        "PILLION_TRUST_ANCHORS",
+                        dir.path()
+                            .join("ca/trust-anchors.pem")
+                            .display()
+                            .to_string(),
+                    ),
+                    (
+                        "PILLION_IDENTITY_TOKEN_FILE",
+                        token_file.display().to_string(),
+                    ),
+                    ("PILLION_SERVICE_ACCOUNT", sa.to_string()),
+                ])
+                .collect()
         };
         let mut server_proxies = Vec::new();
         let mut endpoints = Vec::new();
         for (version, app) in ["v1", "v2"].into_iter().zip(&apps) {
             let mut env = identity_env("web", "token-web");
-            if let Some((_, server_env)) = mtls {
-                env.extend(server_env.iter().cloned());
+            if let Some(m) = &mtls {
+                env.extend(m.server_env.iter().cloned());
             }
             let p = start_proxy(
                 &format!("proxy-{version}"),
