@@ -135,3 +135,153 @@ fn redirected_connections_are_routed_or_passed_through() {
         "the outside server should answer the forwarded bytes: {raw:?}"
     );
 }
+
+/// Calls by IP reach the mesh too: a Service's cluster IP routes like the Service, and opaque
+/// TCP to a meshed endpoint crosses over mTLS (ALPN `pillion.tcp/1`) to the server proxy.
+#[test]
+fn cluster_ips_route_and_opaque_tcp_crosses_mtls() {
+    let ns = Netns::new("clusterip");
+    let pillion = bin("pillion");
+    let app = Process::spawn_in(
+        Some(&ns),
+        "app",
+        &pillion,
+        &[
+            "demo-app",
+            "--listen",
+            "127.0.0.1:0",
+            "--app-version",
+            "meshed",
+        ],
+        &[],
+    );
+    let app_port = listening_port(&app);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
+    for (sa, token) in [("web", "token-web"), ("client", "token-client")] {
+        std::fs::write(dir.path().join(format!("token-{sa}")), token).unwrap();
+    }
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let ca = dir.path().join("ca").display().to_string();
+    let tokens = dir.path().join("tokens").display().to_string();
+    let cp = start_control_plane_in(
+        Some(&ns),
+        &config,
+        "127.0.0.1:0",
+        &["--ca-dir", &ca, "--identity-tokens", &tokens],
+    );
+    let identity = |sa: &str| {
+        vec![
+            (
+                "PILLION_TRUST_ANCHORS",
+                dir.path()
+                    .join("ca/trust-anchors.pem")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "PILLION_IDENTITY_TOKEN_FILE",
+                dir.path().join(format!("token-{sa}")).display().to_string(),
+            ),
+            ("PILLION_SERVICE_ACCOUNT", sa.to_string()),
+        ]
+    };
+    let server = start_proxy_in(
+        Some(&ns),
+        None,
+        "server",
+        cp.addr,
+        "default/web",
+        None,
+        &identity("web"),
+    );
+    let mut client_env = identity("client");
+    client_env.push(("PILLION_OPAQUE_PORTS", "5555".to_string()));
+    let client = start_proxy_in(
+        Some(&ns),
+        Some(PROXY_UID),
+        "client",
+        cp.addr,
+        "default/client",
+        None,
+        &client_env,
+    );
+    write_config(
+        &config.join("mesh.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: 127.0.0.42\n  ports: [{{name: http, port: 80}}, {{name: raw, port: 5555}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
+             \x20 annotations: {{pillion.dev/identity: \"{WEB_ID}\", pillion.dev/proxy-port: \"{}\"}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {app_port}}}, {{name: raw, port: {app_port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+            server.inbound.port()
+        ),
+    );
+    let out = client.outbound.port().to_string();
+    let uid = PROXY_UID.to_string();
+    for port in ["80", "5555"] {
+        ns.exec(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            "127.0.0.42",
+            "--dport",
+            port,
+            "-m",
+            "owner",
+            "!",
+            "--uid-owner",
+            &uid,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &out,
+        ]);
+    }
+    let curl = |url: &str| {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns.0,
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    url,
+                ])
+                .output()
+                .unwrap();
+            let body = String::from_utf8_lossy(&out.stdout).to_string();
+            if body.contains("hello from meshed") {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url}: {body} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // HTTP to the cluster IP, with no Service name anywhere in the request.
+    curl("http://127.0.0.42/");
+    // Port 5555 is opaque for the client proxy: the bytes cross as TCP over mTLS.
+    curl("http://127.0.0.42:5555/");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let m = ns.exec(&["curl", "-sS", &format!("http://{}/metrics", server.admin)]);
+        if m.contains("protocol=\"opaque+mtls\"") && m.contains("protocol=\"h2+mtls\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -154,6 +154,11 @@ impl Model {
     pub fn resolve(&self, authority: &str, source_ns: &str) -> pb::destination_update::State {
         let not_in_mesh =
             |reason: String| pb::destination_update::State::NotInMesh(pb::NotInMesh { reason });
+        if let Ok(addr) = authority.parse::<std::net::SocketAddr>() {
+            return self
+                .resolve_addr(addr, source_ns)
+                .unwrap_or_else(|| not_in_mesh(format!("{addr} is no Service IP or endpoint")));
+        }
         let Some(target) = parse_authority(authority, source_ns) else {
             return not_in_mesh(format!("`{authority}` is not a Service name"));
         };
@@ -175,6 +180,68 @@ impl Model {
             ));
         }
         pb::destination_update::State::Destination(self.destination(&target, source_ns))
+    }
+
+    /// Transparent mode knows only the original destination's address: a Service's cluster IP
+    /// routes like the Service; an endpoint's own address goes to that endpoint alone (with its
+    /// identity, so the connection is mTLS when it is meshed).
+    fn resolve_addr(
+        &self,
+        addr: std::net::SocketAddr,
+        source_ns: &str,
+    ) -> Option<pb::destination_update::State> {
+        let ip = addr.ip().to_string();
+        for ((ns, name), svc) in &self.services {
+            if svc.spec.cluster_ip.as_deref() == Some(ip.as_str())
+                && svc
+                    .spec
+                    .ports
+                    .iter()
+                    .any(|p| p.port == i64::from(addr.port()))
+            {
+                let target = Target {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    port: addr.port(),
+                };
+                return Some(pb::destination_update::State::Destination(
+                    self.destination(&target, source_ns),
+                ));
+            }
+        }
+        let want = addr.to_string();
+        for ((ns, name), svc) in &self.services {
+            for port in &svc.spec.ports {
+                if let Some(ep) = self
+                    .endpoints(ns, name, port)
+                    .into_iter()
+                    .find(|e| e.address == want)
+                {
+                    return Some(pb::destination_update::State::Destination(
+                        pb::Destination {
+                            fqdn: want.clone(),
+                            rules: vec![pb::Rule {
+                                name: format!("{ns}/{name}/endpoint"),
+                                backends: vec![pb::WeightedBackend {
+                                    weight: 1,
+                                    kind: Some(pb::weighted_backend::Kind::Service(pb::Backend {
+                                        name: format!(
+                                            "{name}.{ns}.svc.{CLUSTER_DOMAIN}:{}",
+                                            port.port
+                                        ),
+                                        endpoints: vec![ep],
+                                    })),
+                                }],
+                                timeouts: None,
+                            }],
+                            matches: vec![match_all(0)],
+                            source: format!("endpoint of Service {ns}/{name}"),
+                        },
+                    ));
+                }
+            }
+        }
+        None
     }
 
     fn destination(&self, target: &Target, source_ns: &str) -> pb::Destination {

@@ -73,6 +73,10 @@ pub struct Service {
 pub struct ServiceSpec {
     #[serde(default)]
     pub ports: Vec<ServicePort>,
+    /// The Service's virtual IP (`None` for headless Services); transparent-mode traffic to it
+    /// is routed as traffic to the Service.
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

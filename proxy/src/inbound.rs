@@ -128,8 +128,22 @@ impl Handler for Inbound {
         obs.finish(&self.metrics, result, grpc)
     }
 
-    async fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) {
-        match self.target(&conn, None) {
+    async fn opaque(self: Arc<Self>, mut io: Box<dyn Io>, conn: ConnMeta) {
+        // Over mTLS the peer proxy first names the application port, in two bytes.
+        let named_port = if conn.tls {
+            let mut port = [0u8; 2];
+            let read = tokio::io::AsyncReadExt::read_exact(&mut io, &mut port);
+            match tokio::time::timeout(Duration::from_secs(10), read).await {
+                Ok(Ok(_)) => Some(u16::from_be_bytes(port)),
+                _ => {
+                    tracing::info!(peer = %conn.peer, "opaque mTLS connection without its port; closed");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        match self.target(&conn, named_port) {
             // A denied connection is closed.
             Ok(target) if self.authorize(&conn, target.port()).is_err() => {}
             Ok(target) => forward::tcp(io, target, self.connect_timeout).await,

@@ -125,6 +125,9 @@ impl Proxy {
             own_ports: vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()],
             identity: identity.clone(),
             discovery_timeout: config.discovery_timeout,
+            tcp_tls: identity
+                .as_ref()
+                .map(|i| i.client_config_with_alpn(identity::ALPN_TCP)),
         });
         let in_handler = Arc::new(inbound::Inbound {
             forward_to: config.inbound_forward,

@@ -32,6 +32,8 @@ pub struct Outbound {
     /// for its first certificate rather than fail the handshake without one.
     pub identity: Option<Arc<crate::identity::LocalIdentity>>,
     pub discovery_timeout: Duration,
+    /// Client configuration for opaque TCP over mTLS (ALPN `pillion.tcp/1`).
+    pub tcp_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Outbound {
@@ -63,13 +65,20 @@ impl Outbound {
         let target = authority
             .as_deref()
             .and_then(|a| pillion_proto::names::parse_authority(a, &self.namespace));
-        let Some(target) = target else {
+        // By name first; in transparent mode also by the original destination's address (a
+        // Service's cluster IP, or a meshed endpoint), which is all an app calling by IP gives.
+        let mut snapshot = match target {
+            Some(target) => Some(self.dests.get(&target.fqdn()).await?),
+            None => None,
+        };
+        if snapshot.as_ref().is_none_or(|s| !s.in_mesh())
+            && let Some(dst) = conn.orig_dst
+        {
+            snapshot = Some(self.dests.get(&dst.to_string()).await?);
+        }
+        let Some(snapshot) = snapshot.filter(|s| s.in_mesh()) else {
             return self.passthrough(req, conn, authority).await;
         };
-        let snapshot = self.dests.get(&target.fqdn()).await?;
-        if let Routes::NotInMesh { .. } = snapshot.routes {
-            return self.passthrough(req, conn, authority).await;
-        }
         obs.authority = Label(snapshot.fqdn.clone());
         let grpc_timeout = forward::grpc_timeout(req.headers());
         let info = RequestInfo {
@@ -126,6 +135,56 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// The mesh endpoint for an opaque connection to `dst`: split and balance as for HTTP,
+    /// over the most general rule. `None`: not in the mesh.
+    async fn tcp_endpoint(&self, dst: SocketAddr) -> Option<Arc<crate::balance::Endpoint>> {
+        let snapshot = self.dests.get(&dst.to_string()).await.ok()?;
+        let Routes::InMesh { matches, rules } = &snapshot.routes else {
+            return None;
+        };
+        let rule = rules.get(matches.last()?.rule)?;
+        match &rule.split.pick()?.target {
+            BackendTarget::Service { endpoints, .. } => balance::pick(endpoints).cloned(),
+            BackendTarget::Failure { .. } => None,
+        }
+    }
+
+    /// Opaque bytes to a mesh endpoint: over mTLS (ALPN `pillion.tcp/1`, then the application
+    /// port in two bytes) when it is meshed and this proxy has an identity; as they are otherwise.
+    async fn tcp_to_endpoint(&self, mut io: Box<dyn Io>, endpoint: &crate::balance::Endpoint) {
+        let (Some(meshed), Some(config)) = (&endpoint.meshed, &self.tcp_tls) else {
+            return forward::tcp(io, endpoint.addr, self.connect_timeout).await;
+        };
+        let server_name = pillion_proto::names::Identity::from_spiffe_id(&meshed.identity)
+            .and_then(|id| rustls_pki_types::ServerName::try_from(id.dns_name()).ok());
+        let Some(server_name) = server_name else {
+            return;
+        };
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(meshed.proxy_addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(server_name, tcp)
+                .await?;
+            tokio::io::AsyncWriteExt::write_all(&mut tls, &endpoint.addr.port().to_be_bytes())
+                .await?;
+            Ok::<_, std::io::Error>(tls)
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(mut upstream)) => {
+                if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
+                    tracing::debug!(addr = %meshed.proxy_addr, error = %e, "opaque mTLS connection ended");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::info!(addr = %meshed.proxy_addr, error = %e, "opaque mTLS connect failed")
+            }
+            Err(_) => tracing::info!(addr = %meshed.proxy_addr, "opaque mTLS connect timed out"),
+        }
+    }
+}
+
 fn is_local(addr: SocketAddr) -> bool {
     addr.ip().is_loopback() || addr.ip().is_unspecified()
 }
@@ -144,14 +203,17 @@ impl Handler for Outbound {
     }
 
     async fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) {
-        match conn.orig_dst {
-            Some(_) if self.loops(&conn) => {
-                tracing::warn!(peer = %conn.peer, "opaque connection to the proxy itself refused");
-            }
-            Some(dst) => forward::tcp(io, dst, self.connect_timeout).await,
-            None => {
-                tracing::info!(peer = %conn.peer, "opaque connection in explicit mode has no destination; closed");
-            }
+        let Some(dst) = conn.orig_dst else {
+            tracing::info!(peer = %conn.peer, "opaque connection in explicit mode has no destination; closed");
+            return;
+        };
+        if self.loops(&conn) {
+            tracing::warn!(peer = %conn.peer, "opaque connection to the proxy itself refused");
+            return;
+        }
+        match self.tcp_endpoint(dst).await {
+            Some(endpoint) => self.tcp_to_endpoint(io, &endpoint).await,
+            None => forward::tcp(io, dst, self.connect_timeout).await,
         }
     }
 }

@@ -421,6 +421,10 @@ impl Snapshot {
         })
     }
 
+    pub fn in_mesh(&self) -> bool {
+        matches!(self.routes, Routes::InMesh { .. })
+    }
+
     /// The rule for a request: the first match in precedence order.
     pub fn route(&self, req: &RequestInfo<'_>) -> Result<&Rule, ProxyError> {
         match &self.routes {
