@@ -84,6 +84,16 @@ async fn http1_h2c_and_grpc_cross_mtls_and_the_app_sees_the_client_identity() {
         mtls_conns += m.matches("protocol=\"h2+mtls\"").count();
     }
     assert!(mtls_conns >= 1, "no mTLS connection counted");
+    let (_, m) = admin_get(mesh.server_proxies[0].admin, "/metrics").await;
+    assert!(
+        m.contains(&format!("tls=\"true\",peer_identity=\"{CLIENT_ID}\"")),
+        "{m}"
+    );
+    let (_, m) = admin_get(mesh.client.admin, "/metrics").await;
+    assert!(
+        m.contains(&format!("tls=\"true\",peer_identity=\"{WEB_ID}\"")),
+        "{m}"
+    );
     let (_, config) = admin_get(mesh.client.admin, "/config").await;
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["identity"], CLIENT_ID);
@@ -306,6 +316,7 @@ async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
         wait_for: None,
     };
     let channel = pillion_proxy::discovery::control_plane_channel(&cp, Some(tls)).unwrap();
+    let policy_channel = channel.clone();
     let mut policy = InboundPolicyClient::new(channel);
     let mut own = policy
         .watch(InboundPolicyRequest {
@@ -320,6 +331,18 @@ async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
         .watch(InboundPolicyRequest {
             identity: WEB_ID.into(),
             workload: "default/web".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // Discovery on behalf of another namespace is refused too.
+    let mut discovery =
+        pillion_proto::discovery::v1::discovery_client::DiscoveryClient::new(policy_channel);
+    let status = discovery
+        .watch(pillion_proto::discovery::v1::WatchRequest {
+            authority: "web.default:80".into(),
+            source_namespace: "shop".into(),
+            source_workload: "shop/x".into(),
         })
         .await
         .unwrap_err();

@@ -284,6 +284,10 @@ pub struct Observation {
     pub authority: Label,
     pub route: Label,
     pub backend: Label,
+    /// The hop between proxies was mTLS (inbound: the client's; outbound: to the endpoint).
+    pub tls: bool,
+    /// The peer's SPIFFE ID: the client (inbound) or the endpoint's proxy (outbound).
+    pub peer_identity: Label,
     pub started: Instant,
 }
 
@@ -294,6 +298,8 @@ impl Observation {
             authority,
             route: Label::default(),
             backend: Label::default(),
+            tls: false,
+            peer_identity: Label::default(),
             started: Instant::now(),
         }
     }
@@ -346,6 +352,8 @@ impl Observation {
                 status_code: resp.status().as_u16(),
                 grpc_status,
                 error,
+                tls: self.tls,
+                peer_identity: self.peer_identity,
             })
             .inc();
         metrics

@@ -123,7 +123,11 @@ impl Handler for Inbound {
     async fn http(self: Arc<Self>, req: Request<Incoming>, conn: ConnMeta) -> Response<Body> {
         let grpc = is_grpc(req.headers());
         let authority = authority_of(&req).unwrap_or_default();
-        let obs = Observation::new(Direction::inbound, Label::from(authority.as_str()));
+        let mut obs = Observation::new(Direction::inbound, Label::from(authority.as_str()));
+        obs.tls = conn.tls;
+        if let Some(id) = &conn.client_id {
+            obs.peer_identity = Label(id.clone());
+        }
         let result = self.handle(req, &conn, authority).await;
         obs.finish(&self.metrics, result, grpc)
     }

@@ -56,6 +56,10 @@ pub struct ResponseLabels {
     pub grpc_status: Label,
     /// The proxy's own error reason, empty when the answer came from the application.
     pub error: Label,
+    /// The hop between proxies was mTLS.
+    pub tls: bool,
+    /// The peer's SPIFFE ID (inbound: the client; outbound: the endpoint's proxy), or empty.
+    pub peer_identity: Label,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -229,6 +233,8 @@ mod tests {
                 status_code: 200,
                 grpc_status: Label::default(),
                 error: Label::default(),
+                tls: false,
+                peer_identity: Label::default(),
             })
             .inc();
         m.tls_handshake_failures

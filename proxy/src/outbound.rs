@@ -100,6 +100,20 @@ impl Outbound {
                 let endpoint = balance::pick(endpoints)
                     .ok_or(ProxyError::NoEndpoints)?
                     .clone();
+                obs.tls = endpoint.conns.is_tls();
+                if let Some(m) = &endpoint.meshed {
+                    obs.peer_identity = Label(m.identity.clone());
+                }
+                // Before our first certificate, a handshake would fail: wait for it (bounded).
+                if endpoint.meshed.is_some()
+                    && let Some(id) = &self.identity
+                    && !id.is_ready()
+                    && tokio::time::timeout(self.discovery_timeout, id.ready())
+                        .await
+                        .is_err()
+                {
+                    return Err(ProxyError::Unavailable("no certificate yet"));
+                }
                 let timeout =
                     forward::shortest([rule.request_timeout, rule.backend_timeout, grpc_timeout]);
                 let authority = authority.unwrap_or_default();
