@@ -379,3 +379,45 @@ async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
     let (status, _) = admin_get(wrong.admin, "/ready").await;
     assert_eq!(status, 503);
 }
+
+/// HTTP/1.1 upgrades (WebSocket-style) to meshed endpoints cross on their own HTTP/1.1
+/// connection over mTLS, since HTTP/2 cannot carry them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_cross_mtls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start_mtls("1h", &[]).await;
+    let mut s = tokio::net::TcpStream::connect(mesh.client.outbound)
+        .await
+        .unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "closed before the 101: {head:?}"
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    s.write_all(b"through the mesh").await.unwrap();
+    let mut buf = [0u8; 16];
+    tokio::time::timeout(std::time::Duration::from_secs(30), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"through the mesh");
+    let mut over_tls = 0;
+    for p in &mesh.server_proxies {
+        let (_, m) = admin_get(p.admin, "/metrics").await;
+        over_tls += m.matches("protocol=\"http/1+mtls\"").count();
+    }
+    assert_eq!(
+        over_tls, 1,
+        "the upgrade went over an HTTP/1.1 mTLS connection"
+    );
+}

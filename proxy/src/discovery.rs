@@ -118,8 +118,8 @@ pub struct Destinations {
     connect_timeout: Duration,
     discovery_timeout: Duration,
     metrics: Arc<Metrics>,
-    /// Client configuration for meshed endpoints, when this proxy has an identity.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Client configurations for meshed endpoints, when this proxy has an identity.
+    tls: Option<crate::pool::MeshTls>,
     epoch: Instant,
     map: RwLock<HashMap<String, Arc<Watched>>>,
     ready: AtomicBool,
@@ -133,7 +133,7 @@ impl Destinations {
         connect_timeout: Duration,
         discovery_timeout: Duration,
         metrics: Arc<Metrics>,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        tls: Option<crate::pool::MeshTls>,
     ) -> Arc<Self> {
         Arc::new(Destinations {
             client: DiscoveryClient::new(channel),

@@ -141,7 +141,13 @@ pub async fn forward(
     let timeout = opts.timeout;
     let client_version = req.version();
     let protocol = if endpoint.meshed.is_some() {
-        Protocol::Http2
+        // Between proxies everything is HTTP/2, except an HTTP/1.1 upgrade, which HTTP/2
+        // cannot carry: it gets its own HTTP/1.1 connection over mTLS.
+        if wants_upgrade(&req) {
+            Protocol::Http1
+        } else {
+            Protocol::Http2
+        }
     } else {
         opts.protocol
             .unwrap_or_else(|| protocol_for(endpoint, &req))

@@ -97,7 +97,10 @@ impl Proxy {
             config.connect_timeout,
             config.discovery_timeout,
             metrics.clone(),
-            identity.as_ref().map(|i| i.client_config.clone()),
+            identity.as_ref().map(|i| pool::MeshTls {
+                h2: i.client_config.clone(),
+                h1: i.client_config_with_alpn(identity::ALPN_HTTP1),
+            }),
         );
         let policies = match &identity {
             Some(i) => policy::Policies::watch(

@@ -31,10 +31,18 @@ pub enum Protocol {
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// Client configurations for meshed endpoints: ALPN `h2` for requests, `http/1.1` for the
+/// HTTP/1.1 upgrades (WebSocket) HTTP/2 cannot carry.
+#[derive(Clone)]
+pub struct MeshTls {
+    pub h2: Arc<rustls::ClientConfig>,
+    pub h1: Arc<rustls::ClientConfig>,
+}
+
 /// How to reach a meshed endpoint's proxy: mTLS, checking that it presents `server_name`.
 #[derive(Clone)]
 pub struct TlsTarget {
-    pub config: Arc<rustls::ClientConfig>,
+    pub configs: MeshTls,
     pub server_name: rustls_pki_types::ServerName<'static>,
 }
 
@@ -59,7 +67,7 @@ impl Conns {
         }
     }
 
-    async fn connect(&self) -> Result<TokioIo<Box<dyn Io>>, ProxyError> {
+    async fn connect(&self, protocol: Protocol) -> Result<TokioIo<Box<dyn Io>>, ProxyError> {
         let connect = async {
             let stream = TcpStream::connect(self.addr)
                 .await
@@ -68,7 +76,11 @@ impl Conns {
             let Some(tls) = &self.tls else {
                 return Ok(Box::new(stream) as Box<dyn Io>);
             };
-            let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+            let config = match protocol {
+                Protocol::Http2 => tls.configs.h2.clone(),
+                Protocol::Http1 => tls.configs.h1.clone(),
+            };
+            let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(tls.server_name.clone(), stream)
                 .await
                 .map_err(|e| ProxyError::Tls(self.addr, e.to_string()))?;
@@ -131,7 +143,7 @@ impl Conns {
         {
             return Ok(s.clone());
         }
-        let io = self.connect().await?;
+        let io = self.connect(Protocol::Http2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -160,7 +172,7 @@ impl Conns {
                 }
             }
         }
-        let io = self.connect().await?;
+        let io = self.connect(Protocol::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await

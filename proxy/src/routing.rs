@@ -15,7 +15,7 @@ use regex::Regex;
 
 use crate::balance::{Endpoint, Meshed};
 use crate::errors::ProxyError;
-use crate::pool::TlsTarget;
+use crate::pool::{MeshTls, TlsTarget};
 use rustls_pki_types::ServerName;
 
 /// The request attributes routing looks at.
@@ -241,7 +241,7 @@ fn percent_decode(s: &str) -> String {
 fn mesh_target(
     addr: SocketAddr,
     m: &pb::MeshedEndpoint,
-    tls: Option<&Arc<rustls::ClientConfig>>,
+    tls: Option<&MeshTls>,
 ) -> Result<(Option<Meshed>, Option<TlsTarget>), String> {
     let identity = pillion_proto::names::Identity::from_spiffe_id(&m.identity)
         .ok_or_else(|| format!("endpoint {addr}: bad identity {}", m.identity))?;
@@ -254,8 +254,8 @@ fn mesh_target(
         proxy_addr: SocketAddr::new(addr.ip(), port),
     };
     let target = match tls {
-        Some(config) => Some(TlsTarget {
-            config: config.clone(),
+        Some(configs) => Some(TlsTarget {
+            configs: configs.clone(),
             server_name: ServerName::try_from(identity.dns_name())
                 .map_err(|e| format!("endpoint {addr}: {e}"))?,
         }),
@@ -280,7 +280,7 @@ impl Snapshot {
         update: pb::DestinationUpdate,
         endpoints: &mut HashMap<SocketAddr, Arc<Endpoint>>,
         connect_timeout: Duration,
-        tls: Option<&Arc<rustls::ClientConfig>>,
+        tls: Option<&MeshTls>,
     ) -> Result<Snapshot, String> {
         let version = update.version;
         let Some(state) = update.state else {
