@@ -285,3 +285,33 @@ async fn a_token_for_another_identity_gets_no_certificate() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An unknown token gets no certificate either, and the refusal is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_token_gets_no_certificate() {
+    let mesh = Mesh::start_mtls("1h", &[]).await;
+    let token_file = mesh.path("token-forged");
+    std::fs::write(&token_file, "not-a-token").unwrap();
+    let _proxy = start_proxy(
+        "forged",
+        mesh.cp.addr,
+        "default/web",
+        None,
+        &[
+            (
+                "PILLION_TRUST_ANCHORS",
+                mesh.path("ca/trust-anchors.pem").display().to_string(),
+            ),
+            (
+                "PILLION_IDENTITY_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+            ("PILLION_SERVICE_ACCOUNT", "web".to_string()),
+        ],
+    );
+    mesh.cp.proc.wait_log("the refusal", |v| {
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown or missing token"))
+    });
+}

@@ -273,6 +273,20 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn anchor_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn trust_bundles_may_hold_several_anchors() {
+        let bundle = format!("{}{}", anchor_pem(), anchor_pem());
+        assert_eq!(roots(&bundle).unwrap().len(), 2);
+        assert!(roots("no pem here").is_err());
+    }
+
     #[test]
     fn renewal_comes_at_about_seventy_percent() {
         let from = SystemTime::now();
