@@ -356,20 +356,13 @@ async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
         "default/client",
         None,
         &[
-            (
-                "PILLION_TRUST_ANCHORS",
-                mesh.path("ca/trust-anchors.pem").display().to_string(),
-            ),
-            (
-                "PILLION_IDENTITY_TOKEN_FILE",
-                token_file.display().to_string(),
-            ),
-            ("PILLION_SERVICE_ACCOUNT", "client".into()),
-            (
+            identity_env(mesh.dir.path(), "client", &token_file).as_slice(),
+            &[(
                 "PILLION_CONTROL_PLANE_IDENTITY",
                 "spiffe://cluster.local/ns/pillion/sa/impostor".into(),
-            ),
-        ],
+            )],
+        ]
+        .concat(),
     );
     wrong.proc.wait_log("the refused handshake", |v| {
         v["fields"]["error"]

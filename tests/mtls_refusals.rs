@@ -255,17 +255,7 @@ async fn a_token_for_another_identity_gets_no_certificate() {
         mesh.cp.addr,
         "default/impostor",
         None,
-        &[
-            (
-                "PILLION_TRUST_ANCHORS",
-                mesh.path("ca/trust-anchors.pem").display().to_string(),
-            ),
-            (
-                "PILLION_IDENTITY_TOKEN_FILE",
-                token_file.display().to_string(),
-            ),
-            ("PILLION_SERVICE_ACCOUNT", "web".to_string()),
-        ],
+        &identity_env(mesh.dir.path(), "web", &token_file),
     );
     mesh.cp.proc.wait_log("the refusal", |v| {
         v["fields"]["message"]
@@ -297,17 +287,7 @@ async fn an_unknown_token_gets_no_certificate() {
         mesh.cp.addr,
         "default/web",
         None,
-        &[
-            (
-                "PILLION_TRUST_ANCHORS",
-                mesh.path("ca/trust-anchors.pem").display().to_string(),
-            ),
-            (
-                "PILLION_IDENTITY_TOKEN_FILE",
-                token_file.display().to_string(),
-            ),
-            ("PILLION_SERVICE_ACCOUNT", "web".to_string()),
-        ],
+        &identity_env(mesh.dir.path(), "web", &token_file),
     );
     mesh.cp.proc.wait_log("the refusal", |v| {
         v["fields"]["message"]

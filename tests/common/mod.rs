@@ -483,20 +483,7 @@ impl Mesh {
                 .map(|_| ("PILLION_CONTROL_PLANE_IDENTITY", CP_ID.to_string()));
             cp_identity
                 .into_iter()
-                .chain([
-                    (
-                        "PILLION_TRUST_ANCHORS",
-                        dir.path()
-                            .join("ca/trust-anchors.pem")
-                            .display()
-                            .to_string(),
-                    ),
-                    (
-                        "PILLION_IDENTITY_TOKEN_FILE",
-                        token_file.display().to_string(),
-                    ),
-                    ("PILLION_SERVICE_ACCOUNT", sa.to_string()),
-                ])
+                .chain(identity_env(dir.path(), sa, &token_file))
                 .collect()
         };
         let mut server_proxies = Vec::new();
@@ -772,4 +759,20 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
+}
+
+/// The environment of a proxy with identity `sa`, trusting the CA in `dir/ca`, proving itself
+/// with the token in `token_file`.
+pub fn identity_env(dir: &Path, sa: &str, token_file: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "PILLION_TRUST_ANCHORS",
+            dir.join("ca/trust-anchors.pem").display().to_string(),
+        ),
+        (
+            "PILLION_IDENTITY_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("PILLION_SERVICE_ACCOUNT", sa.to_string()),
+    ]
 }
