@@ -475,3 +475,43 @@ async fn grpc_timeout_is_enforced_by_the_proxy() {
     );
     assert_eq!(resp.headers()["pillion-proxy-error"], "timeout");
 }
+
+/// An endpoint nobody listens on (a pod gone before discovery knows): requests that failed to
+/// connect go to another endpoint of the same backend, so none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoints_do_not_fail_requests() {
+    let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), "alive")
+        .await
+        .unwrap();
+    // Three ports nobody listens on, and the live app: without trying other endpoints, most
+    // first requests would pick a dead one.
+    let dead: Vec<u16> = (0..3)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: pool}\nspec:\n  ports: [{port: 80}]\n"
+            .to_string();
+    for (i, port) in std::iter::once(app.port()).chain(dead).enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: pool-{i}\n  labels: {{kubernetes.io/service-name: pool}}\n\
+             addressType: IPv4\nports: [{{port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n"
+        ));
+    }
+    write_config(&dir.path().join("pool.yaml"), &yaml);
+    let cp = start_control_plane(dir.path(), "127.0.0.1:0");
+    let proxy = start_proxy("proxy-pool", cp.addr, "default/client", None, &[]);
+    let client = http1_client();
+    for i in 0..100 {
+        let a = get(&client, proxy.outbound, "pool", "/").await.unwrap();
+        assert_eq!(
+            (a.status, a.version.as_str()),
+            (200, "alive"),
+            "request {i}: {:?}",
+            a.error
+        );
+    }
+}

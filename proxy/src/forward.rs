@@ -131,12 +131,33 @@ pub struct ForwardOpts<'a> {
     pub protocol: Option<Protocol>,
 }
 
+/// Why forwarding failed: `NotSent` means nothing reached the endpoint (connecting failed), so
+/// the request comes back and may go to another endpoint.
+pub enum ForwardError {
+    NotSent(ProxyError, Box<Request<Incoming>>),
+    Failed(ProxyError),
+}
+
+impl ForwardError {
+    pub fn into_error(self) -> ProxyError {
+        match self {
+            ForwardError::NotSent(e, _) | ForwardError::Failed(e) => e,
+        }
+    }
+}
+
+impl From<ProxyError> for ForwardError {
+    fn from(e: ProxyError) -> Self {
+        ForwardError::Failed(e)
+    }
+}
+
 /// Sends `req` to `endpoint` and returns the response to give the client.
 pub async fn forward(
     endpoint: &Arc<Endpoint>,
     mut req: Request<Incoming>,
     opts: ForwardOpts<'_>,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Body>, ForwardError> {
     let authority = opts.authority;
     let timeout = opts.timeout;
     let client_version = req.version();
@@ -151,6 +172,14 @@ pub async fn forward(
     } else {
         opts.protocol
             .unwrap_or_else(|| protocol_for(endpoint, &req))
+    };
+    let sender = match endpoint.conns.checkout(protocol).await {
+        Ok(s) => s,
+        Err(e) => {
+            // A failing endpoint looks slow, so the balancer steers away from it.
+            endpoint.observe(Duration::from_secs(1));
+            return Err(ForwardError::NotSent(e, Box::new(req)));
+        }
     };
     let upgrading = protocol == Protocol::Http1 && wants_upgrade(&req);
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -200,7 +229,7 @@ pub async fn forward(
 
     let guard = endpoint.start();
     let started = Instant::now();
-    let send = endpoint.conns.send(upstream_req, protocol);
+    let send = endpoint.conns.send(sender, upstream_req);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
@@ -217,7 +246,7 @@ pub async fn forward(
             if !matches!(e, ProxyError::Timeout) {
                 endpoint.observe(Duration::from_secs(1));
             }
-            return Err(e);
+            return Err(ForwardError::Failed(e));
         }
     };
 

@@ -111,7 +111,9 @@ impl Inbound {
             timeout: forward::grpc_timeout(req.headers()),
             protocol,
         };
-        forward::forward(&endpoint, req, opts).await
+        forward::forward(&endpoint, req, opts)
+            .await
+            .map_err(forward::ForwardError::into_error)
     }
 }
 

@@ -14,11 +14,15 @@ use crate::balance::{self, EndpointCache};
 use crate::body::Body;
 use crate::discovery::Destinations;
 use crate::errors::{ProxyError, is_grpc};
-use crate::forward::{self, Observation, authority_of};
+use crate::forward::{self, ForwardError, Observation, authority_of};
 use crate::metrics::{Direction, Label, Metrics};
 use crate::pool::Io;
 use crate::routing::{BackendTarget, RequestInfo, Routes};
 use crate::server::{ConnMeta, Handler};
+
+/// Endpoints a request may try when connecting fails (connect errors are quick; a connect
+/// timeout costs `PILLION_CONNECT_TIMEOUT` each).
+const MAX_CONNECT_ATTEMPTS: usize = 4;
 
 pub struct Outbound {
     pub dests: Arc<Destinations>,
@@ -117,12 +121,36 @@ impl Outbound {
                 let timeout =
                     forward::shortest([rule.request_timeout, rule.backend_timeout, grpc_timeout]);
                 let authority = authority.unwrap_or_default();
-                let opts = forward::ForwardOpts {
+                let opts = || forward::ForwardOpts {
                     authority: &authority,
                     timeout,
                     protocol: None,
                 };
-                forward::forward(&endpoint, req, opts).await
+                // Nothing reached an endpoint that failed to connect: the request goes to another
+                // endpoint of the same backend, up to MAX_CONNECT_ATTEMPTS in all.
+                let mut tried = vec![endpoint.clone()];
+                let mut req = req;
+                loop {
+                    let current = tried.last().cloned().ok_or(ProxyError::NoEndpoints)?;
+                    match forward::forward(&current, req, opts()).await {
+                        Ok(resp) => return Ok(resp),
+                        Err(ForwardError::Failed(e)) => return Err(e),
+                        Err(ForwardError::NotSent(e, back)) => {
+                            let others: Vec<_> = endpoints
+                                .iter()
+                                .filter(|ep| !tried.iter().any(|t| Arc::ptr_eq(t, ep)))
+                                .cloned()
+                                .collect();
+                            let next = match balance::pick(&others) {
+                                Some(next) if tried.len() < MAX_CONNECT_ATTEMPTS => next.clone(),
+                                _ => return Err(e),
+                            };
+                            tracing::debug!(failed = %current.addr, error = %e, next = %next.addr, "endpoint unreachable; trying another");
+                            tried.push(next);
+                            req = *back;
+                        }
+                    }
+                }
             }
         }
     }
@@ -145,7 +173,9 @@ impl Outbound {
             timeout,
             protocol: None,
         };
-        forward::forward(&endpoint, req, opts).await
+        forward::forward(&endpoint, req, opts)
+            .await
+            .map_err(ForwardError::into_error)
     }
 }
 

@@ -21,6 +21,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// An idle HTTP/1.1 connection and when it became idle.
 type IdleH1 = (http1::SendRequest<Body>, Instant);
 
+/// A connection checked out for one request.
+pub enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
@@ -97,36 +103,43 @@ impl Conns {
         self.tls.is_some()
     }
 
-    /// Sends a request, retrying once on a new connection if the pooled one was dead before
-    /// the request went out.
+    /// A connection ready for one request: pooled, or new (this is where connecting fails,
+    /// before any request is committed to the endpoint).
+    pub async fn checkout(&self, protocol: Protocol) -> Result<Sender, ProxyError> {
+        Ok(match protocol {
+            Protocol::Http2 => Sender::H2(self.h2_sender(false).await?),
+            Protocol::Http1 => Sender::H1(self.h1_sender(false).await?),
+        })
+    }
+
+    /// Sends a request on `sender`, retrying once on a new connection if that one was found
+    /// dead before the request went out.
     pub async fn send(
         &self,
+        sender: Sender,
         req: http::Request<Body>,
-        protocol: Protocol,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        let mut req = req;
+        let (mut sender, mut req) = (sender, req);
         for attempt in 0..2 {
-            let fresh = attempt > 0;
-            let result = match protocol {
-                Protocol::Http2 => {
-                    let mut sender = self.h2_sender(fresh).await?;
-                    sender.try_send_request(req).await
-                }
-                Protocol::Http1 => {
-                    let mut sender = self.h1_sender(fresh).await?;
-                    let result = sender.try_send_request(req).await;
-                    if result.is_ok() {
-                        self.release_h1(sender);
-                    }
-                    result
-                }
+            let result = match &mut sender {
+                Sender::H2(s) => s.try_send_request(req).await,
+                Sender::H1(s) => s.try_send_request(req).await,
             };
             match result {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    if let Sender::H1(s) = sender {
+                        self.release_h1(s);
+                    }
+                    return Ok(resp);
+                }
                 Err(mut e) => match e.take_message() {
-                    Some(r) if !fresh => {
+                    Some(r) if attempt == 0 => {
                         tracing::debug!(addr = %self.addr, error = %e.error(), "connection was dead before the request was sent; retrying");
                         req = r;
+                        sender = match sender {
+                            Sender::H2(_) => Sender::H2(self.h2_sender(true).await?),
+                            Sender::H1(_) => Sender::H1(self.h1_sender(true).await?),
+                        };
                     }
                     _ => return Err(ProxyError::Upstream(e.into_error())),
                 },
