@@ -26,6 +26,16 @@ async fn a_90_10_split_lands_within_one_percent_over_1000_requests() {
     eprintln!("90/10 split over 1000 requests: v1={v1} v2={v2}");
     assert_eq!(v1 + v2, 1000);
     assert!((890..=910).contains(&v1), "v1 got {v1} of 1000");
+    // Connections between the proxies are pooled: a handful, not one per request.
+    for p in &mesh.server_proxies {
+        let (_, m) = admin_get(p.admin, "/metrics").await;
+        let conns: u64 = m
+            .lines()
+            .filter(|l| l.starts_with("pillion_connections_total{direction=\"inbound\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert!(conns <= 10, "{conns} inbound connections for ~500 requests");
+    }
 }
 
 /// Several workers keep requests flowing while the split goes from 90/10 to 50/50.

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::body::Body;
 use crate::errors::ProxyError;
 
-/// Idle HTTP/1.1 connections kept per endpoint, and for how long.
+/// HTTP/1.1 connections kept per endpoint (busy or idle), and how long an idle one is kept.
 const MAX_IDLE: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -178,11 +178,22 @@ impl Conns {
 
     async fn h1_sender(&self, fresh: bool) -> Result<http1::SendRequest<Body>, ProxyError> {
         if !fresh {
-            let mut idle = lock(&self.h1_idle);
-            while let Some((sender, since)) = idle.pop() {
-                if sender.is_ready() && !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                    return Ok(sender);
+            // Connections go back into the pool as soon as their response headers arrive; one
+            // becomes ready again when its response body has been read. Take a ready one; drop
+            // closed and long-idle ones; leave busy ones.
+            let mut pool = lock(&self.h1_idle);
+            let mut found = None;
+            pool.retain(|(sender, since)| {
+                if sender.is_closed() || since.elapsed() >= IDLE_TIMEOUT {
+                    return false;
                 }
+                true
+            });
+            if let Some(i) = pool.iter().rposition(|(sender, _)| sender.is_ready()) {
+                found = Some(pool.swap_remove(i).0);
+            }
+            if let Some(sender) = found {
+                return Ok(sender);
             }
         }
         let io = self.connect(Protocol::Http1).await?;
@@ -199,17 +210,13 @@ impl Conns {
         Ok(sender)
     }
 
-    /// Puts an HTTP/1.1 connection back once its response has been read to the end.
-    fn release_h1(&self, mut sender: http1::SendRequest<Body>) {
-        let idle = self.h1_idle.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = lock(&idle);
-                if idle.len() < MAX_IDLE {
-                    idle.push((sender, Instant::now()));
-                }
-            }
-        });
+    /// Puts an HTTP/1.1 connection back at once (no task to wait for it to be ready: checkout
+    /// skips it until its response body has been read).
+    fn release_h1(&self, sender: http1::SendRequest<Body>) {
+        let mut pool = lock(&self.h1_idle);
+        if pool.len() < MAX_IDLE {
+            pool.push((sender, Instant::now()));
+        }
     }
 }
 
