@@ -3,7 +3,8 @@
 # `cargo test --workspace --locked` (extra arguments go to cargo test).
 #   - Python grpcio + grpcio-tools in .venv (a real third-party gRPC client and server)
 #   - promtool, from Debian's prometheus package (lints the proxy's /metrics)
-#   - iproute2 and iptables (transparent-mode tests in a network namespace; they need root)
+#   - iproute2 and iptables (transparent-mode tests in a network namespace; they need root),
+#     curl, openssl and setpriv (usually present already)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,9 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v iptables >/dev/null || missing+=(iptables)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v setpriv >/dev/null || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)" >&2
   sudo=""
