@@ -144,16 +144,7 @@ async fn certificates_rotate_under_load_with_no_failed_request() {
     // Three renewals of the client's certificate while the load runs. Meanwhile fresh
     // handshakes with a server proxy see its certificate change, and always succeed.
     let anchors = ca_file(&mesh, "trust-anchors.pem");
-    let (issuer, issuer_der) = mesh_issuer(&mesh);
-    let now = std::time::SystemTime::now();
-    let (mut chain, key) = leaf(
-        &issuer,
-        CLIENT_ID,
-        "client.default.x",
-        now - Duration::from_secs(60),
-        now + Duration::from_secs(3600),
-    );
-    chain.push(issuer_der);
+    let (chain, key) = valid_client_cert(&mesh, CLIENT_ID);
     let config = client_config(&anchors, Some((chain, key)));
     let mut server_certs = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -275,7 +266,6 @@ async fn authorization_policies_allow_named_identities_and_change_live() {
 async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
     use pillion_proto::policy::v1::InboundPolicyRequest;
     use pillion_proto::policy::v1::inbound_policy_client::InboundPolicyClient;
-    use std::time::Duration;
 
     // The whole mesh works with TLS to the control plane (Mesh waits for both versions).
     let mesh = Mesh::start_mtls_opts("1h", &[], &[], true).await;
@@ -294,16 +284,7 @@ async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
 
     // With the client's certificate: its own policy is fine, another identity's is refused.
     let anchors = ca_file(&mesh, "trust-anchors.pem");
-    let (issuer, issuer_der) = mesh_issuer(&mesh);
-    let now = std::time::SystemTime::now();
-    let (mut chain, key) = leaf(
-        &issuer,
-        CLIENT_ID,
-        "client.default.x",
-        now - Duration::from_secs(60),
-        now + Duration::from_secs(3600),
-    );
-    chain.push(issuer_der);
+    let (chain, key) = valid_client_cert(&mesh, CLIENT_ID);
     let cp_name = rustls_pki_types::ServerName::try_from(
         pillion_proto::names::Identity::from_spiffe_id(CP_ID)
             .unwrap()

@@ -776,3 +776,21 @@ pub fn identity_env(dir: &Path, sa: &str, token_file: &Path) -> Vec<(&'static st
         ("PILLION_SERVICE_ACCOUNT", sa.to_string()),
     ]
 }
+
+/// A certificate for `spiffe_id` from the mesh's own CA, valid for the next hour, with its chain.
+pub fn valid_client_cert(
+    mesh: &Mesh,
+    spiffe_id: &str,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let (issuer, issuer_der) = mesh_issuer(mesh);
+    let now = SystemTime::now();
+    let (mut chain, key) = leaf(
+        &issuer,
+        spiffe_id,
+        "client.default.x",
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    chain.push(issuer_der);
+    (chain, key)
+}
