@@ -19,6 +19,12 @@ fn endpoints(port: u16) -> String {
     )
 }
 
+/// `pillion demo-app` inside the namespace, answering as `version`.
+fn demo_app_in(ns: &Netns, name: &str, listen: &str, version: &str) -> Process {
+    let args = ["demo-app", "--listen", listen, "--app-version", version];
+    Process::spawn_in(Some(ns), name, &bin("pillion"), &args, &[])
+}
+
 fn listening_port(p: &Process) -> u16 {
     let line = p.wait_text("listening on");
     line.rsplit(':').next().unwrap().trim().parse().unwrap()
@@ -27,35 +33,10 @@ fn listening_port(p: &Process) -> u16 {
 #[test]
 fn redirected_connections_are_routed_or_passed_through() {
     let ns = Netns::new("transparent");
-    let pillion = bin("pillion");
-    let app = Process::spawn_in(
-        Some(&ns),
-        "app",
-        &pillion,
-        &[
-            "demo-app",
-            "--listen",
-            "127.0.0.1:0",
-            "--app-version",
-            "mesh-v1",
-        ],
-        &[],
-    );
+    let app = demo_app_in(&ns, "app", "127.0.0.1:0", "mesh-v1");
     let app_port = listening_port(&app);
     ns.exec(&["ip", "addr", "add", "127.0.0.43/32", "dev", "lo"]);
-    let egress = Process::spawn_in(
-        Some(&ns),
-        "egress",
-        &pillion,
-        &[
-            "demo-app",
-            "--listen",
-            "127.0.0.43:9999",
-            "--app-version",
-            "outside",
-        ],
-        &[],
-    );
+    let egress = demo_app_in(&ns, "egress", "127.0.0.43:9999", "outside");
     listening_port(&egress);
 
     let dir = tempfile::tempdir().unwrap();
@@ -141,20 +122,7 @@ fn redirected_connections_are_routed_or_passed_through() {
 #[test]
 fn cluster_ips_route_and_opaque_tcp_crosses_mtls() {
     let ns = Netns::new("clusterip");
-    let pillion = bin("pillion");
-    let app = Process::spawn_in(
-        Some(&ns),
-        "app",
-        &pillion,
-        &[
-            "demo-app",
-            "--listen",
-            "127.0.0.1:0",
-            "--app-version",
-            "meshed",
-        ],
-        &[],
-    );
+    let app = demo_app_in(&ns, "app", "127.0.0.1:0", "meshed");
     let app_port = listening_port(&app);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
