@@ -29,4 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Every binary the end-to-end tests start, built once before they start (the tests' own check
+# with the same command then finds nothing to do).
+cargo build --workspace --bins --locked
 exec cargo test --workspace --locked "$@"

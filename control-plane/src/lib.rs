@@ -24,12 +24,13 @@ use tokio::sync::watch;
 use crate::model::Model;
 use crate::store::Store;
 
-/// How often the directory is looked at. A scan costs one `stat` per file; polling (rather than
+/// How often the directory is looked at. A changed file is read once it held still for one scan
+/// (so 50-100 ms after a write). A scan costs one `stat` per file; polling (rather than
 /// inotify) also sees the symlink swaps a Kubernetes ConfigMap mount makes.
-const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+const SCAN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Concurrent watches one proxy connection may hold.
-pub const MAX_STREAMS_PER_PROXY: u32 = 100_000;
+pub const MAX_STREAMS_PER_PROXY: u32 = 16_384;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -106,7 +107,9 @@ impl ControlPlane {
         store.scan().map_err(|e| {
             anyhow::anyhow!("cannot read config dir {}: {e}", args.config_dir.display())
         })?;
-        let (tx, rx) = watch::channel(Arc::new(Model::new(store.objects(), 1)));
+        let model = Model::new(store.objects(), 1);
+        warn_about(&model);
+        let (tx, rx) = watch::channel(Arc::new(model));
         let watcher = tokio::spawn(watch_dir(store, tx));
         let service = discovery::DiscoveryService::new(rx.clone());
         let policy = policy::PolicyService::new(rx.clone());
@@ -147,7 +150,8 @@ impl ControlPlane {
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 // A proxy holds one stream per destination it talks to, all on one connection:
-                // allow far more than HTTP/2's usual 100-200 (each idle watch costs a task).
+                // allow far more than HTTP/2's usual 100-200 (each idle watch costs a task), but
+                // not without bound: a proxy keeps at most PILLION_MAX_DESTINATIONS (10,000).
                 .max_concurrent_streams(MAX_STREAMS_PER_PROXY)
                 .add_service(DiscoveryServer::new(service))
                 .add_optional_service(identity)
@@ -195,6 +199,7 @@ async fn watch_dir(mut store: Store, tx: watch::Sender<Arc<Model>>) {
         };
         generation += 1;
         let model = Model::new(store.objects(), generation);
+        warn_about(&model);
         tx.send_replace(Arc::new(model));
         tracing::info!(
             generation,
@@ -202,6 +207,13 @@ async fn watch_dir(mut store: Store, tx: watch::Sender<Arc<Model>>) {
             elapsed_us = started.elapsed().as_micros() as u64,
             "configuration change published"
         );
+    }
+}
+
+/// Logs what is valid but almost surely a mistake (see [`Model::warnings`]).
+fn warn_about(model: &Model) {
+    for warning in model.warnings() {
+        tracing::warn!(%warning, "configuration accepted with a warning");
     }
 }
 

@@ -93,22 +93,15 @@ impl Model {
                     p.spec.ports.iter().map(|p| *p as u32).collect()
                 }
                 "Service" => {
-                    let serves = self
-                        .slices
-                        .get(&(ns.to_string(), target.name.clone()))
-                        .into_iter()
-                        .flatten()
-                        .any(|s| {
-                            s.metadata
-                                .annotations
-                                .get(resources::IDENTITY_ANNOTATION)
-                                .map(String::as_str)
-                                == Some(identity)
-                        });
-                    if !serves {
-                        continue;
+                    let mut ports = Vec::new();
+                    for (svc, only) in self.policy_services(ns, &target.name, &p.spec.ports) {
+                        let serves = self.meshed_identities(ns, &svc).any(|i| i == identity);
+                        if serves {
+                            ports.extend(self.service_app_ports(ns, &svc, &only));
+                        }
                     }
-                    let ports = self.service_app_ports(ns, &target.name, &p.spec.ports);
+                    ports.sort_unstable();
+                    ports.dedup();
                     if ports.is_empty() {
                         continue;
                     }
@@ -129,6 +122,98 @@ impl Model {
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The Services whose workloads a policy on Service `name` protects, each with the ports
+    /// it covers (empty: all): the Service itself and, since an apex Service of a split often has
+    /// no pods of its own, every backend its TrafficSplits and HTTPRoutes send to.
+    fn policy_services(&self, ns: &str, name: &str, ports: &[i64]) -> Vec<(String, Vec<i64>)> {
+        let mut out = vec![(name.to_string(), ports.to_vec())];
+        for split in &self.splits {
+            let split_ns = namespace_of(&split.metadata);
+            let apex = parse_authority(&split.spec.service, split_ns);
+            if split_ns != ns || apex.is_none_or(|t| t.namespace != ns || t.name != name) {
+                continue;
+            }
+            for b in &split.spec.backends {
+                if let Some(t) = parse_authority(&b.service, ns) {
+                    out.push((t.name, ports.to_vec()));
+                }
+            }
+        }
+        for route in &self.routes {
+            let route_ns = namespace_of(&route.metadata);
+            let attached = route.spec.parent_refs.iter().any(|p| {
+                p.kind.as_deref() == Some("Service")
+                    && p.name == name
+                    && p.namespace.as_deref().unwrap_or(route_ns) == ns
+            });
+            if !attached || route_ns != ns {
+                continue;
+            }
+            for b in route.spec.rules.iter().flat_map(|r| r.backend_refs.iter().flatten()) {
+                let is_service = b.group.as_deref().unwrap_or_default().is_empty()
+                    && b.kind.as_deref().unwrap_or("Service") == "Service";
+                if is_service && b.namespace.as_deref().is_none_or(|n| n == ns) {
+                    let only = b.port.map_or_else(|| ports.to_vec(), |p| vec![p]);
+                    out.push((b.name.clone(), only));
+                }
+            }
+        }
+        out
+    }
+
+    /// The SPIFFE IDs that the EndpointSlices of a Service say front its endpoints.
+    fn meshed_identities<'a>(&'a self, ns: &str, svc: &str) -> impl Iterator<Item = &'a str> {
+        self.slices
+            .get(&(ns.to_string(), svc.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                s.metadata
+                    .annotations
+                    .get(resources::IDENTITY_ANNOTATION)
+                    .map(String::as_str)
+            })
+    }
+
+    /// Configuration that is valid but almost surely not what its author meant: an
+    /// AuthorizationPolicy that protects no workload, a TrafficSplit backend that names no
+    /// Service. Logged as warnings at every change.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.policies {
+            let ns = namespace_of(&p.metadata);
+            let target = &p.spec.target_ref;
+            if target.kind != "Service" {
+                continue;
+            }
+            let protects = self
+                .policy_services(ns, &target.name, &p.spec.ports)
+                .iter()
+                .any(|(svc, _)| self.meshed_identities(ns, svc).next().is_some());
+            if !protects {
+                out.push(format!(
+                    "AuthorizationPolicy {ns}/{}: no meshed workload is behind Service {ns}/{} \
+                     (nor behind the backends of its TrafficSplits and HTTPRoutes): it protects nothing",
+                    p.metadata.name, target.name
+                ));
+            }
+        }
+        for split in &self.splits {
+            let ns = namespace_of(&split.metadata);
+            for (i, b) in split.spec.backends.iter().enumerate() {
+                let name = parse_authority(&b.service, ns).map_or(b.service.clone(), |t| t.name);
+                if !self.services.contains_key(&(ns.to_string(), name.clone())) {
+                    out.push(format!(
+                        "TrafficSplit {ns}/{}: field `spec.backends[{i}].service`: no Service {ns}/{name}; \
+                         its share of requests fails with 500",
+                        split.metadata.name
+                    ));
+                }
+            }
+        }
         out
     }
 
@@ -159,7 +244,7 @@ impl Model {
                 .resolve_addr(addr, source_ns)
                 .unwrap_or_else(|| not_in_mesh(format!("{addr} is no Service IP or endpoint")));
         }
-        let Some(target) = parse_authority(authority, source_ns) else {
+        let Some(mut target) = parse_authority(authority, source_ns) else {
             return not_in_mesh(format!("`{authority}` is not a Service name"));
         };
         let Some(service) = self
@@ -168,6 +253,16 @@ impl Model {
         else {
             return not_in_mesh(format!("no Service {}/{}", target.namespace, target.name));
         };
+        // A portless authority: port 80 if the Service has it, else its only port.
+        if !target.port_given {
+            let has_80 = service.spec.ports.iter().any(|p| p.port == 80);
+            if let ([only], false) = (service.spec.ports.as_slice(), has_80)
+                && let Ok(port) = u16::try_from(only.port)
+            {
+                target.port = port;
+            }
+            target.port_given = true;
+        }
         if !service
             .spec
             .ports
@@ -203,6 +298,7 @@ impl Model {
                     namespace: ns.clone(),
                     name: name.clone(),
                     port: addr.port(),
+                    port_given: true,
                 };
                 return Some(pb::destination_update::State::Destination(
                     self.destination(&target, source_ns),
@@ -798,6 +894,77 @@ endpoints:
     }
 
     #[test]
+    fn a_portless_authority_goes_to_port_80_or_the_only_port() {
+        let m = model(&format!(
+            "{SERVICES}---\napiVersion: v1\nkind: Service\nmetadata: {{name: grpc}}\nspec:\n  ports: [{{port: 50051}}]\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: two}}\nspec:\n  ports: [{{name: a, port: 81}}, {{name: b, port: 82}}]\n"
+        ));
+        assert_eq!(dest(&m, "grpc").fqdn, "grpc.default.svc.cluster.local:50051");
+        assert_eq!(dest(&m, "web").fqdn, "web.default.svc.cluster.local:80");
+        assert!(matches!(
+            m.resolve("two", "default"),
+            pb::destination_update::State::NotInMesh(_)
+        ));
+        assert_eq!(dest(&m, "two:82").fqdn, "two.default.svc.cluster.local:82");
+    }
+
+    const MESHED_SPLIT: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v1}
+spec:
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-v1
+  labels: {kubernetes.io/service-name: web-v1}
+  annotations: {pillion.dev/identity: "spiffe://cluster.local/ns/default/sa/web"}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: ["127.0.0.1"]
+---
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {name: web}
+spec:
+  service: web
+  backends: [{service: web-v1, weight: 1}]
+"#;
+
+    fn policy(target: &str) -> String {
+        format!(
+            "---\napiVersion: pillion.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\n\
+             spec:\n  targetRef: {{kind: Service, name: {target}}}\n  allow: [{{identities: [\"spiffe://cluster.local/ns/default/sa/client\"]}}]\n"
+        )
+    }
+
+    #[test]
+    fn a_policy_on_an_apex_service_protects_its_backends_workloads() {
+        let m = model(&format!("{MESHED_SPLIT}{}", policy("web")));
+        let auths = m.inbound_policy("spiffe://cluster.local/ns/default/sa/web");
+        assert_eq!(auths.len(), 1, "{auths:?}");
+        assert_eq!(auths[0].ports, vec![8080]);
+        assert!(m.warnings().is_empty(), "{:?}", m.warnings());
+
+        let m = model(&format!("{MESHED_SPLIT}{}", policy("nothing-here")));
+        assert!(m.inbound_policy("spiffe://cluster.local/ns/default/sa/web").is_empty());
+        let warnings = m.warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("AuthorizationPolicy default/p") && w.contains("protects nothing")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn split_with_missing_backend_fails_its_share() {
         let m = model(&format!(
             "{SERVICES}---\napiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{name: web}}\n\
@@ -809,6 +976,11 @@ endpoints:
         assert_eq!(b[0].weight, 3);
         assert!(
             matches!(&b[1].kind, Some(pb::weighted_backend::Kind::Failure(f)) if f.http_status == 500)
+        );
+        let warnings = m.warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("spec.backends[1].service") && w.contains("web-v9")),
+            "{warnings:?}"
         );
     }
 

@@ -421,6 +421,34 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
             | ("pillion.dev", "v1alpha1", "AuthorizationPolicy")
     );
     if !known {
+        // A kind we read under a version we do not (`split.smi-spec.io/v1alpha3`), or a kind
+        // of a group only Pillion's kinds live in: a typo, which must not read as "delete".
+        let ours = matches!(
+            kind.as_str(),
+            "Service"
+                | "EndpointSlice"
+                | "TrafficSplit"
+                | "HTTPRouteGroup"
+                | "HTTPRoute"
+                | "AuthorizationPolicy"
+        );
+        let our_group = matches!(group, "split.smi-spec.io" | "pillion.dev");
+        if ours || our_group {
+            let id = object_id(&kind, obj).ok();
+            return Err(Rejected {
+                id,
+                error: FieldError::new(
+                    if ours { "apiVersion" } else { "kind" },
+                    format!(
+                        "{kind} of {api_version} is not supported (Pillion reads v1 Service, \
+                         discovery.k8s.io/v1 EndpointSlice, split.smi-spec.io/v1alpha2 and \
+                         v1alpha4 TrafficSplit, specs.smi-spec.io/v1alpha4 HTTPRouteGroup, \
+                         gateway.networking.k8s.io/v1 HTTPRoute, pillion.dev/v1alpha1 \
+                         AuthorizationPolicy)"
+                    ),
+                ),
+            });
+        }
         return Ok(Parsed::Skipped { api_version, kind });
     }
     let id = object_id(&kind, obj).map_err(|error| Rejected { id: None, error })?;
@@ -948,6 +976,25 @@ mod tests {
     fn unknown_kinds_are_skipped() {
         let parsed = parse("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap();
         assert!(matches!(parsed, Parsed::Skipped { .. }));
+        let parsed = parse(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\n",
+        )
+        .unwrap();
+        assert!(matches!(parsed, Parsed::Skipped { .. }));
+    }
+
+    #[test]
+    fn our_kinds_under_unknown_versions_are_refused() {
+        let err = parse(
+            "apiVersion: split.smi-spec.io/v1alpha3\nkind: TrafficSplit\nmetadata: {name: web}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.error.field, "apiVersion");
+        assert!(err.error.reason.contains("v1alpha3"), "{}", err.error.reason);
+        assert_eq!(err.id.unwrap().to_string(), "TrafficSplit default/web");
+        let err = parse("apiVersion: split.smi-spec.io/v1alpha2\nkind: TraficSplit\nmetadata: {name: web}\n")
+            .unwrap_err();
+        assert_eq!(err.error.field, "kind");
     }
 
     #[test]

@@ -47,6 +47,9 @@ struct Stamp {
 #[derive(Debug, Default)]
 struct FileState {
     stamp: Option<Stamp>,
+    /// A new stamp seen at the last scan and not read yet: a file is read once its stamp has
+    /// held still for one scan, so a file caught between truncate and write is not read.
+    settling: Option<Stamp>,
     objects: Vec<(ObjectId, Resource)>,
     errors: Vec<ConfigError>,
 }
@@ -56,6 +59,9 @@ struct FileState {
 pub struct Store {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// The first scan reads everything at once (nothing is being written at start, and the
+    /// first proxies must get the whole configuration).
+    scanned: bool,
 }
 
 /// The result of a scan that found changes.
@@ -69,6 +75,7 @@ impl Store {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            scanned: false,
         }
     }
 
@@ -113,11 +120,18 @@ impl Store {
             self.files.remove(&path);
             changed.push(path);
         }
+        let settle = std::mem::replace(&mut self.scanned, true);
         for (path, stamp) in present {
             let state = self.files.entry(path.clone()).or_default();
             if state.stamp.as_ref() == Some(&stamp) {
+                state.settling = None;
                 continue;
             }
+            if settle && state.settling.as_ref() != Some(&stamp) {
+                state.settling = Some(stamp);
+                continue;
+            }
+            state.settling = None;
             reload(&path, stamp, state);
             changed.push(path);
         }
@@ -201,6 +215,31 @@ fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
             return;
         }
     };
+    // A stamp that moved while we read means a writer is still at it: read again later.
+    let now = std::fs::metadata(path).ok().map(|m| Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+    });
+    if now.as_ref() != state.stamp.as_ref() {
+        state.stamp = None;
+        return;
+    }
+    if docs.iter().all(Value::is_null) && !state.objects.is_empty() {
+        // An empty or comment-only file is what an editor leaves between truncate and write;
+        // removing the file is how its objects are deleted.
+        let error = ConfigError {
+            file: path.to_path_buf(),
+            document: 0,
+            object: None,
+            field: String::new(),
+            reason: "the file is empty or holds only comments; its objects stay in force until \
+                     it is removed or holds objects again"
+                .into(),
+        };
+        tracing::warn!(error = %error, objects = state.objects.len(), "empty configuration file ignored");
+        state.errors = vec![error];
+        return;
+    }
     let previous = std::mem::take(&mut state.objects);
     state.errors.clear();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -231,6 +270,16 @@ fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
                     }
                 }
                 state.errors.push(error);
+            }
+        }
+    }
+    // A file with a refused document is not a deliberate deletion of what it no longer
+    // defines (it may be half-written, or hold a typo): those objects stay until it reads clean.
+    if !state.errors.is_empty() {
+        for (id, resource) in previous {
+            if !state.objects.iter().any(|(have, _)| *have == id) {
+                tracing::warn!(file = %path.display(), object = %id, "object missing from a file with errors; the previous version stays in force");
+                state.objects.push((id, resource));
             }
         }
     }
@@ -267,6 +316,60 @@ mod tests {
         f.set_modified(later).unwrap();
     }
 
+    /// Scans until a changed file has settled and been read.
+    fn settle(store: &mut Store) {
+        store.scan().unwrap();
+        store.scan().unwrap();
+    }
+
+    #[test]
+    fn a_file_is_read_once_it_holds_still() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("split.yaml");
+        write(&file, SPLIT);
+        let mut store = Store::new(dir.path());
+        assert!(store.scan().unwrap().is_some(), "the first scan reads at once");
+        // Caught mid-write: the half that is there is not read ...
+        std::fs::write(&file, &SPLIT[..SPLIT.len() - 30]).unwrap();
+        assert!(store.scan().unwrap().is_none());
+        // ... and the finished file is, once it has held still for a scan.
+        write(&file, &SPLIT.replace("weight: 10", "weight: 30"));
+        assert!(store.scan().unwrap().is_none());
+        assert!(store.scan().unwrap().is_some());
+        assert_eq!(weights(&store), vec![90, 30]);
+    }
+
+    #[test]
+    fn empty_comment_only_and_mistyped_files_delete_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("split.yaml");
+        write(&file, SPLIT);
+        let mut store = Store::new(dir.path());
+        store.scan().unwrap();
+        for text in [
+            "",
+            "# nothing here yet\n",
+            "---\n",
+            &SPLIT.replace("v1alpha2", "v1alpha3"),
+            &SPLIT.replace("kind: TrafficSplit", "kind: TraficSplit"),
+            &SPLIT.replace("backends:", "backends:\n  - {service: v3}"),
+        ] {
+            write(&file, text);
+            settle(&mut store);
+            assert_eq!(weights(&store), vec![90, 10], "after {text:?}");
+            let errors = store.errors();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].to_string().contains("split.yaml"), "{}", errors[0]);
+        }
+        // A clean file that no longer defines the split does delete it; so does removal.
+        write(&file, &SPLIT.replace("name: web", "name: other"));
+        settle(&mut store);
+        assert_eq!(store.objects().len(), 1);
+        std::fs::remove_file(&file).unwrap();
+        settle(&mut store);
+        assert!(store.objects().is_empty());
+    }
+
     #[test]
     fn a_refused_document_keeps_the_previous_version() {
         let dir = tempfile::tempdir().unwrap();
@@ -278,7 +381,7 @@ mod tests {
         assert!(store.scan().unwrap().is_none(), "nothing changed");
 
         write(&file, &SPLIT.replace("weight: 10", "weight: -10"));
-        store.scan().unwrap();
+        settle(&mut store);
         assert_eq!(weights(&store), vec![90, 10]);
         let errors = store.errors();
         assert_eq!(errors.len(), 1);
@@ -291,7 +394,7 @@ mod tests {
         );
 
         write(&file, "this: is: not: yaml: [");
-        store.scan().unwrap();
+        settle(&mut store);
         assert_eq!(weights(&store), vec![90, 10]);
         assert!(store.errors()[0].reason.contains("not valid YAML"));
 
@@ -301,12 +404,12 @@ mod tests {
                 .replace("weight: 10", "weight: 50")
                 .replace("weight: 90", "weight: 50"),
         );
-        store.scan().unwrap();
+        settle(&mut store);
         assert_eq!(weights(&store), vec![50, 50]);
         assert!(store.errors().is_empty());
 
         std::fs::remove_file(&file).unwrap();
-        store.scan().unwrap();
+        settle(&mut store);
         assert!(weights(&store).is_empty());
     }
 }

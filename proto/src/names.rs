@@ -7,31 +7,53 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub struct Target {
     pub namespace: String,
     pub name: String,
+    /// The port the authority named, or 80 when it named none.
     pub port: u16,
+    /// Whether the authority named the port. A portless authority goes to port 80 when the
+    /// Service has it, else to the Service's only port (what gRPC and etcd clients expect of
+    /// `grpc-echo` for a Service listening on 50051).
+    pub port_given: bool,
 }
 
 impl Target {
+    /// `name.namespace.svc.cluster.local:port`, without the port when the authority named none
+    /// (the control plane picks it).
     pub fn fqdn(&self) -> String {
-        format!(
-            "{}.{}.svc.{CLUSTER_DOMAIN}:{}",
-            self.name, self.namespace, self.port
-        )
+        if self.port_given {
+            format!(
+                "{}.{}.svc.{CLUSTER_DOMAIN}:{}",
+                self.name, self.namespace, self.port
+            )
+        } else {
+            format!("{}.{}.svc.{CLUSTER_DOMAIN}", self.name, self.namespace)
+        }
     }
 }
 
+/// Longer authorities are no Service name (a DNS name is at most 253 bytes, a port 6 more).
+pub const MAX_AUTHORITY_LEN: usize = 260;
+
 /// Resolves an authority the way Kubernetes DNS resolves names from a pod in `source_ns`:
-/// `web`, `web.ns`, `web.ns.svc`, `web.ns.svc.cluster.local`, each with an optional port (80 when
-/// absent). Anything else (an IP address, an outside host name) is not a Service.
+/// `web`, `web.ns`, `web.ns.svc`, `web.ns.svc.cluster.local`, each with an optional port.
+/// Anything else (an IP address, an outside host name) is not a Service.
 pub fn parse_authority(authority: &str, source_ns: &str) -> Option<Target> {
+    if authority.len() > MAX_AUTHORITY_LEN {
+        return None;
+    }
     let authority = authority.trim().trim_end_matches('.');
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse::<u16>().ok().filter(|p| *p != 0)?),
+    let (host, port, port_given) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => {
+            (h, p.parse::<u16>().ok().filter(|p| *p != 0)?, true)
+        }
         Some(_) => return None, // an IPv6 literal
-        None => (authority, 80),
+        None => (authority, 80, false),
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let labels: Vec<&str> = host.split('.').collect();
-    if labels.iter().any(|l| l.is_empty()) {
+    if labels
+        .iter()
+        .any(|l| l.is_empty() || l.len() > 63 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    {
         return None;
     }
     let suffix: Vec<&str> = CLUSTER_DOMAIN.split('.').collect();
@@ -46,6 +68,7 @@ pub fn parse_authority(authority: &str, source_ns: &str) -> Option<Target> {
         namespace: namespace.to_string(),
         name: name.to_string(),
         port,
+        port_given,
     })
 }
 
@@ -128,14 +151,16 @@ mod tests {
     #[test]
     fn authorities_resolve_like_kubernetes_dns() {
         let t = |a| parse_authority(a, "shop");
-        assert_eq!(t("web").unwrap().fqdn(), "web.shop.svc.cluster.local:80");
+        assert_eq!(t("web").unwrap().fqdn(), "web.shop.svc.cluster.local");
+        assert_eq!(t("web").unwrap().port, 80);
+        assert_eq!(t("web:80").unwrap().fqdn(), "web.shop.svc.cluster.local:80");
         assert_eq!(
             t("web.default:8080").unwrap().fqdn(),
             "web.default.svc.cluster.local:8080"
         );
         assert_eq!(
             t("web.default.svc").unwrap().fqdn(),
-            "web.default.svc.cluster.local:80"
+            "web.default.svc.cluster.local"
         );
         assert_eq!(
             t("web.default.svc.cluster.local.:81").unwrap().fqdn(),
@@ -143,8 +168,11 @@ mod tests {
         );
         assert_eq!(
             t("WEB.Default").unwrap().fqdn(),
-            "web.default.svc.cluster.local:80"
+            "web.default.svc.cluster.local"
         );
+        assert!(parse_authority(&"a".repeat(300), "shop").is_none());
+        assert!(t("we b").is_none());
+        assert!(t("web/x").is_none());
         assert!(t("example.com.au.x.y").is_none());
         assert!(t("127.0.0.1:80").is_none());
         assert!(t("[::1]:80").is_none());

@@ -68,6 +68,8 @@ pub struct Config {
     /// control plane must prove this identity.
     pub control_plane_identity: Option<pillion_proto::names::Identity>,
     pub inbound_policy: InboundPolicy,
+    /// Destinations watched at once (least recently used forgotten past it).
+    pub max_destinations: usize,
 }
 
 /// Who may call the local application when no authorization says more.
@@ -155,6 +157,19 @@ impl Config {
                         },
                     )?)
                 }
+            },
+            max_destinations: match env.get("PILLION_MAX_DESTINATIONS") {
+                None => crate::discovery::MAX_WATCHES,
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(ConfigError {
+                            var: "PILLION_MAX_DESTINATIONS",
+                            value: v,
+                            reason: "expected a positive number".into(),
+                        });
+                    }
+                },
             },
             inbound_policy: match env.get("PILLION_INBOUND_DEFAULT_POLICY").as_deref() {
                 None | Some("all-unauthenticated") => InboundPolicy::AllUnauthenticated,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,10 +21,21 @@ use crate::routing::Snapshot;
 
 /// A destination nobody asked for in this long is forgotten (its watch closed).
 const IDLE_AFTER: Duration = Duration::from_secs(600);
+/// Destinations watched at once; past this the least recently used one is forgotten. Each
+/// watch costs a task and a stream here and in the control plane, so a caller cycling through
+/// made-up Host names must not be able to open them without bound.
+pub const MAX_WATCHES: usize = 10_000;
+/// Authorities the control plane said are not in the mesh are remembered this long, without a
+/// watch; a Service created meanwhile is seen at the next request after that.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Not-in-mesh answers remembered at once (the oldest is dropped past this).
+const MAX_NEGATIVE: usize = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 struct Watched {
+    /// Tells this watch apart from a later one for the same name.
+    id: u64,
     rx: watch::Receiver<Option<Arc<Snapshot>>>,
     task: tokio::task::AbortHandle,
     /// Milliseconds since `Destinations::epoch` of the last request.
@@ -122,6 +133,10 @@ pub struct Destinations {
     tls: Option<crate::pool::MeshTls>,
     epoch: Instant,
     map: RwLock<HashMap<String, Arc<Watched>>>,
+    /// Not-in-mesh answers: authority → (when answered, the answer).
+    negative: RwLock<HashMap<String, (Instant, Arc<Snapshot>)>>,
+    next_id: AtomicU64,
+    max_watches: AtomicUsize,
     ready: AtomicBool,
 }
 
@@ -145,8 +160,49 @@ impl Destinations {
             metrics,
             epoch: Instant::now(),
             map: RwLock::new(HashMap::new()),
+            negative: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            max_watches: AtomicUsize::new(MAX_WATCHES),
             ready: AtomicBool::new(false),
         })
+    }
+
+    /// Holds at most `max` watches from now on (`PILLION_MAX_DESTINATIONS`).
+    pub fn set_max_watches(&self, max: usize) {
+        self.max_watches.store(max.max(1), Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Remembers that `fqdn` is not in the mesh and closes its watch (if it is still `id`).
+    fn forget_as_not_in_mesh(&self, fqdn: &str, id: u64, snapshot: Arc<Snapshot>) {
+        {
+            let mut negative = write(&self.negative);
+            if negative.len() >= MAX_NEGATIVE {
+                negative.retain(|_, (at, _)| at.elapsed() < NEGATIVE_TTL);
+                if negative.len() >= MAX_NEGATIVE
+                    && let Some(oldest) = negative
+                        .iter()
+                        .min_by_key(|(_, (at, _))| *at)
+                        .map(|(k, _)| k.clone())
+                {
+                    negative.remove(&oldest);
+                }
+            }
+            negative.insert(fqdn.to_string(), (Instant::now(), snapshot));
+        }
+        let mut map = write(&self.map);
+        if map.get(fqdn).is_some_and(|w| w.id == id) {
+            map.remove(fqdn);
+            self.metrics.destinations.set(map.len() as i64);
+        }
+    }
+
+    /// How many destinations are watched now.
+    pub fn watched_count(&self) -> usize {
+        read(&self.map).len()
     }
 
     /// Ready once the control plane has answered once; it stays ready when the control plane
@@ -188,10 +244,13 @@ impl Destinations {
     /// The current snapshot for a canonical destination name, opening a watch the first time.
     /// Only a destination never seen before waits (for its first answer, bounded).
     pub async fn get(self: &Arc<Self>, fqdn: &str) -> Result<Arc<Snapshot>, ProxyError> {
+        if let Some((at, snapshot)) = read(&self.negative).get(fqdn)
+            && at.elapsed() < NEGATIVE_TTL
+        {
+            return Ok(snapshot.clone());
+        }
         let watched = self.watched(fqdn);
-        watched
-            .last_used
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        watched.last_used.store(self.now_ms(), Ordering::Relaxed);
         if let Some(s) = watched.rx.borrow().as_ref() {
             return Ok(s.clone());
         }
@@ -213,12 +272,26 @@ impl Destinations {
         if let Some(w) = map.get(fqdn) {
             return w.clone();
         }
+        if map.len() >= self.max_watches.load(Ordering::Relaxed) {
+            // Full: forget the least recently used destination (a scan, but only when a new
+            // destination arrives at a full map).
+            let lru = map
+                .iter()
+                .min_by_key(|(_, w)| w.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            if let Some(lru) = lru {
+                tracing::debug!(fqdn = %lru, "destination forgotten to make room");
+                map.remove(&lru);
+            }
+        }
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(self.clone().watch(fqdn.to_string(), tx)).abort_handle();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let task = tokio::spawn(self.clone().watch(fqdn.to_string(), id, tx)).abort_handle();
         let w = Arc::new(Watched {
+            id,
             rx,
             task,
-            last_used: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+            last_used: AtomicU64::new(self.now_ms()),
         });
         map.insert(fqdn.to_string(), w.clone());
         self.metrics.destinations.set(map.len() as i64);
@@ -226,7 +299,12 @@ impl Destinations {
     }
 
     /// Keeps one destination's snapshot current, reconnecting with backoff.
-    async fn watch(self: Arc<Self>, fqdn: String, tx: watch::Sender<Option<Arc<Snapshot>>>) {
+    async fn watch(
+        self: Arc<Self>,
+        fqdn: String,
+        id: u64,
+        tx: watch::Sender<Option<Arc<Snapshot>>>,
+    ) {
         let mut endpoints: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -253,7 +331,14 @@ impl Destinations {
                                 ) {
                                     Ok(s) => {
                                         tracing::debug!(%fqdn, %version, "destination updated");
-                                        tx.send_replace(Some(Arc::new(s)));
+                                        let s = Arc::new(s);
+                                        tx.send_replace(Some(s.clone()));
+                                        if !s.in_mesh() {
+                                            // No watch is kept for what is not in the mesh:
+                                            // the answer is remembered a while instead.
+                                            self.forget_as_not_in_mesh(&fqdn, id, s);
+                                            return;
+                                        }
                                     }
                                     Err(e) => {
                                         tracing::warn!(%fqdn, %version, error = %e, "destination update refused; keeping the previous one");
@@ -286,7 +371,7 @@ impl Destinations {
         let mut interval = tokio::time::interval(Duration::from_secs(60));
         loop {
             interval.tick().await;
-            let now = self.epoch.elapsed().as_millis() as u64;
+            let now = self.now_ms();
             let mut map = write(&self.map);
             map.retain(|fqdn, w| {
                 let keep = now.saturating_sub(w.last_used.load(Ordering::Relaxed))
@@ -297,6 +382,9 @@ impl Destinations {
                 keep
             });
             self.metrics.destinations.set(map.len() as i64);
+            drop(map);
+            write(&self.negative).retain(|_, (at, _)| at.elapsed() < NEGATIVE_TTL);
+            self.metrics.expire_idle_series(IDLE_AFTER);
         }
     }
 

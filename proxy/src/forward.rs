@@ -362,26 +362,23 @@ impl Observation {
                 (e.into_response(grpc), Label::from(reason))
             }
         };
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                direction: self.direction,
-                authority: self.authority.clone(),
-                route: self.route.clone(),
-                backend: self.backend.clone(),
-            })
-            .inc();
         let grpc_status = resp
             .headers()
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
             .map(Label::from)
             .unwrap_or_default();
-        metrics
-            .responses
-            .get_or_create(&ResponseLabels {
+        let authority = metrics.authority_label(&self.authority);
+        metrics.count(
+            RequestLabels {
                 direction: self.direction,
-                authority: self.authority.clone(),
+                authority: authority.clone(),
+                route: self.route.clone(),
+                backend: self.backend.clone(),
+            },
+            ResponseLabels {
+                direction: self.direction,
+                authority: authority.clone(),
                 route: self.route,
                 backend: self.backend.clone(),
                 status_code: resp.status().as_u16(),
@@ -389,16 +386,14 @@ impl Observation {
                 error,
                 tls: self.tls,
                 peer_identity: self.peer_identity,
-            })
-            .inc();
-        metrics
-            .latency
-            .get_or_create(&LatencyLabels {
+            },
+            LatencyLabels {
                 direction: self.direction,
-                authority: self.authority,
+                authority,
                 backend: self.backend,
-            })
-            .observe(self.started.elapsed().as_secs_f64());
+            },
+            self.started.elapsed().as_secs_f64(),
+        );
         resp
     }
 }

@@ -102,6 +102,7 @@ impl Proxy {
                 h1: i.client_config_with_alpn(identity::ALPN_HTTP1),
             }),
         );
+        dests.set_max_watches(config.max_destinations);
         let policies = match &identity {
             Some(i) => policy::Policies::watch(
                 channel.clone(),

@@ -3,8 +3,9 @@
 //! Label values are `Arc<str>` shared with the routing snapshot, so counting a request clones
 //! pointers rather than strings. `docs/metrics.md` lists every family; a test keeps them in step.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::sync::atomic::AtomicI64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -88,6 +89,23 @@ pub struct ConnLabels {
 
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
+/// Distinct authority label values at once; requests for more are counted as `unknown`, so
+/// that callers cycling through made-up Host names cannot grow `/metrics` without bound.
+pub const MAX_AUTHORITIES: usize = 1000;
+/// The authority label of requests for destinations outside the mesh, or past the bound.
+pub const UNKNOWN_AUTHORITY: &str = "unknown";
+
+/// The series created for one authority, so that they can be dropped once it is idle.
+#[derive(Default)]
+struct AuthoritySeries {
+    requests: Vec<RequestLabels>,
+    responses: Vec<ResponseLabels>,
+    latency: Vec<LatencyLabels>,
+    /// Requests counted at the last sweep, and since when that number has not moved.
+    last_total: u64,
+    still_since: Option<std::time::Instant>,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -99,6 +117,8 @@ pub struct Metrics {
     pub control_plane_connected: Gauge<i64, AtomicI64>,
     pub destination_updates: Counter,
     pub destinations: Gauge<i64, AtomicI64>,
+    series: RwLock<HashMap<Arc<str>, AuthoritySeries>>,
+    unknown: Label,
 }
 
 fn latency_histogram() -> Histogram {
@@ -181,7 +201,86 @@ impl Metrics {
             control_plane_connected,
             destination_updates,
             destinations,
+            series: RwLock::new(HashMap::new()),
+            unknown: Label::from(UNKNOWN_AUTHORITY),
         }
+    }
+
+    /// The label to count a request for `authority` under: itself while fewer than
+    /// [`MAX_AUTHORITIES`] are tracked (or it already is), `unknown` otherwise.
+    pub fn authority_label(&self, authority: &Label) -> Label {
+        if authority.0.is_empty()
+            || authority.0.len() > pillion_proto::names::MAX_AUTHORITY_LEN
+            || *authority.0 == *UNKNOWN_AUTHORITY
+        {
+            return self.unknown.clone();
+        }
+        if read(&self.series).contains_key(&authority.0) {
+            return authority.clone();
+        }
+        let mut series = write(&self.series);
+        if series.len() >= MAX_AUTHORITIES && !series.contains_key(&authority.0) {
+            return self.unknown.clone();
+        }
+        series.entry(authority.0.clone()).or_default();
+        authority.clone()
+    }
+
+    /// Counts one request and its response.
+    pub fn count(&self, req: RequestLabels, resp: ResponseLabels, latency: LatencyLabels, secs: f64) {
+        let new_req = self.requests.get(&req).is_none();
+        let new_resp = self.responses.get(&resp).is_none();
+        let new_lat = self.latency.get(&latency).is_none();
+        if (new_req || new_resp || new_lat)
+            && *req.authority.0 != *UNKNOWN_AUTHORITY
+        {
+            let mut series = write(&self.series);
+            let entry = series.entry(req.authority.0.clone()).or_default();
+            if new_req {
+                entry.requests.push(req.clone());
+            }
+            if new_resp {
+                entry.responses.push(resp.clone());
+            }
+            if new_lat {
+                entry.latency.push(latency.clone());
+            }
+        }
+        self.requests.get_or_create(&req).inc();
+        self.responses.get_or_create(&resp).inc();
+        self.latency.get_or_create(&latency).observe(secs);
+    }
+
+    /// Drops the series of authorities that have had no request for `idle` (run periodically).
+    pub fn expire_idle_series(&self, idle: std::time::Duration) {
+        let now = std::time::Instant::now();
+        let mut series = write(&self.series);
+        series.retain(|authority, s| {
+            let total: u64 = s
+                .requests
+                .iter()
+                .filter_map(|l| self.requests.get(l).map(|c| c.get()))
+                .sum();
+            if total != s.last_total || s.still_since.is_none() {
+                s.last_total = total;
+                s.still_since = Some(now);
+                return true;
+            }
+            if s.still_since.is_some_and(|t| now.duration_since(t) < idle) {
+                return true;
+            }
+            tracing::debug!(%authority, "idle metric series dropped");
+            for l in &s.requests {
+                self.requests.remove(l);
+            }
+            for l in &s.responses {
+                self.responses.remove(l);
+            }
+            for l in &s.latency {
+                self.latency.remove(l);
+            }
+            false
+        });
     }
 
     /// The Prometheus text format 0.0.4, which `promtool check metrics` reads.
@@ -196,9 +295,79 @@ impl Metrics {
     }
 }
 
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labels(authority: &str) -> (RequestLabels, ResponseLabels, LatencyLabels) {
+        let (direction, authority, route, backend) = (
+            Direction::inbound,
+            Label::from(authority),
+            Label::default(),
+            Label::default(),
+        );
+        (
+            RequestLabels {
+                direction,
+                authority: authority.clone(),
+                route: route.clone(),
+                backend: backend.clone(),
+            },
+            ResponseLabels {
+                direction,
+                authority: authority.clone(),
+                route,
+                backend: backend.clone(),
+                status_code: 200,
+                grpc_status: Label::default(),
+                error: Label::default(),
+                tls: false,
+                peer_identity: Label::default(),
+            },
+            LatencyLabels {
+                direction,
+                authority,
+                backend,
+            },
+        )
+    }
+
+    #[test]
+    fn authorities_are_bounded_and_idle_series_expire() {
+        let m = Metrics::new();
+        for i in 0..MAX_AUTHORITIES + 500 {
+            let label = m.authority_label(&Label::from(format!("host-{i}").as_str()));
+            let (a, b, c) = labels(&label.0);
+            m.count(a, b, c, 0.001);
+        }
+        let text = m.encode();
+        let series = text.lines().filter(|l| l.starts_with("pillion_requests_total{")).count();
+        assert_eq!(series, MAX_AUTHORITIES + 1, "the rest are counted as unknown");
+        assert!(text.contains("authority=\"unknown\""));
+        assert_eq!(
+            m.authority_label(&Label::from("x".repeat(300).as_str())).0.as_ref(),
+            UNKNOWN_AUTHORITY
+        );
+
+        // Idle: the first sweep notes the counts, the next (after `idle`) drops what did not move.
+        let (a, b, c) = labels("host-0");
+        m.expire_idle_series(std::time::Duration::ZERO);
+        m.count(a, b, c, 0.001);
+        m.expire_idle_series(std::time::Duration::ZERO);
+        m.expire_idle_series(std::time::Duration::ZERO);
+        let text = m.encode();
+        assert!(!text.contains("host-1\""), "idle series dropped");
+        // Room for new authorities again.
+        assert_eq!(m.authority_label(&Label::from("fresh")).0.as_ref(), "fresh");
+    }
 
     #[test]
     fn docs_list_every_family() {

@@ -240,8 +240,9 @@ impl Handler for Outbound {
 
     async fn http(self: Arc<Self>, req: Request<Incoming>, conn: ConnMeta) -> Response<Body> {
         let grpc = is_grpc(req.headers());
-        let authority = authority_of(&req).unwrap_or_default();
-        let mut obs = Observation::new(Direction::outbound, Label::from(authority.as_str()));
+        // Counted under the destination's name once routing finds it in the mesh; anything
+        // else (made-up hosts, egress) under one `unknown` authority.
+        let mut obs = Observation::new(Direction::outbound, Label::default());
         let result = self.route(req, conn.clone(), &mut obs).await;
         obs.finish(&self.metrics, result, grpc)
     }

@@ -26,20 +26,20 @@ pub fn bin(name: &str) -> PathBuf {
         .parent()
         .expect("bin dir")
         .to_path_buf();
-    // `cargo test` builds the binaries of packages with integration tests only: build the
-    // others (once per test process; cargo's lock orders concurrent builds).
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !built.iter().any(|b| b == name) {
+    // `cargo test` builds the binaries of packages with integration tests only. scripts/test.sh
+    // builds every binary before the tests start, with this same command, so that here it
+    // finds nothing to do; run alone (`cargo test --test x`) it brings them up to date. The
+    // same flags both times matter: another feature set would rebuild the dependencies.
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--locked", "-p", name, "--bin", name]);
+        cmd.args(["build", "--workspace", "--bins", "--locked", "--quiet"]);
         if cfg!(not(debug_assertions)) {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("cargo build");
-        assert!(status.success(), "cannot build {name}");
-        built.push(name.to_string());
-    }
+        assert!(status.success(), "cannot build the workspace's binaries");
+    });
     dir.join(name)
 }
 

@@ -11,6 +11,7 @@ Stubs are generated at start from proto/pillion/demo/v1/demo.proto with grpc_too
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from concurrent import futures
@@ -33,7 +34,12 @@ def load_stubs():
     if rc != 0:
         sys.exit(f"protoc failed with {rc}")
     sys.path.insert(0, out)
-    from pillion.demo.v1 import demo_pb2, demo_pb2_grpc  # noqa: E402
+    try:
+        from pillion.demo.v1 import demo_pb2, demo_pb2_grpc  # noqa: E402
+    finally:
+        # The modules are loaded: their source files are no longer needed.
+        sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)
 
     return demo_pb2, demo_pb2_grpc
 
