@@ -82,7 +82,17 @@ impl Endpoint {
 
     /// The cost of sending one more request here: estimated latency times outstanding work.
     pub fn load(&self) -> f64 {
-        let rtt = self.ewma().rtt_ns;
+        self.load_at(Instant::now())
+    }
+
+    /// The estimate decays with the time since it was last updated, as in Finagle's and
+    /// tower's peak EWMA: an endpoint penalized once (a failure counts as 1 s) and then never
+    /// picked again would otherwise keep its penalty forever; decaying, it soon looks cheap
+    /// enough to be tried again, and a recovered endpoint is probed back in.
+    fn load_at(&self, now: Instant) -> f64 {
+        let e = self.ewma();
+        let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
+        let rtt = e.rtt_ns * (-elapsed / DECAY.as_secs_f64()).exp();
         rtt * f64::from(self.pending.load(Ordering::Relaxed) + 1)
     }
 
@@ -216,18 +226,33 @@ mod tests {
     #[test]
     fn pending_requests_raise_the_load() {
         let e = ep(1);
-        let before = e.load();
+        let now = Instant::now();
+        let before = e.load_at(now);
         let guard = e.start();
-        assert!(e.load() > before);
+        assert!(e.load_at(now) > before);
         drop(guard);
-        assert_eq!(e.load(), before);
+        assert_eq!(e.load_at(now), before);
+    }
+
+    #[test]
+    fn a_penalty_decays_while_the_endpoint_is_not_picked() {
+        let (recovered, busy) = (ep(1), ep(2));
+        recovered.observe(Duration::from_secs(1));
+        busy.observe(Duration::from_millis(5));
+        let now = Instant::now();
+        assert!(recovered.load_at(now) > busy.load_at(now));
+        // A minute later, with `busy` answering in 5 ms all along, the penalty has decayed
+        // below it and p2c tries the recovered endpoint again.
+        let later = now + Duration::from_secs(60);
+        busy.ewma().stamp = later;
+        assert!(recovered.load_at(later) < busy.load_at(later));
     }
 
     #[test]
     fn peaks_count_at_once_and_decay_slowly() {
         let e = ep(1);
         e.observe(Duration::from_millis(200));
-        assert!(e.load() >= 200e6);
+        assert!(e.load() >= 199e6);
         e.observe(Duration::from_millis(1));
         assert!(
             e.load() > 150e6,

@@ -80,9 +80,20 @@ impl BackendTarget {
 /// deck gives each backend exactly its share (a 90/10 split is 9/1 over every ten requests), and
 /// the order within a deck is random, so a client whose requests alternate between two kinds
 /// does not see all of one backend's share land on one kind (as a fixed round-robin order would).
+///
+/// Weights whose reduced sum exceeds [`MAX_DECK`] (many backends, or one huge weight beside
+/// small ones) are not scaled into a deck, which would flatten them: each request then draws a
+/// backend at random with probability exactly weight / sum (a binary search over cumulative
+/// weights), so shares hold for any weights, within the usual sampling error.
 pub struct Split {
     pub backends: Vec<Backend>,
-    deck: Mutex<Deck>,
+    pick: Pick,
+}
+
+enum Pick {
+    Deck(Mutex<Deck>),
+    /// Cumulative weights (the last is the sum) and the backend index of each.
+    Sample { cumulative: Vec<u64>, index: Vec<u32> },
 }
 
 struct Deck {
@@ -90,8 +101,8 @@ struct Deck {
     next: usize,
 }
 
-/// The largest deck; weights summing to more are scaled down (by at most 0.05 % of a share).
-const MAX_DECK: u64 = 1000;
+/// The largest deck dealt in order (4 bytes a card).
+pub const MAX_DECK: u64 = 10_000;
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
@@ -101,46 +112,59 @@ impl Split {
     pub fn new(backends: Vec<Backend>) -> Self {
         let weights: Vec<u64> = backends.iter().map(|b| u64::from(b.weight)).collect();
         let divisor = weights.iter().copied().fold(0, gcd).max(1);
-        let mut counts: Vec<u64> = weights.iter().map(|w| w / divisor).collect();
+        let counts: Vec<u64> = weights.iter().map(|w| w / divisor).collect();
         let sum: u64 = counts.iter().sum();
-        if sum > MAX_DECK {
-            counts = counts
-                .iter()
-                .map(|&c| {
-                    if c == 0 {
-                        0
-                    } else {
-                        (c * MAX_DECK / sum).max(1)
-                    }
-                })
-                .collect();
-        }
-        let mut cards = Vec::with_capacity(counts.iter().sum::<u64>() as usize);
-        for (i, &c) in counts.iter().enumerate() {
-            cards.extend(std::iter::repeat_n(i as u32, c as usize));
-        }
-        let next = cards.len();
-        Split {
-            backends,
-            deck: Mutex::new(Deck { cards, next }),
-        }
+        let pick = if sum > MAX_DECK {
+            let mut cumulative = Vec::with_capacity(counts.len());
+            let mut index = Vec::with_capacity(counts.len());
+            let mut total = 0u64;
+            for (i, &c) in counts.iter().enumerate() {
+                if c > 0 {
+                    total += c;
+                    cumulative.push(total);
+                    index.push(i as u32);
+                }
+            }
+            Pick::Sample { cumulative, index }
+        } else {
+            let mut cards = Vec::with_capacity(sum as usize);
+            for (i, &c) in counts.iter().enumerate() {
+                cards.extend(std::iter::repeat_n(i as u32, c as usize));
+            }
+            let next = cards.len();
+            Pick::Deck(Mutex::new(Deck { cards, next }))
+        };
+        Split { backends, pick }
     }
 
     pub fn pick(&self) -> Option<&Backend> {
-        let mut deck = match self.deck.lock() {
-            Ok(d) => d,
-            Err(poisoned) => poisoned.into_inner(),
+        let card = match &self.pick {
+            Pick::Deck(deck) => {
+                let mut deck = match deck.lock() {
+                    Ok(d) => d,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if deck.cards.is_empty() {
+                    return None;
+                }
+                if deck.next >= deck.cards.len() {
+                    use rand::seq::SliceRandom;
+                    deck.cards.shuffle(&mut rand::rng());
+                    deck.next = 0;
+                }
+                let card = deck.cards[deck.next];
+                deck.next += 1;
+                card
+            }
+            Pick::Sample { cumulative, index } => {
+                use rand::Rng;
+                let total = *cumulative.last()?;
+                let x = rand::rng().random_range(0..total);
+                // The first cumulative weight above x.
+                let i = cumulative.partition_point(|&c| c <= x);
+                *index.get(i)?
+            }
         };
-        if deck.cards.is_empty() {
-            return None;
-        }
-        if deck.next >= deck.cards.len() {
-            use rand::seq::SliceRandom;
-            deck.cards.shuffle(&mut rand::rng());
-            deck.next = 0;
-        }
-        let card = deck.cards[deck.next];
-        deck.next += 1;
         self.backends.get(card as usize)
     }
 }
@@ -505,15 +529,49 @@ mod tests {
             assert_eq!(shares(&split, 10), vec![9, 1]);
         }
         assert_eq!(shares(&split, 1000), vec![900, 100]);
-        let split = Split::new(vec![failure_backend(999_999, 0), failure_backend(1, 1)]);
-        let counts = shares(&split, 1000);
-        assert_eq!(counts, vec![999, 1], "a tiny weight keeps a card");
+
         let split = Split::new(vec![
             failure_backend(1, 0),
             failure_backend(0, 1),
             failure_backend(2, 2),
         ]);
         assert_eq!(shares(&split, 300), vec![100, 0, 200]);
+    }
+
+    /// Shares of many backends, or of weights too large for a deck, hold for any weights.
+    #[test]
+    fn shares_hold_for_many_backends_and_huge_weights() {
+        // 10,000 backends: 5,000 of weight 9 and 5,000 of weight 1 (was 51/49).
+        let backends: Vec<Backend> = (0..10_000)
+            .map(|i| failure_backend(if i < 5000 { 9 } else { 1 }, if i < 5000 { 0 } else { 1 }))
+            .collect();
+        let split = Split::new(backends);
+        let n = 100_000;
+        let heavy = (0..n)
+            .filter(|_| match split.pick().unwrap().target {
+                BackendTarget::Failure { status, .. } => status == 0,
+                _ => false,
+            })
+            .count();
+        // Expected 90 %; five standard deviations is 0.5 %.
+        assert!((89_500..=90_500).contains(&heavy), "{heavy} of {n}");
+
+        // One backend of weight 1,000,000 against 2,000 of weight 1 (was 66 % to the small).
+        let mut backends = vec![failure_backend(1_000_000, 0)];
+        backends.extend((0..2000).map(|_| failure_backend(1, 1)));
+        let split = Split::new(backends);
+        let small = (0..n)
+            .filter(|_| match split.pick().unwrap().target {
+                BackendTarget::Failure { status, .. } => status == 1,
+                _ => false,
+            })
+            .count();
+        // Expected 2000 / 1,002,000 = 0.2 %: about 200 of 100,000.
+        assert!((100..=320).contains(&small), "{small} of {n}");
+
+        // Exact decks still for sums up to the deck size.
+        let split = Split::new(vec![failure_backend(9_999, 0), failure_backend(1, 1)]);
+        assert_eq!(shares(&split, 10_000), vec![9_999, 1]);
     }
 
     #[test]
