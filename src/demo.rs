@@ -33,7 +33,7 @@ pub struct DemoArgs {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Pause between requests.
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = positive_duration)]
     pub interval: Duration,
     /// Run the proxies without identities: plaintext between them.
     #[arg(long)]
@@ -41,8 +41,15 @@ pub struct DemoArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    pillion_proxy::config::parse_duration(s)
-        .ok_or_else(|| format!("`{s}` is not a duration like 30s"))
+    pillion_core::duration::parse(s)
+}
+
+/// A duration that must be more than zero (a zero interval would spin, or panic a timer).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match pillion_core::duration::parse(s)? {
+        d if d.is_zero() => Err(format!("`{s}` must be more than zero")),
+        d => Ok(d),
+    }
 }
 
 /// A proxy's environment, as the sidecar injector would set it, on loopback ports.

@@ -61,11 +61,10 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Logs per `PILLION_LOG` / `PILLION_LOG_FORMAT`; a bad value stops the CLI, naming it.
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PILLION_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    if let Err(e) = pillion_core::logging::init_from_env(default) {
+        eprintln!("pillion: bad configuration: {e}");
+        std::process::exit(2);
+    }
 }

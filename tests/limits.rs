@@ -25,7 +25,9 @@ async fn unknown_hosts_open_no_watches_and_share_one_metric_series() {
     }
     // A name too long to be a Service is not even asked about.
     let long = format!("{}.example", "x".repeat(400));
-    let a = get(&client, mesh.client.outbound, &long, "/").await.unwrap();
+    let a = get(&client, mesh.client.outbound, &long, "/")
+        .await
+        .unwrap();
     assert_eq!(a.status, 503);
     // Three real Services with room for two watches: the least recently used is forgotten and
     // asked for again when needed; every request is answered.
@@ -38,7 +40,10 @@ async fn unknown_hosts_open_no_watches_and_share_one_metric_series() {
     let (_, text) = admin_get(mesh.client.admin, "/metrics").await;
     let watched = metric_sum(&text, "pillion_destinations ");
     assert!(watched <= 2.0, "{watched} destinations watched");
-    assert!(!text.contains("made-up-"), "unknown hosts became label values");
+    assert!(
+        !text.contains("made-up-"),
+        "unknown hosts became label values"
+    );
     let unknown = metric_sum(
         &text,
         "pillion_requests_total{direction=\"outbound\",authority=\"unknown\"",

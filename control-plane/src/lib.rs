@@ -64,11 +64,11 @@ pub struct Args {
 }
 
 fn parse_lifetime(s: &str) -> Result<Duration, String> {
-    let ms = resources::parse_duration(s)?;
-    if ms < 1000 {
+    let d = pillion_core::duration::parse(s)?;
+    if d < Duration::from_secs(1) {
         return Err(format!("`{s}` is shorter than a second"));
     }
-    Ok(Duration::from_millis(ms))
+    Ok(d)
 }
 
 impl Args {
@@ -215,20 +215,4 @@ fn warn_about(model: &Model) {
     for warning in model.warnings() {
         tracing::warn!(%warning, "configuration accepted with a warning");
     }
-}
-
-/// Installs the log subscriber: `PILLION_LOG` is the filter, `PILLION_LOG_FORMAT=json` for JSON.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PILLION_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if std::env::var("PILLION_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    // Already installed (embedded in the CLI or a test): keep the first.
-    let _ = result;
 }

@@ -13,8 +13,11 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    pillion_control_plane::init_logging();
     let cli = Cli::parse();
+    if let Err(e) = pillion_core::logging::init_from_env("info") {
+        eprintln!("pillion-control-plane: bad configuration: {e}");
+        std::process::exit(2);
+    }
     let shutdown = async {
         shutdown_signal().await;
         tracing::info!("shutting down");

@@ -152,7 +152,12 @@ impl Model {
             if !attached || route_ns != ns {
                 continue;
             }
-            for b in route.spec.rules.iter().flat_map(|r| r.backend_refs.iter().flatten()) {
+            for b in route
+                .spec
+                .rules
+                .iter()
+                .flat_map(|r| r.backend_refs.iter().flatten())
+            {
                 let is_service = b.group.as_deref().unwrap_or_default().is_empty()
                     && b.kind.as_deref().unwrap_or("Service") == "Service";
                 if is_service && b.namespace.as_deref().is_none_or(|n| n == ns) {
@@ -899,7 +904,10 @@ endpoints:
             "{SERVICES}---\napiVersion: v1\nkind: Service\nmetadata: {{name: grpc}}\nspec:\n  ports: [{{port: 50051}}]\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {{name: two}}\nspec:\n  ports: [{{name: a, port: 81}}, {{name: b, port: 82}}]\n"
         ));
-        assert_eq!(dest(&m, "grpc").fqdn, "grpc.default.svc.cluster.local:50051");
+        assert_eq!(
+            dest(&m, "grpc").fqdn,
+            "grpc.default.svc.cluster.local:50051"
+        );
         assert_eq!(dest(&m, "web").fqdn, "web.default.svc.cluster.local:80");
         assert!(matches!(
             m.resolve("two", "default"),
@@ -956,10 +964,16 @@ spec:
         assert!(m.warnings().is_empty(), "{:?}", m.warnings());
 
         let m = model(&format!("{MESHED_SPLIT}{}", policy("nothing-here")));
-        assert!(m.inbound_policy("spiffe://cluster.local/ns/default/sa/web").is_empty());
+        assert!(
+            m.inbound_policy("spiffe://cluster.local/ns/default/sa/web")
+                .is_empty()
+        );
         let warnings = m.warnings();
         assert!(
-            warnings.iter().any(|w| w.contains("AuthorizationPolicy default/p") && w.contains("protects nothing")),
+            warnings
+                .iter()
+                .any(|w| w.contains("AuthorizationPolicy default/p")
+                    && w.contains("protects nothing")),
             "{warnings:?}"
         );
     }
@@ -979,7 +993,9 @@ spec:
         );
         let warnings = m.warnings();
         assert!(
-            warnings.iter().any(|w| w.contains("spec.backends[1].service") && w.contains("web-v9")),
+            warnings
+                .iter()
+                .any(|w| w.contains("spec.backends[1].service") && w.contains("web-v9")),
             "{warnings:?}"
         );
     }

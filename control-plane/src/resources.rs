@@ -976,10 +976,9 @@ mod tests {
     fn unknown_kinds_are_skipped() {
         let parsed = parse("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").unwrap();
         assert!(matches!(parsed, Parsed::Skipped { .. }));
-        let parsed = parse(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\n",
-        )
-        .unwrap();
+        let parsed =
+            parse("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\n")
+                .unwrap();
         assert!(matches!(parsed, Parsed::Skipped { .. }));
     }
 
@@ -990,10 +989,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.error.field, "apiVersion");
-        assert!(err.error.reason.contains("v1alpha3"), "{}", err.error.reason);
+        assert!(
+            err.error.reason.contains("v1alpha3"),
+            "{}",
+            err.error.reason
+        );
         assert_eq!(err.id.unwrap().to_string(), "TrafficSplit default/web");
-        let err = parse("apiVersion: split.smi-spec.io/v1alpha2\nkind: TraficSplit\nmetadata: {name: web}\n")
-            .unwrap_err();
+        let err = parse(
+            "apiVersion: split.smi-spec.io/v1alpha2\nkind: TraficSplit\nmetadata: {name: web}\n",
+        )
+        .unwrap_err();
         assert_eq!(err.error.field, "kind");
     }
 

@@ -328,7 +328,10 @@ mod tests {
         let file = dir.path().join("split.yaml");
         write(&file, SPLIT);
         let mut store = Store::new(dir.path());
-        assert!(store.scan().unwrap().is_some(), "the first scan reads at once");
+        assert!(
+            store.scan().unwrap().is_some(),
+            "the first scan reads at once"
+        );
         // Caught mid-write: the half that is there is not read ...
         std::fs::write(&file, &SPLIT[..SPLIT.len() - 30]).unwrap();
         assert!(store.scan().unwrap().is_none());
@@ -359,7 +362,11 @@ mod tests {
             assert_eq!(weights(&store), vec![90, 10], "after {text:?}");
             let errors = store.errors();
             assert_eq!(errors.len(), 1, "{errors:?}");
-            assert!(errors[0].to_string().contains("split.yaml"), "{}", errors[0]);
+            assert!(
+                errors[0].to_string().contains("split.yaml"),
+                "{}",
+                errors[0]
+            );
         }
         // A clean file that no longer defines the split does delete it; so does removal.
         write(&file, &SPLIT.replace("name: web", "name: other"));

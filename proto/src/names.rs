@@ -42,18 +42,15 @@ pub fn parse_authority(authority: &str, source_ns: &str) -> Option<Target> {
     }
     let authority = authority.trim().trim_end_matches('.');
     let (host, port, port_given) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => {
-            (h, p.parse::<u16>().ok().filter(|p| *p != 0)?, true)
-        }
+        Some((h, p)) if !h.contains(':') => (h, p.parse::<u16>().ok().filter(|p| *p != 0)?, true),
         Some(_) => return None, // an IPv6 literal
         None => (authority, 80, false),
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let labels: Vec<&str> = host.split('.').collect();
-    if labels
-        .iter()
-        .any(|l| l.is_empty() || l.len() > 63 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-    {
+    if labels.iter().any(|l| {
+        l.is_empty() || l.len() > 63 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }) {
         return None;
     }
     let suffix: Vec<&str> = CLUSTER_DOMAIN.split('.').collect();

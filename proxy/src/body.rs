@@ -72,3 +72,110 @@ impl<G: Unpin> HttpBody for Guarded<G> {
         self.inner.size_hint()
     }
 }
+
+/// The client's request body, noting whether reading it failed (a malformed chunk, a client
+/// gone mid-upload): a failed forward is then the client's fault, not the endpoint's.
+pub struct ClientBody {
+    inner: hyper::body::Incoming,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ClientBody {
+    /// The body, and the flag it raises when reading it fails.
+    pub fn wrap(
+        inner: hyper::body::Incoming,
+    ) -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = ClientBody {
+            inner,
+            failed: failed.clone(),
+        };
+        (boxed(body), failed)
+    }
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &poll {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that calls `on_end` once: with its trailers when they arrive, or with `None` when it
+/// ends without them or is dropped first. How a gRPC response's status (in its trailers) is
+/// counted.
+pub struct OnEnd<F: FnOnce(Option<&http::HeaderMap>)> {
+    inner: Body,
+    on_end: Option<F>,
+}
+
+impl<F: FnOnce(Option<&http::HeaderMap>) + Send + Unpin + 'static> OnEnd<F> {
+    pub fn wrap(inner: Body, on_end: F) -> Body {
+        UnsyncBoxBody::new(OnEnd {
+            inner,
+            on_end: Some(on_end),
+        })
+    }
+}
+
+impl<F: FnOnce(Option<&http::HeaderMap>)> Drop for OnEnd<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(None);
+        }
+    }
+}
+
+impl<F: FnOnce(Option<&http::HeaderMap>) + Unpin> HttpBody for OnEnd<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(f) = self.on_end.take()
+                {
+                    f(Some(trailers));
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(f) = self.on_end.take() {
+                    f(None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

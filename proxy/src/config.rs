@@ -70,6 +70,15 @@ pub struct Config {
     pub inbound_policy: InboundPolicy,
     /// Destinations watched at once (least recently used forgotten past it).
     pub max_destinations: usize,
+    /// How long a request waits for response headers when its route sets no timeout
+    /// (`PILLION_REQUEST_TIMEOUT`, 30 s; `None`: no limit).
+    pub request_timeout: Option<Duration>,
+    /// Connections each listener holds at once (`PILLION_MAX_CONNECTIONS`); past it, accepting
+    /// waits for one to close.
+    pub max_connections: usize,
+    /// An HTTP connection with no request in flight for this long is closed
+    /// (`PILLION_IDLE_TIMEOUT`, 5 minutes).
+    pub idle_timeout: Duration,
 }
 
 /// Who may call the local application when no authorization says more.
@@ -158,19 +167,14 @@ impl Config {
                     )?)
                 }
             },
-            max_destinations: match env.get("PILLION_MAX_DESTINATIONS") {
-                None => crate::discovery::MAX_WATCHES,
-                Some(v) => match v.trim().parse::<usize>() {
-                    Ok(n) if n > 0 => n,
-                    _ => {
-                        return Err(ConfigError {
-                            var: "PILLION_MAX_DESTINATIONS",
-                            value: v,
-                            reason: "expected a positive number".into(),
-                        });
-                    }
-                },
-            },
+            request_timeout: optional_duration(env, "PILLION_REQUEST_TIMEOUT", "30s")?,
+            max_connections: count(env, "PILLION_MAX_CONNECTIONS", 20_000)?,
+            idle_timeout: duration(env, "PILLION_IDLE_TIMEOUT", "5m")?,
+            max_destinations: count(
+                env,
+                "PILLION_MAX_DESTINATIONS",
+                crate::discovery::MAX_WATCHES,
+            )?,
             inbound_policy: match env.get("PILLION_INBOUND_DEFAULT_POLICY").as_deref() {
                 None | Some("all-unauthenticated") => InboundPolicy::AllUnauthenticated,
                 Some("all-authenticated") => InboundPolicy::AllAuthenticated,
@@ -264,26 +268,35 @@ fn addr(env: &dyn Env, var: &'static str, default: &str) -> Result<SocketAddr, C
 
 fn duration(env: &dyn Env, var: &'static str, default: &str) -> Result<Duration, ConfigError> {
     let v = env.get(var).unwrap_or_else(|| default.to_string());
-    parse_duration(&v).ok_or(ConfigError {
+    pillion_core::duration::parse(&v).map_err(|reason| ConfigError {
         var,
         value: v,
-        reason: "expected a duration such as 500ms, 10s or 2m".into(),
+        reason,
     })
 }
 
-/// `500ms`, `10s`, `2m`, `1h`; a bare number is seconds.
-pub fn parse_duration(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60)?),
-        "h" => Duration::from_secs(n.checked_mul(3600)?),
-        _ => return None,
-    })
+/// A positive number.
+fn count(env: &dyn Env, var: &'static str, default: usize) -> Result<usize, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ConfigError {
+                var,
+                value: v,
+                reason: "expected a positive number".into(),
+            }),
+        },
+    }
+}
+
+/// A duration where zero means "none" (no limit).
+fn optional_duration(
+    env: &dyn Env,
+    var: &'static str,
+    default: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    Ok(Some(duration(env, var, default)?).filter(|d| !d.is_zero()))
 }
 
 fn ports(env: &dyn Env, var: &'static str, default: &str) -> Result<Vec<u16>, ConfigError> {
@@ -317,6 +330,15 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "0.0.0.0:4191");
         assert_eq!(c.namespace, "default");
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.request_timeout, Some(Duration::from_secs(30)));
+        let c = Config::from_env(&env(&[
+            ("PILLION_CONTROL_PLANE_ADDR", "cp:8086"),
+            ("PILLION_CONNECT_TIMEOUT", "1m30s"),
+            ("PILLION_REQUEST_TIMEOUT", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(c.connect_timeout, Duration::from_secs(90));
+        assert_eq!(c.request_timeout, None);
         assert!(c.opaque_ports.contains(&3306));
     }
 
@@ -328,6 +350,8 @@ mod tests {
             ("PILLION_OUTBOUND_LISTEN", "localhost"),
             ("PILLION_WORKLOAD", "no-namespace"),
             ("PILLION_SHUTDOWN_GRACE", "soon"),
+            ("PILLION_REQUEST_TIMEOUT", "10 parsecs"),
+            ("PILLION_MAX_DESTINATIONS", "0"),
             ("PILLION_OPAQUE_PORTS", "25,smtp"),
         ] {
             let err = Config::from_env(&env(&[

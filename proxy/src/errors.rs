@@ -36,6 +36,10 @@ pub enum ProxyError {
     Unavailable(&'static str),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("reading the request body failed: {0}")]
+    ClientBody(hyper::Error),
+    #[error("method {0} is not supported by the proxy")]
+    MethodNotAllowed(&'static str),
     #[error("connection loops back to the proxy")]
     Loop,
 }
@@ -56,7 +60,8 @@ impl ProxyError {
             | ProxyError::Tls(..) => StatusCode::BAD_GATEWAY,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
         }
     }
@@ -76,6 +81,8 @@ impl ProxyError {
             ProxyError::Timeout => "timeout",
             ProxyError::Unavailable(r) => r,
             ProxyError::BadRequest(r) => r,
+            ProxyError::ClientBody(_) => "bad request body",
+            ProxyError::MethodNotAllowed(_) => "method not allowed",
             ProxyError::Loop => "loop detected",
         }
     }

@@ -61,7 +61,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
-fn wants_upgrade(req: &Request<Incoming>) -> bool {
+pub fn wants_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req
@@ -94,6 +94,31 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// RFC 9112 §3.2: a request with several Host headers, or with a Host that is not a valid
+/// authority, or an HTTP/1.1 request with none, is answered 400.
+pub fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("several Host headers")),
+        (Some(h), None) => {
+            let valid = h
+                .to_str()
+                .ok()
+                .filter(|h| !h.is_empty())
+                .is_some_and(|h| h.parse::<http::uri::Authority>().is_ok());
+            if valid {
+                Ok(())
+            } else {
+                Err(ProxyError::BadRequest("invalid Host header"))
+            }
+        }
+        (None, _) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Err(ProxyError::BadRequest("no Host header"))
+        }
+        (None, _) => Ok(()),
+    }
+}
+
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
 pub fn authority_of(req: &Request<Incoming>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
@@ -120,6 +145,9 @@ pub fn protocol_for(endpoint: &Endpoint, req: &Request<Incoming>) -> Protocol {
 /// always HTTP/2), and the application port the request is for. Never reach an application.
 pub const ORIG_PROTO_HEADER: &str = "pillion-orig-proto";
 pub const TARGET_PORT_HEADER: &str = "pillion-target-port";
+/// Between proxies, the protocol discovery says the application speaks (`h2` or `http/1.1`,
+/// from the endpoint's `appProtocol`), so that the server proxy speaks it to the application.
+pub const APP_PROTO_HEADER: &str = "pillion-app-protocol";
 
 /// How to forward one request.
 pub struct ForwardOpts<'a> {
@@ -188,7 +216,22 @@ pub async fn forward(
     strip_hop_by_hop(&mut parts.headers, upgrading);
     parts.headers.remove(ORIG_PROTO_HEADER);
     parts.headers.remove(TARGET_PORT_HEADER);
+    parts.headers.remove(APP_PROTO_HEADER);
     if endpoint.meshed.is_some() {
+        use pillion_proto::discovery::v1::ProtocolHint;
+        match endpoint.hint {
+            ProtocolHint::H2 => {
+                parts
+                    .headers
+                    .insert(APP_PROTO_HEADER, HeaderValue::from_static("h2"));
+            }
+            ProtocolHint::Http1 => {
+                parts
+                    .headers
+                    .insert(APP_PROTO_HEADER, HeaderValue::from_static("http/1.1"));
+            }
+            _ => {}
+        }
         if client_version != Version::HTTP_2 {
             parts
                 .headers
@@ -208,11 +251,11 @@ pub async fn forward(
             parts.version = Version::HTTP_11;
             parts.uri =
                 Uri::try_from(path).map_err(|_| ProxyError::BadRequest("bad request target"))?;
-            if !parts.headers.contains_key(header::HOST) {
-                let host = HeaderValue::from_str(authority)
-                    .map_err(|_| ProxyError::BadRequest("bad authority"))?;
-                parts.headers.insert(header::HOST, host);
-            }
+            // The authority the request was routed by is the Host the endpoint sees: for an
+            // absolute-form target it replaces the Host header (RFC 9112 §3.2.2).
+            let host = HeaderValue::from_str(authority)
+                .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+            parts.headers.insert(header::HOST, host);
         }
         Protocol::Http2 => {
             parts.version = Version::HTTP_2;
@@ -225,7 +268,8 @@ pub async fn forward(
             parts.headers.remove(header::HOST);
         }
     }
-    let upstream_req = Request::from_parts(parts, body::boxed(incoming));
+    let (client_body, client_failed) = body::ClientBody::wrap(incoming);
+    let upstream_req = Request::from_parts(parts, client_body);
 
     let guard = endpoint.start();
     let started = Instant::now();
@@ -242,6 +286,13 @@ pub async fn forward(
             resp
         }
         Err(e) => {
+            // The client's own body failed (a malformed chunk, a client gone): a bad request,
+            // and nothing to hold against the endpoint.
+            if client_failed.load(std::sync::atomic::Ordering::Relaxed)
+                && let ProxyError::Upstream(e) = e
+            {
+                return Err(ForwardError::Failed(ProxyError::ClientBody(e)));
+            }
             // A failing endpoint looks slow, so the balancer steers away from it.
             if !matches!(e, ProxyError::Timeout) {
                 endpoint.observe(Duration::from_secs(1));
@@ -343,7 +394,7 @@ impl Observation {
     /// response the client gets.
     pub fn finish(
         self,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         result: Result<Response<Body>, ProxyError>,
         grpc: bool,
     ) -> Response<Body> {
@@ -362,38 +413,55 @@ impl Observation {
                 (e.into_response(grpc), Label::from(reason))
             }
         };
-        let grpc_status = resp
+        let header_status = resp
             .headers()
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
-            .map(Label::from)
-            .unwrap_or_default();
+            .map(Label::from);
         let authority = metrics.authority_label(&self.authority);
-        metrics.count(
+        metrics.count_request(
             RequestLabels {
                 direction: self.direction,
                 authority: authority.clone(),
                 route: self.route.clone(),
                 backend: self.backend.clone(),
             },
-            ResponseLabels {
-                direction: self.direction,
-                authority: authority.clone(),
-                route: self.route,
-                backend: self.backend.clone(),
-                status_code: resp.status().as_u16(),
-                grpc_status,
-                error,
-                tls: self.tls,
-                peer_identity: self.peer_identity,
-            },
             LatencyLabels {
                 direction: self.direction,
-                authority,
-                backend: self.backend,
+                authority: authority.clone(),
+                backend: self.backend.clone(),
             },
             self.started.elapsed().as_secs_f64(),
         );
+        let labels = ResponseLabels {
+            direction: self.direction,
+            authority,
+            route: self.route,
+            backend: self.backend,
+            status_code: resp.status().as_u16(),
+            grpc_status: header_status.clone().unwrap_or_default(),
+            error,
+            tls: self.tls,
+            peer_identity: self.peer_identity,
+        };
+        // A gRPC answer that is not trailers-only says its status in the trailers: count the
+        // response when they arrive.
+        if grpc && header_status.is_none() && resp.status() == http::StatusCode::OK {
+            let (parts, body) = resp.into_parts();
+            let metrics = metrics.clone();
+            let body = body::OnEnd::wrap(body, move |trailers| {
+                let mut labels = labels;
+                if let Some(status) = trailers
+                    .and_then(|t| t.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok())
+                {
+                    labels.grpc_status = Label::from(status);
+                }
+                metrics.count_response(labels);
+            });
+            return Response::from_parts(parts, body);
+        }
+        metrics.count_response(labels);
         resp
     }
 }

@@ -12,7 +12,9 @@ use hyper::body::Incoming;
 use crate::balance::EndpointCache;
 use crate::body::Body;
 use crate::errors::{ProxyError, is_grpc};
-use crate::forward::{self, ORIG_PROTO_HEADER, Observation, TARGET_PORT_HEADER, authority_of};
+use crate::forward::{
+    self, APP_PROTO_HEADER, ORIG_PROTO_HEADER, Observation, TARGET_PORT_HEADER, authority_of,
+};
 use crate::identity::LocalIdentity;
 use crate::metrics::{DenialLabels, Direction, Label, Metrics};
 use crate::policy::Policies;
@@ -26,8 +28,11 @@ pub struct Inbound {
     /// The local application; `None`: 127.0.0.1 at the original destination's port.
     pub forward_to: Option<SocketAddr>,
     pub app: EndpointCache,
+    pub app_protocols: crate::app_protocol::AppProtocols,
     pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
+    /// How long a request waits for the application's response headers (`None`: no limit).
+    pub request_timeout: Option<Duration>,
     pub identity: Option<Arc<LocalIdentity>>,
     pub policies: Policies,
 }
@@ -77,6 +82,11 @@ impl Inbound {
         conn: &ConnMeta,
         authority: String,
     ) -> Result<Response<Body>, ProxyError> {
+        // CONNECT is the outbound side's (to a mesh destination); nothing tunnels inbound.
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed("CONNECT"));
+        }
+        forward::check_host(&req)?;
         let headers = req.headers_mut();
         // Only the proxy says who the client is.
         headers.remove(CLIENT_ID_HEADER);
@@ -86,7 +96,7 @@ impl Inbound {
             headers.insert(CLIENT_ID_HEADER, v);
         }
         // What the peer proxy says about the original request counts only on an mTLS hop.
-        let (named_port, protocol) = if conn.tls {
+        let (named_port, hint, caller_http1) = if conn.tls {
             let port = headers
                 .get(TARGET_PORT_HEADER)
                 .and_then(|v| v.to_str().ok())
@@ -94,12 +104,28 @@ impl Inbound {
             let http1 = headers
                 .get(ORIG_PROTO_HEADER)
                 .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
-            (port, http1.then_some(Protocol::Http1))
+            let hint = match headers.get(APP_PROTO_HEADER).map(HeaderValue::as_bytes) {
+                Some(b"h2") => Some(Protocol::Http2),
+                Some(b"http/1.1") => Some(Protocol::Http1),
+                _ => None,
+            };
+            (port, hint, http1)
         } else {
-            (None, None)
+            (None, None, req.version() != http::Version::HTTP_2)
         };
         let target = self.target(conn, named_port)?;
         self.authorize(conn, target.port())?;
+        // The application's protocol: discovery's hint; else HTTP/2 for gRPC; else the
+        // caller's own protocol when it was HTTP/1.1; else (an HTTP/2 caller) what a probe of
+        // the application finds, so that an HTTP/1.1-only application still gets HTTP/1.1.
+        let protocol = match hint {
+            // An upgrade (WebSocket) exists only in HTTP/1.1.
+            _ if forward::wants_upgrade(&req) => Protocol::Http1,
+            Some(p) => p,
+            None if is_grpc(req.headers()) => Protocol::Http2,
+            None if caller_http1 => Protocol::Http1,
+            None => self.app_protocols.of(target, self.connect_timeout).await,
+        };
         let endpoint = self.app.get(target);
         let authority = if authority.is_empty() {
             target.to_string()
@@ -108,8 +134,8 @@ impl Inbound {
         };
         let opts = forward::ForwardOpts {
             authority: &authority,
-            timeout: forward::grpc_timeout(req.headers()),
-            protocol,
+            timeout: forward::grpc_timeout(req.headers()).or(self.request_timeout),
+            protocol: Some(protocol),
         };
         forward::forward(&endpoint, req, opts)
             .await

@@ -6,6 +6,7 @@
 //! ```
 
 pub mod admin;
+pub mod app_protocol;
 pub mod balance;
 pub mod body;
 pub mod config;
@@ -117,15 +118,20 @@ impl Proxy {
         let listener_cfg = Arc::new(server::ListenerConfig {
             detect_timeout: config.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
         });
         let tracker = server::Tracker::default();
 
+        let (tunnel_tx, mut tunnel_rx) = tokio::sync::mpsc::unbounded_channel();
         let out_handler = Arc::new(outbound::Outbound {
+            tunnels: tunnel_tx,
             dests: dests.clone(),
             metrics: metrics.clone(),
             namespace: config.namespace.clone(),
             passthrough: balance::EndpointCache::new(config.connect_timeout),
             connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
             own_ports: vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()],
             identity: identity.clone(),
             discovery_timeout: config.discovery_timeout,
@@ -136,8 +142,10 @@ impl Proxy {
         let in_handler = Arc::new(inbound::Inbound {
             forward_to: config.inbound_forward,
             app: balance::EndpointCache::new(config.connect_timeout),
+            app_protocols: app_protocol::AppProtocols::default(),
             metrics: metrics.clone(),
             connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
             identity: identity.clone(),
             policies: policies.clone(),
         });
@@ -163,6 +171,23 @@ impl Proxy {
             if let Some(identity) = identity {
                 background.push(tokio::spawn(identity.run(bootstrap)));
             }
+            // CONNECT tunnels accepted by the outbound handler, each served as a connection.
+            let (handler, cfg, stop) = (
+                out_handler.clone(),
+                listener_cfg.clone(),
+                shutdown_rx.clone(),
+            );
+            background.push(tokio::spawn(async move {
+                while let Some((io, conn)) = tunnel_rx.recv().await {
+                    tokio::spawn(server::serve_tunnel(
+                        io,
+                        handler.clone(),
+                        conn,
+                        cfg.clone(),
+                        stop.clone(),
+                    ));
+                }
+            }));
             let out = tokio::spawn(server::serve(
                 outbound,
                 out_handler,
@@ -208,18 +233,4 @@ impl Proxy {
             run,
         ))
     }
-}
-
-/// Installs the log subscriber: `PILLION_LOG` is the filter, `PILLION_LOG_FORMAT=json` for JSON.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PILLION_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("PILLION_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }

@@ -1,8 +1,46 @@
 use pillion_proxy::{Config, Proxy, config::ProcessEnv};
 
+const USAGE: &str = "\
+pillion-proxy: Pillion's sidecar proxy.
+
+Usage: pillion-proxy [--help | --version]
+
+It takes no other arguments: as a sidecar it is configured by PILLION_* environment
+variables only (docs/configuration.md lists them all). The one required is
+PILLION_CONTROL_PLANE_ADDR (host:port of the control plane). Often set too:
+  PILLION_WORKLOAD                namespace/name of this workload (default default/unknown)
+  PILLION_OUTBOUND_LISTEN         where the application's requests arrive (127.0.0.1:4140)
+  PILLION_INBOUND_LISTEN          where the mesh's requests arrive (0.0.0.0:4143)
+  PILLION_ADMIN_LISTEN            /metrics, /live, /ready, /config (0.0.0.0:4191)
+  PILLION_INBOUND_FORWARD         the local application (default 127.0.0.1:<original port>)
+  PILLION_REQUEST_TIMEOUT         wait for response headers at most this long (30s; 0: none)
+  PILLION_TRUST_ANCHORS, PILLION_IDENTITY_TOKEN_FILE   mTLS identity
+  PILLION_LOG, PILLION_LOG_FORMAT log filter (info) and format (text or json)
+";
+
 #[tokio::main]
 async fn main() {
-    pillion_proxy::init_logging();
+    let mut args = std::env::args().skip(1);
+    if let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return;
+            }
+            "-V" | "--version" => {
+                println!("pillion-proxy {}", env!("CARGO_PKG_VERSION"));
+                return;
+            }
+            other => {
+                eprintln!("pillion-proxy: unexpected argument `{other}`\n\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if let Err(e) = pillion_core::logging::init_from_env("info") {
+        eprintln!("pillion-proxy: bad configuration: {e}");
+        std::process::exit(2);
+    }
     let config = match Config::from_env(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {

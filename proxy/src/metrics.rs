@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -227,28 +227,54 @@ impl Metrics {
     }
 
     /// Counts one request and its response.
-    pub fn count(&self, req: RequestLabels, resp: ResponseLabels, latency: LatencyLabels, secs: f64) {
+    pub fn count(
+        &self,
+        req: RequestLabels,
+        resp: ResponseLabels,
+        latency: LatencyLabels,
+        secs: f64,
+    ) {
+        self.count_request(req, latency, secs);
+        self.count_response(resp);
+    }
+
+    /// Counts one request and the latency of its response headers.
+    pub fn count_request(&self, req: RequestLabels, latency: LatencyLabels, secs: f64) {
         let new_req = self.requests.get(&req).is_none();
-        let new_resp = self.responses.get(&resp).is_none();
         let new_lat = self.latency.get(&latency).is_none();
-        if (new_req || new_resp || new_lat)
-            && *req.authority.0 != *UNKNOWN_AUTHORITY
-        {
-            let mut series = write(&self.series);
-            let entry = series.entry(req.authority.0.clone()).or_default();
-            if new_req {
-                entry.requests.push(req.clone());
-            }
-            if new_resp {
-                entry.responses.push(resp.clone());
-            }
-            if new_lat {
-                entry.latency.push(latency.clone());
-            }
-        }
+        self.track(
+            &req.authority,
+            |entry| {
+                if new_req {
+                    entry.requests.push(req.clone());
+                }
+                if new_lat {
+                    entry.latency.push(latency.clone());
+                }
+            },
+            new_req || new_lat,
+        );
         self.requests.get_or_create(&req).inc();
-        self.responses.get_or_create(&resp).inc();
         self.latency.get_or_create(&latency).observe(secs);
+    }
+
+    /// Counts one response (for gRPC, once its trailers say its status).
+    pub fn count_response(&self, resp: ResponseLabels) {
+        let new_resp = self.responses.get(&resp).is_none();
+        self.track(
+            &resp.authority,
+            |entry| entry.responses.push(resp.clone()),
+            new_resp,
+        );
+        self.responses.get_or_create(&resp).inc();
+    }
+
+    /// Notes a new series of `authority`, so that it can be dropped when idle.
+    fn track(&self, authority: &Label, note: impl FnOnce(&mut AuthoritySeries), new: bool) {
+        if new && *authority.0 != *UNKNOWN_AUTHORITY {
+            let mut series = write(&self.series);
+            note(series.entry(authority.0.clone()).or_default());
+        }
     }
 
     /// Drops the series of authorities that have had no request for `idle` (run periodically).
@@ -349,11 +375,20 @@ mod tests {
             m.count(a, b, c, 0.001);
         }
         let text = m.encode();
-        let series = text.lines().filter(|l| l.starts_with("pillion_requests_total{")).count();
-        assert_eq!(series, MAX_AUTHORITIES + 1, "the rest are counted as unknown");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("pillion_requests_total{"))
+            .count();
+        assert_eq!(
+            series,
+            MAX_AUTHORITIES + 1,
+            "the rest are counted as unknown"
+        );
         assert!(text.contains("authority=\"unknown\""));
         assert_eq!(
-            m.authority_label(&Label::from("x".repeat(300).as_str())).0.as_ref(),
+            m.authority_label(&Label::from("x".repeat(300).as_str()))
+                .0
+                .as_ref(),
             UNKNOWN_AUTHORITY
         );
 

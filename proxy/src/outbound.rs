@@ -30,6 +30,8 @@ pub struct Outbound {
     pub namespace: String,
     pub passthrough: EndpointCache,
     pub connect_timeout: Duration,
+    /// The wait for response headers when the route sets no timeout.
+    pub request_timeout: Option<Duration>,
     /// The proxy's own listeners: a redirected connection to one of them would loop.
     pub own_ports: Vec<u16>,
     /// This proxy's identity, when it has one: requests to meshed endpoints wait (bounded)
@@ -38,6 +40,9 @@ pub struct Outbound {
     pub discovery_timeout: Duration,
     /// Client configuration for opaque TCP over mTLS (ALPN `pillion.tcp/1`).
     pub tcp_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where the inside of an accepted CONNECT tunnel goes to be served (see `lib.rs`: a
+    /// channel, so that serving a tunnel is not a future inside this handler's own future).
+    pub tunnels: tokio::sync::mpsc::UnboundedSender<(Box<dyn Io>, ConnMeta)>,
 }
 
 impl Outbound {
@@ -55,16 +60,10 @@ impl Outbound {
         if self.loops(&conn) {
             return Err(ProxyError::Loop);
         }
-        // RFC 9112 §3.2: a request with more than one Host header is answered 400.
-        if req
-            .headers()
-            .get_all(http::header::HOST)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
-            return Err(ProxyError::BadRequest("several Host headers"));
+        if req.method() == http::Method::CONNECT {
+            return self.connect(req, conn, obs).await;
         }
+        forward::check_host(&req)?;
         let authority = authority_of(&req);
         let target = authority
             .as_deref()
@@ -118,8 +117,10 @@ impl Outbound {
                 {
                     return Err(ProxyError::Unavailable("no certificate yet"));
                 }
+                // The route's own timeouts (and the caller's deadline) win over the default.
                 let timeout =
-                    forward::shortest([rule.request_timeout, rule.backend_timeout, grpc_timeout]);
+                    forward::shortest([rule.request_timeout, rule.backend_timeout, grpc_timeout])
+                        .or(self.request_timeout);
                 let authority = authority.unwrap_or_default();
                 let opts = || forward::ForwardOpts {
                     authority: &authority,
@@ -155,6 +156,46 @@ impl Outbound {
         }
     }
 
+    /// `CONNECT host:port` to a mesh destination (an `http_proxy` client such as grpc-js, or
+    /// `curl -p`): answered 200, then the tunnel is served like a connection of its own.
+    /// Destinations outside the mesh are refused (the proxy is no open forward proxy).
+    async fn connect(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnMeta,
+        obs: &mut Observation,
+    ) -> Result<Response<Body>, ProxyError> {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or(ProxyError::BadRequest("CONNECT needs host:port"))?;
+        let target = pillion_proto::names::parse_authority(&authority, &self.namespace)
+            .ok_or(ProxyError::NotInMesh)?;
+        let snapshot = self.dests.get(&target.fqdn()).await?;
+        if !snapshot.in_mesh() {
+            return Err(ProxyError::NotInMesh);
+        }
+        obs.authority = Label(snapshot.fqdn.clone());
+        let upgrade = hyper::upgrade::on(&mut req);
+        let tunnels = self.tunnels.clone();
+        let inside = ConnMeta {
+            orig_dst: None,
+            tunnel: Some(snapshot.fqdn.clone()),
+            ..conn
+        };
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let io: Box<dyn Io> = Box::new(hyper_util::rt::TokioIo::new(upgraded));
+                    let _ = tunnels.send((io, inside));
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT tunnel not established"),
+            }
+        });
+        Ok(Response::new(crate::body::empty()))
+    }
+
     /// Outside the mesh: to the original destination if there is one.
     async fn passthrough(
         &self,
@@ -166,7 +207,7 @@ impl Outbound {
             return Err(ProxyError::NotInMesh);
         };
         let endpoint = self.passthrough.get(dst);
-        let timeout = forward::grpc_timeout(req.headers());
+        let timeout = forward::grpc_timeout(req.headers()).or(self.request_timeout);
         let authority = authority.unwrap_or_else(|| dst.to_string());
         let opts = forward::ForwardOpts {
             authority: &authority,
@@ -182,8 +223,8 @@ impl Outbound {
 impl Outbound {
     /// The mesh endpoint for an opaque connection to `dst`: split and balance as for HTTP,
     /// over the most general rule. `None`: not in the mesh.
-    async fn tcp_endpoint(&self, dst: SocketAddr) -> Option<Arc<crate::balance::Endpoint>> {
-        let snapshot = self.dests.get(&dst.to_string()).await.ok()?;
+    async fn tcp_endpoint(&self, dst: &str) -> Option<Arc<crate::balance::Endpoint>> {
+        let snapshot = self.dests.get(dst).await.ok()?;
         let Routes::InMesh { matches, rules } = &snapshot.routes else {
             return None;
         };
@@ -248,6 +289,13 @@ impl Handler for Outbound {
     }
 
     async fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) {
+        if let Some(fqdn) = &conn.tunnel {
+            match self.tcp_endpoint(fqdn).await {
+                Some(endpoint) => self.tcp_to_endpoint(io, &endpoint).await,
+                None => tracing::info!(%fqdn, "tunnel destination has no endpoint; closed"),
+            }
+            return;
+        }
         let Some(dst) = conn.orig_dst else {
             tracing::info!(peer = %conn.peer, "opaque connection in explicit mode has no destination; closed");
             return;
@@ -256,7 +304,7 @@ impl Handler for Outbound {
             tracing::warn!(peer = %conn.peer, "opaque connection to the proxy itself refused");
             return;
         }
-        match self.tcp_endpoint(dst).await {
+        match self.tcp_endpoint(&dst.to_string()).await {
             Some(endpoint) => self.tcp_to_endpoint(io, &endpoint).await,
             None => forward::tcp(io, dst, self.connect_timeout).await,
         }

@@ -93,7 +93,10 @@ pub struct Split {
 enum Pick {
     Deck(Mutex<Deck>),
     /// Cumulative weights (the last is the sum) and the backend index of each.
-    Sample { cumulative: Vec<u64>, index: Vec<u32> },
+    Sample {
+        cumulative: Vec<u64>,
+        index: Vec<u32>,
+    },
 }
 
 struct Deck {

@@ -31,6 +31,8 @@ pub struct ConnMeta {
     pub tls: bool,
     /// The client's verified SPIFFE ID (mTLS only).
     pub client_id: Option<Arc<str>>,
+    /// Inside a CONNECT tunnel: the mesh destination it was opened to.
+    pub tunnel: Option<Arc<str>>,
 }
 
 pub trait Handler: Send + Sync + 'static {
@@ -53,6 +55,11 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ListenerConfig {
     pub detect_timeout: Duration,
     pub opaque_ports: Vec<u16>,
+    /// Connections held at once; past it, accepting waits until one closes.
+    pub max_connections: usize,
+    /// An HTTP connection with no new request for this long is closed gracefully (HTTP/2
+    /// pings keep dead peers out; this keeps live but unused ones from piling up).
+    pub idle_timeout: Duration,
 }
 
 /// Counts live connections; shutdown waits for the count to reach zero.
@@ -103,7 +110,24 @@ pub async fn serve<H: Handler>(
     tracker: Tracker,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     loop {
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::warn!(
+                    max = cfg.max_connections,
+                    "connection limit reached; new connections wait (PILLION_MAX_CONNECTIONS)"
+                );
+                tokio::select! {
+                    p = limit.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = signalled(&mut shutdown) => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -123,6 +147,7 @@ pub async fn serve<H: Handler>(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _tracked = tracked;
+            let _permit = permit;
             serve_conn(stream, peer, handler, cfg, metrics, shutdown).await;
         });
     }
@@ -147,6 +172,7 @@ async fn serve_conn<H: Handler>(
         orig_dst,
         tls: false,
         client_id: None,
+        tunnel: None,
     };
     let port = orig_dst.unwrap_or(local).port();
     let (detected, prefix) = if cfg.opaque_ports.contains(&port) {
@@ -175,11 +201,11 @@ async fn serve_conn<H: Handler>(
         Detected::Closed => {}
         Detected::Http1 => {
             count("http/1");
-            serve_http(io, false, handler, conn, shutdown).await;
+            serve_http(io, false, handler, conn, &cfg, shutdown).await;
         }
         Detected::Http2 => {
             count("h2");
-            serve_http(io, true, handler, conn, shutdown).await;
+            serve_http(io, true, handler, conn, &cfg, shutdown).await;
         }
         Detected::Tls if handler.tls().is_some() => {
             let Some(config) = handler.tls() else { return };
@@ -214,7 +240,7 @@ async fn serve_conn<H: Handler>(
             match alpn.as_deref() {
                 Some(identity::ALPN_H2) => {
                     count("h2+mtls");
-                    serve_http(tls, true, handler, conn, shutdown).await;
+                    serve_http(tls, true, handler, conn, &cfg, shutdown).await;
                 }
                 Some(identity::ALPN_TCP) => {
                     count("opaque+mtls");
@@ -222,7 +248,7 @@ async fn serve_conn<H: Handler>(
                 }
                 _ => {
                     count("http/1+mtls");
-                    serve_http(tls, false, handler, conn, shutdown).await;
+                    serve_http(tls, false, handler, conn, &cfg, shutdown).await;
                 }
             }
         }
@@ -233,20 +259,53 @@ async fn serve_conn<H: Handler>(
     }
 }
 
-/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on one connection until it ends; on shutdown,
-/// closes it gracefully (in-flight requests finish, idle keep-alive ends).
+/// Serves the inside of a CONNECT tunnel like a new connection: HTTP is served (requests
+/// route by their own authority), anything else goes to the tunnel's destination as bytes.
+pub async fn serve_tunnel<H: Handler>(
+    mut io: Box<dyn Io>,
+    handler: Arc<H>,
+    conn: ConnMeta,
+    cfg: Arc<ListenerConfig>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (detected, prefix) = match detect::detect(&mut io, cfg.detect_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "tunnel failed before detection");
+            return;
+        }
+    };
+    let io = Prefixed::new(prefix, io);
+    match detected {
+        Detected::Closed => {}
+        Detected::Http1 => serve_http(io, false, handler, conn, &cfg, shutdown).await,
+        Detected::Http2 => serve_http(io, true, handler, conn, &cfg, shutdown).await,
+        Detected::Tls | Detected::Opaque => handler.opaque(Box::new(io), conn).await,
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on one connection until it ends; on shutdown, or
+/// once no request came for the idle timeout, closes it gracefully (in-flight requests finish,
+/// idle keep-alive ends).
 async fn serve_http<I: Io, H: Handler>(
     io: I,
     h2: bool,
     handler: Arc<H>,
     conn: ConnMeta,
-    mut shutdown: watch::Receiver<bool>,
+    cfg: &ListenerConfig,
+    shutdown: watch::Receiver<bool>,
 ) {
     let peer = conn.peer;
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
     let svc = service_fn(move |req| {
         let handler = handler.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handler.http(req, conn).await) }
+        let seen = seen.clone();
+        async move {
+            let _busy = seen.start();
+            Ok::<_, Infallible>(handler.http(req, conn).await)
+        }
     });
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -254,29 +313,103 @@ async fn serve_http<I: Io, H: Handler>(
             .adaptive_window(true)
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
+            // A peer proxy multiplexes many callers on one connection, and callers cancel
+            // requests all the time: h2's default (20 streams reset before they were accepted)
+            // closed such a connection, and every request on it, after a burst of cancellations.
+            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
             .serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_end(peer, r),
-            _ = signalled(&mut shutdown) => {
-                conn.as_mut().graceful_shutdown();
-                log_end(peer, conn.await);
-            }
-        }
+        let graceful =
+            |c: std::pin::Pin<&mut _>| hyper::server::conn::http2::Connection::graceful_shutdown(c);
+        drive(conn, graceful, peer, activity, cfg.idle_timeout, shutdown).await;
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
-        tokio::pin!(conn);
+        let graceful = |c: std::pin::Pin<&mut _>| {
+            hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
+        };
+        drive(conn, graceful, peer, activity, cfg.idle_timeout, shutdown).await;
+    }
+}
+
+/// Streams reset by the client before the server took them, allowed per connection (h2's
+/// default is 20). Still bounded: the rapid-reset attack (CVE-2023-44487) needs far more.
+const MAX_PENDING_RESETS: usize = 1024;
+
+/// Runs a connection until it ends, closing it gracefully on shutdown or when idle.
+async fn drive<C, G>(
+    conn: C,
+    graceful: G,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+    G: Fn(std::pin::Pin<&mut C>),
+{
+    tokio::pin!(conn);
+    let check = (idle_timeout / 4).max(Duration::from_millis(10));
+    loop {
         tokio::select! {
-            r = conn.as_mut() => log_end(peer, r),
-            _ = signalled(&mut shutdown) => {
-                conn.as_mut().graceful_shutdown();
-                log_end(peer, conn.await);
+            r = conn.as_mut() => return log_end(peer, r),
+            _ = signalled(&mut shutdown) => break,
+            _ = tokio::time::sleep(check) => {
+                if activity.idle_for() >= idle_timeout {
+                    tracing::debug!(%peer, "idle connection closed");
+                    break;
+                }
             }
         }
+    }
+    graceful(conn.as_mut());
+    log_end(peer, conn.await);
+}
+
+/// Requests in flight on a connection and when the last one started.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: Default::default(),
+            last: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+}
+
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> Busy {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 }
 
