@@ -112,10 +112,33 @@ pub struct DemoEndpoint<'a> {
 
 /// EndpointSlices for the versions, in the files-mode shape `docs/identity.md` describes.
 pub fn endpoints_yaml(endpoints: &[DemoEndpoint<'_>]) -> String {
+    slices_yaml(endpoints, false)
+}
+
+/// The EndpointSlices of each version's Service, and with `apex` also of `web` itself (whose
+/// selector, `app: web`, covers the pods of both versions, as in Kubernetes): so that with no
+/// TrafficSplit in force, `web` is still served, by both versions.
+fn slices_yaml(endpoints: &[DemoEndpoint<'_>], apex: bool) -> String {
     let mut out = String::from(
         "# Written by `pillion demo`: where each version's pods (their proxies) listen.\n",
     );
-    for e in endpoints {
+    let services = endpoints
+        .iter()
+        .map(|e| {
+            (
+                format!("web-{}", e.version),
+                format!("web-{}-demo", e.version),
+                e,
+            )
+        })
+        .chain(
+            endpoints
+                .iter()
+                .filter(|_| apex)
+                .map(|e| ("web".to_string(), format!("web-{}-pods", e.version), e)),
+        )
+        .collect::<Vec<_>>();
+    for (service, name, e) in services {
         let annotations = match e.meshed {
             Some((identity, port)) => format!(
                 "  annotations:\n    pillion.dev/identity: {identity}\n    pillion.dev/proxy-port: \"{port}\"\n"
@@ -123,7 +146,7 @@ pub fn endpoints_yaml(endpoints: &[DemoEndpoint<'_>]) -> String {
             None => String::new(),
         };
         out.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{version}-demo\n  namespace: default\n  labels:\n    kubernetes.io/service-name: web-{version}\n{annotations}addressType: IPv4\nports:\n- name: http\n  port: {port}\nendpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: web-{version}-0, namespace: default}}\n",
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\n{annotations}addressType: IPv4\nports:\n- name: http\n  port: {port}\nendpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: web-{version}-0, namespace: default}}\n",
             version = e.version,
             port = e.addr.port(),
             ip = e.addr.ip(),
@@ -279,7 +302,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         proxies.push(proxy);
     }
     let generation = cp.generation();
-    std::fs::write(dir.join("endpoints.yaml"), endpoints_yaml(&endpoints))?;
+    std::fs::write(dir.join("endpoints.yaml"), slices_yaml(&endpoints, true))?;
     // Start the traffic once the control plane has read where the versions listen.
     let deadline = Instant::now() + Duration::from_secs(10);
     while cp.generation() == generation && Instant::now() < deadline {
@@ -305,7 +328,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (e, p) in endpoints.iter().zip(&proxies) {
         println!(
             "  web-{} proxy   inbound {}, admin http://{}/config",
-            e.version, e.addr, p.admin_addr
+            e.version, p.inbound_addr, p.admin_addr
         );
     }
     if mtls {
@@ -333,11 +356,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_print = Instant::now();
     let mut ticker = tokio::time::interval(args.interval);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all stop the demo the same way, so that
+    // its temporary directory, CA keys included, is always removed.
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => break,
+            _ = &mut stop => break,
             _ = ticker.tick() => {}
         }
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -381,8 +406,64 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
 fn remove_dir(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         eprintln!("could not remove {}: {e}", dir.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With no TrafficSplit (`traffic-split.yaml` deleted), `web` is served by both versions.
+    #[test]
+    fn web_has_endpoints_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("services.yaml"), SERVICES).unwrap();
+        let endpoints = [
+            DemoEndpoint {
+                version: "v1",
+                addr: "127.0.0.1:1001".parse().unwrap(),
+                meshed: Some((WEB_ID, 2001)),
+            },
+            DemoEndpoint {
+                version: "v2",
+                addr: "127.0.0.1:1002".parse().unwrap(),
+                meshed: Some((WEB_ID, 2002)),
+            },
+        ];
+        std::fs::write(
+            dir.path().join("endpoints.yaml"),
+            slices_yaml(&endpoints, true),
+        )
+        .unwrap();
+        let mut store = pillion_control_plane::store::Store::new(dir.path());
+        store.scan().unwrap();
+        assert!(store.errors().is_empty(), "{:?}", store.errors());
+        let model = pillion_control_plane::model::Model::new(store.objects(), 1);
+        let state = model.resolve("web", "default");
+        let text = format!("{state:?}");
+        assert!(
+            text.contains("127.0.0.1:1001") && text.contains("127.0.0.1:1002"),
+            "{text}"
+        );
     }
 }

@@ -74,12 +74,18 @@ impl Echo for EchoImpl {
         request: tonic::Request<tonic::Streaming<HelloRequest>>,
     ) -> Result<tonic::Response<Self::ChatStream>, tonic::Status> {
         let version = self.version.clone();
-        let stream = request.into_inner().map(move |msg| {
-            msg.map(|m| HelloReply {
+        // A message with `fail_with` ends the stream with that status (in the trailers).
+        let stream = request.into_inner().map(move |msg| match msg {
+            Ok(m) if m.fail_with != 0 => Err(tonic::Status::new(
+                tonic::Code::from(m.fail_with as i32),
+                format!("stream failed as asked by {}", m.name),
+            )),
+            Ok(m) => Ok(HelloReply {
                 message: format!("hello {} from {}", m.name, version),
                 version: version.clone(),
                 payload: m.payload,
-            })
+            }),
+            Err(e) => Err(e),
         });
         Ok(tonic::Response::new(Box::pin(stream)))
     }

@@ -171,6 +171,43 @@ async fn grpc_unary_streaming_errors_and_large_messages_arrive_intact() {
         replies.next().await.is_none(),
         "the stream ends with OK trailers"
     );
+
+    // A stream that ends with ABORTED in its trailers is counted with that status.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = client
+        .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(HelloRequest {
+        name: "ok".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(replies.next().await.unwrap().is_ok());
+    tx.send(HelloRequest {
+        name: "abort".into(),
+        fail_with: tonic::Code::Aborted as u32,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let status = replies.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Aborted);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, metrics) = admin_get(mesh.client.admin, "/metrics").await;
+        let counted = metrics.lines().any(|l| {
+            l.starts_with("pillion_responses_total{direction=\"outbound\"")
+                && l.contains("grpc_status=\"10\"")
+        });
+        if counted {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -393,11 +393,13 @@ impl Destinations {
         let map = read(&self.map);
         let mut out = serde_json::Map::new();
         for (fqdn, w) in map.iter() {
-            let v = match w.rx.borrow().as_ref() {
-                Some(s) => s.describe(),
-                None => serde_json::json!({ "pending": true }),
+            // Keyed by the canonical name (`web` and `web:80` are one destination).
+            let (key, v) = match w.rx.borrow().as_ref() {
+                Some(s) if !s.fqdn.is_empty() => (s.fqdn.to_string(), s.describe()),
+                Some(s) => (fqdn.clone(), s.describe()),
+                None => (fqdn.clone(), serde_json::json!({ "pending": true })),
             };
-            out.insert(fqdn.clone(), v);
+            out.insert(key, v);
         }
         serde_json::Value::Object(out)
     }

@@ -441,12 +441,37 @@ impl Mesh {
             .await
     }
 
+    /// The mTLS mesh with the two versions' applications already listening at `apps`, each
+    /// with an optional `appProtocol` on its EndpointSlice port (`kubernetes.io/h2c`, `http`).
+    pub async fn start_mtls_apps(apps: Vec<SocketAddr>, hints: [Option<&str>; 2]) -> Mesh {
+        let mtls = MtlsOpts {
+            lifetime: "24h",
+            server_env: &[],
+            cp_tls: false,
+        };
+        Self::start_hinted(1, 1, apps, &[], Some(mtls), hints)
+            .await
+            .started()
+            .await
+    }
+
     async fn start_full(
         v1: u32,
         v2: u32,
         apps: Vec<SocketAddr>,
         client_env: &[(&str, String)],
         mtls: Option<MtlsOpts<'_>>,
+    ) -> Mesh {
+        Self::start_hinted(v1, v2, apps, client_env, mtls, [None, None]).await
+    }
+
+    async fn start_hinted(
+        v1: u32,
+        v2: u32,
+        apps: Vec<SocketAddr>,
+        client_env: &[(&str, String)],
+        mtls: Option<MtlsOpts<'_>>,
+        hints: [Option<&str>; 2],
     ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         write_config(&dir.path().join("services.yaml"), SERVICES);
@@ -514,10 +539,18 @@ impl Mesh {
             });
             server_proxies.push(p);
         }
-        write_config(
-            &dir.path().join("endpoints.yaml"),
-            &pillion::demo::endpoints_yaml(&endpoints),
-        );
+        let mut yaml = String::new();
+        for (e, hint) in endpoints.iter().zip(hints) {
+            let one = pillion::demo::endpoints_yaml(std::slice::from_ref(e));
+            yaml.push_str(&match hint {
+                Some(h) => one.replace(
+                    "- name: http\n",
+                    &format!("- name: http\n  appProtocol: {h}\n"),
+                ),
+                None => one,
+            });
+        }
+        write_config(&dir.path().join("endpoints.yaml"), &yaml);
         // The control plane has published the endpoints before any client asks.
         cp.proc.wait_log("endpoints published", |v| {
             message_is(v, "configuration change published")
