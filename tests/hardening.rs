@@ -294,3 +294,30 @@ fn the_proxy_answers_help_and_version_and_refuses_bad_log_settings() {
         assert!(err.contains(var), "{err}");
     }
 }
+
+/// `Expect: 100-continue` over HTTP/2 (curl's uploads over 1 MiB): the proxy answers
+/// `100 Continue` when it starts reading the body, and the upload arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_uploads_get_100_continue() {
+    let mesh = Mesh::start(1, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload");
+    std::fs::write(&file, vec![b'x'; 2 << 20]).unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sv", "--http2-prior-knowledge", "--max-time", "30"])
+        .args(["-H", "Host: web", "-H", "Expect: 100-continue"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{size_upload}"])
+        .arg(format!("http://{}/upload", mesh.client.outbound))
+        .output()
+        .await
+        .expect("curl");
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(summary, format!("200 {}", 2 << 20), "{verbose}");
+    assert!(
+        verbose.contains("< HTTP/2 100"),
+        "no 100 Continue: {verbose}"
+    );
+}

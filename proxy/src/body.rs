@@ -76,32 +76,30 @@ impl<G: Unpin> HttpBody for Guarded<G> {
 /// The client's request body, noting whether reading it failed (a malformed chunk, a client
 /// gone mid-upload): a failed forward is then the client's fault, not the endpoint's.
 pub struct ClientBody {
-    inner: hyper::body::Incoming,
+    inner: Body,
     failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClientBody {
     /// The body, and the flag it raises when reading it fails.
-    pub fn wrap(
-        inner: hyper::body::Incoming,
-    ) -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    pub fn wrap(inner: Body) -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
         let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let body = ClientBody {
             inner,
             failed: failed.clone(),
         };
-        (boxed(body), failed)
+        (UnsyncBoxBody::new(body), failed)
     }
 }
 
 impl HttpBody for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &poll {
             self.failed

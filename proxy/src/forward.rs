@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::balance::Endpoint;
@@ -61,7 +60,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
-pub fn wants_upgrade(req: &Request<Incoming>) -> bool {
+pub fn wants_upgrade(req: &Request<Body>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req
@@ -96,7 +95,7 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// RFC 9112 §3.2: a request with several Host headers, or with a Host that is not a valid
 /// authority, or an HTTP/1.1 request with none, is answered 400.
-pub fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
+pub fn check_host(req: &Request<Body>) -> Result<(), ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(ProxyError::BadRequest("several Host headers")),
@@ -120,7 +119,7 @@ pub fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
-pub fn authority_of(req: &Request<Incoming>) -> Option<String> {
+pub fn authority_of(req: &Request<Body>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_string());
     }
@@ -131,7 +130,7 @@ pub fn authority_of(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// Picks the protocol for an endpoint: its hint if it has one, else the request's own.
-pub fn protocol_for(endpoint: &Endpoint, req: &Request<Incoming>) -> Protocol {
+pub fn protocol_for(endpoint: &Endpoint, req: &Request<Body>) -> Protocol {
     use pillion_proto::discovery::v1::ProtocolHint;
     match endpoint.hint {
         ProtocolHint::H2 => Protocol::Http2,
@@ -162,7 +161,7 @@ pub struct ForwardOpts<'a> {
 /// Why forwarding failed: `NotSent` means nothing reached the endpoint (connecting failed), so
 /// the request comes back and may go to another endpoint.
 pub enum ForwardError {
-    NotSent(ProxyError, Box<Request<Incoming>>),
+    NotSent(ProxyError, Box<Request<Body>>),
     Failed(ProxyError),
 }
 
@@ -183,7 +182,7 @@ impl From<ProxyError> for ForwardError {
 /// Sends `req` to `endpoint` and returns the response to give the client.
 pub async fn forward(
     endpoint: &Arc<Endpoint>,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     opts: ForwardOpts<'_>,
 ) -> Result<Response<Body>, ForwardError> {
     let authority = opts.authority;

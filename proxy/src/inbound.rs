@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 
 use crate::balance::EndpointCache;
 use crate::body::Body;
@@ -78,7 +77,7 @@ impl Inbound {
 
     async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         conn: &ConnMeta,
         authority: String,
     ) -> Result<Response<Body>, ProxyError> {
@@ -148,7 +147,7 @@ impl Handler for Inbound {
         Direction::inbound
     }
 
-    async fn http(self: Arc<Self>, req: Request<Incoming>, conn: ConnMeta) -> Response<Body> {
+    async fn http(self: Arc<Self>, req: Request<Body>, conn: ConnMeta) -> Response<Body> {
         let grpc = is_grpc(req.headers());
         let authority = authority_of(&req).unwrap_or_default();
         let mut obs = Observation::new(Direction::inbound, Label::from(authority.as_str()));

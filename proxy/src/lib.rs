@@ -14,6 +14,7 @@ pub mod detect;
 pub mod discovery;
 pub mod errors;
 pub mod forward;
+pub mod h2_server;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

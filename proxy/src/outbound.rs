@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::balance::{self, EndpointCache};
 use crate::body::Body;
@@ -53,7 +52,7 @@ impl Outbound {
 
     async fn route(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         conn: ConnMeta,
         obs: &mut Observation,
     ) -> Result<Response<Body>, ProxyError> {
@@ -161,10 +160,14 @@ impl Outbound {
     /// Destinations outside the mesh are refused (the proxy is no open forward proxy).
     async fn connect(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         conn: ConnMeta,
         obs: &mut Observation,
     ) -> Result<Response<Body>, ProxyError> {
+        // Tunnels are HTTP/1.1's (what http_proxy clients send); HTTP/2 CONNECT is refused.
+        if req.version() == http::Version::HTTP_2 {
+            return Err(ProxyError::MethodNotAllowed("CONNECT over HTTP/2"));
+        }
         let authority = req
             .uri()
             .authority()
@@ -199,7 +202,7 @@ impl Outbound {
     /// Outside the mesh: to the original destination if there is one.
     async fn passthrough(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         conn: ConnMeta,
         authority: Option<String>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -279,7 +282,7 @@ impl Handler for Outbound {
         Direction::outbound
     }
 
-    async fn http(self: Arc<Self>, req: Request<Incoming>, conn: ConnMeta) -> Response<Body> {
+    async fn http(self: Arc<Self>, req: Request<Body>, conn: ConnMeta) -> Response<Body> {
         let grpc = is_grpc(req.headers());
         // Counted under the destination's name once routing finds it in the mesh; anything
         // else (made-up hosts, egress) under one `unknown` authority.

@@ -8,9 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -39,7 +38,7 @@ pub trait Handler: Send + Sync + 'static {
     fn direction(&self) -> Direction;
     fn http(
         self: Arc<Self>,
-        req: http::Request<Incoming>,
+        req: http::Request<Body>,
         conn: ConnMeta,
     ) -> impl Future<Output = http::Response<Body>> + Send;
     fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) -> impl Future<Output = ()> + Send;
@@ -298,30 +297,44 @@ async fn serve_http<I: Io, H: Handler>(
     let peer = conn.peer;
     let activity = Arc::new(Activity::default());
     let seen = activity.clone();
-    let svc = service_fn(move |req| {
-        let handler = handler.clone();
-        let conn = conn.clone();
-        let seen = seen.clone();
-        async move {
-            let _busy = seen.start();
-            Ok::<_, Infallible>(handler.http(req, conn).await)
-        }
-    });
     if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            // A peer proxy multiplexes many callers on one connection, and callers cancel
-            // requests all the time: h2's default (20 streams reset before they were accepted)
-            // closed such a connection, and every request on it, after a burst of cancellations.
-            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-            .serve_connection(TokioIo::new(io), svc);
-        let graceful =
-            |c: std::pin::Pin<&mut _>| hyper::server::conn::http2::Connection::graceful_shutdown(c);
-        drive(conn, graceful, peer, activity, cfg.idle_timeout, shutdown).await;
+        let serve = move |req: http::Request<Body>| {
+            let handler = handler.clone();
+            let conn = conn.clone();
+            let seen = seen.clone();
+            async move {
+                let _busy = seen.start();
+                handler.http(req, conn).await
+            }
+        };
+        let idle_timeout = cfg.idle_timeout;
+        let mut shutdown = shutdown;
+        let stop = async move {
+            let check = (idle_timeout / 4).max(Duration::from_millis(10));
+            loop {
+                tokio::select! {
+                    _ = signalled(&mut shutdown) => return,
+                    _ = tokio::time::sleep(check) => {
+                        if activity.idle_for() >= idle_timeout {
+                            tracing::debug!(%peer, "idle connection closed");
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        crate::h2_server::serve(io, peer, serve, stop).await;
     } else {
+        let svc = service_fn(move |req| {
+            let handler = handler.clone();
+            let conn = conn.clone();
+            let seen = seen.clone();
+            async move {
+                let _busy = seen.start();
+                let req = req.map(crate::body::boxed::<hyper::body::Incoming>);
+                Ok::<_, Infallible>(handler.http(req, conn).await)
+            }
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
@@ -333,10 +346,6 @@ async fn serve_http<I: Io, H: Handler>(
         drive(conn, graceful, peer, activity, cfg.idle_timeout, shutdown).await;
     }
 }
-
-/// Streams reset by the client before the server took them, allowed per connection (h2's
-/// default is 20). Still bounded: the rapid-reset attack (CVE-2023-44487) needs far more.
-const MAX_PENDING_RESETS: usize = 1024;
 
 /// Runs a connection until it ends, closing it gracefully on shutdown or when idle.
 async fn drive<C, G>(

@@ -1,0 +1,255 @@
+//! The HTTP/2 server side of a connection, on the `h2` crate directly rather than through
+//! hyper, for the one thing hyper's HTTP/2 server cannot do: send an interim `100 Continue`.
+//! A client that sends `Expect: 100-continue` (curl does for uploads over 1 MiB) waits for it
+//! before sending the body; without it, every such upload waited a second for nothing.
+//!
+//! The rest is what hyper's server did for us: keep-alive pings, flow control as the body is
+//! read, trailers, resets in both directions, graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+
+use crate::body::{self, Body, BoxError};
+
+/// How often an idle peer is pinged, and how long it has to answer.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Streams reset by the client before the server took them, allowed per connection (h2's
+/// default is 20: a peer proxy whose callers cancelled a burst of requests had the shared
+/// connection, and every request on it, closed). Still bounded against rapid reset
+/// (CVE-2023-44487), which needs far more.
+pub const MAX_PENDING_RESETS: usize = 1024;
+/// Concurrent streams per connection (a peer proxy multiplexes all its callers on one).
+const MAX_STREAMS: u32 = 2048;
+/// Flow-control windows: large enough that one stream fills a loopback or data-centre path.
+const STREAM_WINDOW: u32 = 2 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
+
+/// Serves requests until the connection ends, or until `stop` resolves (then gracefully: no
+/// new streams, those in flight finish). `serve` answers one request.
+pub async fn serve<I, S, F>(io: I, peer: SocketAddr, serve: S, stop: impl Future<Output = ()>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: Fn(Request<Body>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    let mut conn = match builder.handshake::<_, Bytes>(io).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    // Pings run beside the accept loop (which drives the connection); a missed pong closes it.
+    let (dead_tx, mut dead_rx) = oneshot::channel::<()>();
+    if let Some(pings) = conn.ping_pong() {
+        tokio::spawn(keep_alive(pings, dead_tx));
+    }
+    tokio::pin!(stop);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => {
+                    tokio::spawn(stream(req, respond, serve.clone()));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+                    return;
+                }
+                None => return,
+            },
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                conn.graceful_shutdown();
+            }
+            _ = &mut dead_rx => {
+                tracing::debug!(%peer, "HTTP/2 peer stopped answering pings; closed");
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                return;
+            }
+        }
+    }
+}
+
+/// Pings every `KEEP_ALIVE`; tells `dead` when a pong does not come in time. Ends with the
+/// connection.
+async fn keep_alive(mut pings: h2::PingPong, dead: oneshot::Sender<()>) {
+    loop {
+        tokio::time::sleep(KEEP_ALIVE).await;
+        match tokio::time::timeout(KEEP_ALIVE, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let _ = dead.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// One request: hand it to `serve`, send `100 Continue` when its body is first read (if the
+/// client asked), then send the response and stream its body.
+async fn stream<S, F>(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, serve: S)
+where
+    S: Fn(Request<Body>) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let expects_continue = req
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (mut parts, recv) = req.into_parts();
+    // Answered here; the upstream hop must not wait for a 100 of its own.
+    parts.headers.remove(http::header::EXPECT);
+    let (continue_tx, mut continue_rx) = oneshot::channel();
+    let body = RequestBody {
+        recv,
+        data_done: false,
+        wants_continue: expects_continue.then_some(continue_tx),
+    };
+    let handled = serve(Request::from_parts(parts, body::boxed(body)));
+    tokio::pin!(handled);
+    let mut continue_pending = expects_continue;
+    let resp = loop {
+        tokio::select! {
+            resp = &mut handled => break resp,
+            asked = &mut continue_rx, if continue_pending => {
+                continue_pending = false;
+                if asked.is_ok() {
+                    let mut interim = Response::new(());
+                    *interim.status_mut() = StatusCode::CONTINUE;
+                    let _ = respond.send_informational(interim);
+                }
+            }
+            // The client gave up on the request: drop it (cancelling the upstream request).
+            _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let end = body.is_end_stream();
+    let head = Response::from_parts(parts, ());
+    let send = match respond.send_response(head, end) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send response headers");
+            return;
+        }
+    };
+    if !end {
+        send_body(body, send).await;
+    }
+}
+
+/// Streams a response body: data as the peer's window allows, then trailers or end of stream.
+async fn send_body(mut body: Body, mut send: SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
+        };
+        match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; stream reset");
+                send.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if send_data(&mut send, data).await.is_err() {
+                        return;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = send.send_trailers(trailers);
+                        return;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Sends one chunk, in as many pieces as flow control grants.
+async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+            .await
+            .ok_or_else(|| h2::Error::from(h2::Reason::CANCEL))??;
+        if granted == 0 {
+            continue;
+        }
+        let piece = data.split_to(granted.min(data.len()));
+        send.send_data(piece, false)?;
+    }
+    Ok(())
+}
+
+/// A request body read from an h2 stream, giving flow-control capacity back as it is read,
+/// and asking for `100 Continue` the first time it is read.
+struct RequestBody {
+    recv: RecvStream,
+    data_done: bool,
+    wants_continue: Option<oneshot::Sender<()>>,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(tx) = self.wants_continue.take() {
+            let _ = tx.send(());
+        }
+        if !self.data_done {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => self.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match self.recv.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(trailers))) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
