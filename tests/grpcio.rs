@@ -48,16 +48,42 @@ async fn grpcio_client_and_servers_through_two_proxies() {
         .map(|s| std::net::SocketAddr::from(([127, 0, 0, 1], s.port)))
         .collect();
     let mesh = Mesh::start_with_apps(1, 1, apps, &[]).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py");
-    let out = Command::new(python())
-        .args([
-            script,
-            "client",
-            &mesh.client.outbound.to_string(),
-            "web.default.svc.cluster.local:80",
-        ])
-        .output()
-        .expect("run the grpcio client");
+    check_client_run(Command::new(python()).args([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
+        "client",
+        &mesh.client.outbound.to_string(),
+        "web.default.svc.cluster.local:80",
+    ]));
+}
+
+/// grpcio with the proxy as its `http_proxy`: it opens a CONNECT tunnel to `web:80` and speaks
+/// HTTP/2 inside it, as grpc-js and grpc-go clients configured the same way do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_through_the_proxy_as_its_http_proxy() {
+    let servers = [py_server("v1"), py_server("v2")];
+    let apps = servers
+        .iter()
+        .map(|s| std::net::SocketAddr::from(([127, 0, 0, 1], s.port)))
+        .collect();
+    let mesh = Mesh::start_with_apps(1, 1, apps, &[]).await;
+    check_client_run(
+        Command::new(python())
+            .args([
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
+                "client",
+                "web:80",
+                "web:80",
+            ])
+            .env("http_proxy", format!("http://{}", mesh.client.outbound))
+            .env_remove("no_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_grpc_proxy"),
+    );
+}
+
+/// Runs the Python client and checks every call it made.
+fn check_client_run(cmd: &mut Command) {
+    let out = cmd.output().expect("run the grpcio client");
     assert!(
         out.status.success(),
         "grpcio client failed: {}",
