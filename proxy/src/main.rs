@@ -1,5 +1,11 @@
 use pillion_proxy::{Config, Proxy, config::ProcessEnv};
 
+/// jemalloc, with its background thread returning freed memory to the system: under glibc's
+/// malloc a proxy that held 10,000 idle connections kept its 280 MB after they closed; under
+/// jemalloc it is back to 16 MB within about 15 s (`python3 benches/idle_connections.py`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "\
 pillion-proxy: Pillion's sidecar proxy.
 
@@ -40,6 +46,9 @@ async fn main() {
     if let Err(e) = pillion_core::logging::init_from_env("info") {
         eprintln!("pillion-proxy: bad configuration: {e}");
         std::process::exit(2);
+    }
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc's background thread is off: freed memory returns to the system more slowly");
     }
     let config = match Config::from_env(&ProcessEnv) {
         Ok(c) => c,

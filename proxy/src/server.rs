@@ -198,18 +198,20 @@ async fn serve_conn<H: Handler>(
     let io = Prefixed::new(prefix, stream);
     match detected {
         Detected::Closed => {}
+        // Each branch's future is boxed: inline, the task of every connection would be as
+        // large as the largest branch (11 KB), whichever protocol it speaks.
         Detected::Http1 => {
             count("http/1");
-            serve_http(io, false, handler, conn, &cfg, shutdown).await;
+            Box::pin(serve_http(io, false, handler, conn, &cfg, shutdown)).await;
         }
         Detected::Http2 => {
             count("h2");
-            serve_http(io, true, handler, conn, &cfg, shutdown).await;
+            Box::pin(serve_http(io, true, handler, conn, &cfg, shutdown)).await;
         }
         Detected::Tls if handler.tls().is_some() => {
             let Some(config) = handler.tls() else { return };
             let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+            let tls = match Box::pin(tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     metrics
@@ -239,21 +241,21 @@ async fn serve_conn<H: Handler>(
             match alpn.as_deref() {
                 Some(identity::ALPN_H2) => {
                     count("h2+mtls");
-                    serve_http(tls, true, handler, conn, &cfg, shutdown).await;
+                    Box::pin(serve_http(tls, true, handler, conn, &cfg, shutdown)).await;
                 }
                 Some(identity::ALPN_TCP) => {
                     count("opaque+mtls");
-                    handler.opaque(Box::new(tls), conn).await;
+                    Box::pin(handler.opaque(Box::new(tls), conn)).await;
                 }
                 _ => {
                     count("http/1+mtls");
-                    serve_http(tls, false, handler, conn, &cfg, shutdown).await;
+                    Box::pin(serve_http(tls, false, handler, conn, &cfg, shutdown)).await;
                 }
             }
         }
         Detected::Tls | Detected::Opaque => {
             count("opaque");
-            handler.opaque(Box::new(io), conn).await;
+            Box::pin(handler.opaque(Box::new(io), conn)).await;
         }
     }
 }
