@@ -67,4 +67,4 @@ run "h2c one proxy hop"   -n "$N" -c "$C" -m 10 -H ':authority: web-v1' "http://
 run "http/1.1 direct"     --h1 -n "$N" -c "$C" "http://$APP/"
 run "http/1.1 one proxy hop" --h1 -n "$N" -c "$C" -H ':authority: web-v1' "http://$OUT/"
 echo "proxy RSS after the runs: $(awk '/VmRSS/ {print $2 " " $3}' /proc/$PROXY_PID/status)"
-[ -n "${KEEP:-}" ] && { echo "OUT=$OUT APP=$APP"; sleep 30; }
+if [ -n "${KEEP:-}" ]; then echo "OUT=$OUT APP=$APP"; sleep 30; fi

@@ -40,14 +40,20 @@ fn py_server(version: &str) -> PyServer {
     PyServer { child, port }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_client_and_servers_through_two_proxies() {
+/// The mesh with a grpcio server behind each version's proxy (kept running while held).
+async fn python_mesh() -> ([PyServer; 2], Mesh) {
     let servers = [py_server("v1"), py_server("v2")];
     let apps = servers
         .iter()
         .map(|s| std::net::SocketAddr::from(([127, 0, 0, 1], s.port)))
         .collect();
     let mesh = Mesh::start_with_apps(1, 1, apps, &[]).await;
+    (servers, mesh)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_client_and_servers_through_two_proxies() {
+    let (_servers, mesh) = python_mesh().await;
     check_client_run(Command::new(python()).args([
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
         "client",
@@ -60,12 +66,7 @@ async fn grpcio_client_and_servers_through_two_proxies() {
 /// HTTP/2 inside it, as grpc-js and grpc-go clients configured the same way do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_through_the_proxy_as_its_http_proxy() {
-    let servers = [py_server("v1"), py_server("v2")];
-    let apps = servers
-        .iter()
-        .map(|s| std::net::SocketAddr::from(([127, 0, 0, 1], s.port)))
-        .collect();
-    let mesh = Mesh::start_with_apps(1, 1, apps, &[]).await;
+    let (_servers, mesh) = python_mesh().await;
     check_client_run(
         Command::new(python())
             .args([

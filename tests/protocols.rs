@@ -24,6 +24,22 @@ async fn grpc_client(mesh: &Mesh) -> EchoClient<tonic::transport::Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
+/// A bidirectional Chat stream: where to send, and the replies.
+async fn chat(
+    client: &mut EchoClient<tonic::transport::Channel>,
+) -> (
+    tokio::sync::mpsc::Sender<HelloRequest>,
+    tonic::Streaming<pillion_proto::demo::v1::HelloReply>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let replies = client
+        .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, replies)
+}
+
 async fn h2c_connect(
     addr: std::net::SocketAddr,
 ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
@@ -147,12 +163,7 @@ async fn grpc_unary_streaming_errors_and_large_messages_arrive_intact() {
     assert_eq!(reply.payload.len(), big.len());
 
     // Bidirectional streaming: each message answered in turn, on one stream.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = client
-        .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut replies) = chat(&mut client).await;
     let mut version = None;
     for i in 0..20 {
         tx.send(HelloRequest {
@@ -173,12 +184,7 @@ async fn grpc_unary_streaming_errors_and_large_messages_arrive_intact() {
     );
 
     // A stream that ends with ABORTED in its trailers is counted with that status.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = client
-        .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut replies) = chat(&mut client).await;
     tx.send(HelloRequest {
         name: "ok".into(),
         ..Default::default()
