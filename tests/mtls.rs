@@ -272,7 +272,7 @@ async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
     let cp = mesh.cp.addr.to_string();
 
     // Plaintext gRPC to the control plane fails.
-    let plain = pillion_proxy::discovery::control_plane_channel(&cp, None).unwrap();
+    let plain = pillion_proxy::control::discovery::control_plane_channel(&cp, None).unwrap();
     let err = InboundPolicyClient::new(plain)
         .watch(InboundPolicyRequest {
             identity: CLIENT_ID.into(),
@@ -291,12 +291,12 @@ async fn the_control_plane_connection_is_tls_and_authenticates_proxies() {
             .dns_name(),
     )
     .unwrap();
-    let tls = pillion_proxy::discovery::ControlPlaneTls {
+    let tls = pillion_proxy::control::discovery::ControlPlaneTls {
         config: client_config(&anchors, Some((chain, key))),
         server_name: cp_name.clone(),
         wait_for: None,
     };
-    let channel = pillion_proxy::discovery::control_plane_channel(&cp, Some(tls)).unwrap();
+    let channel = pillion_proxy::control::discovery::control_plane_channel(&cp, Some(tls)).unwrap();
     let policy_channel = channel.clone();
     let mut policy = InboundPolicyClient::new(channel);
     let mut own = policy

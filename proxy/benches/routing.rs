@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use pillion_proto::discovery::v1 as pb;
 use pillion_proxy::balance;
-use pillion_proxy::routing::{BackendTarget, RequestInfo, Snapshot};
+use pillion_proxy::route::snapshot::{BackendTarget, RequestInfo, Snapshot};
 
 fn backend(name: &str, weight: u32, first_port: u16) -> pb::WeightedBackend {
     pb::WeightedBackend {

@@ -11,9 +11,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::{self, Body};
-use crate::discovery::Destinations;
-use crate::metrics::Metrics;
+use crate::control::discovery::Destinations;
+use crate::http::body::{self, Body};
+use crate::telemetry::metrics::Metrics;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -21,7 +21,7 @@ pub struct Admin {
     pub shutdown: Arc<watch::Sender<bool>>,
     pub workload: String,
     pub identity: Option<Arc<crate::identity::LocalIdentity>>,
-    pub policies: crate::policy::Policies,
+    pub policies: crate::control::policy::Policies,
 }
 
 impl Admin {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pillion_proto::discovery::v1::ProtocolHint;
 use rand::Rng;
 
-use crate::pool::Conns;
+use crate::http::pool::Conns;
 
 /// The estimate a new endpoint starts with: optimistic enough to get tried, not so low that it
 /// takes everything before its first answer.
@@ -57,7 +57,7 @@ impl Endpoint {
         hint: ProtocolHint,
         connect_timeout: Duration,
         meshed: Option<Meshed>,
-        tls: Option<crate::pool::TlsTarget>,
+        tls: Option<crate::http::pool::TlsTarget>,
     ) -> Self {
         let connect_to = meshed.as_ref().map_or(addr, |m| m.proxy_addr);
         Endpoint {

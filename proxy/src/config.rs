@@ -173,7 +173,7 @@ impl Config {
             max_destinations: count(
                 env,
                 "PILLION_MAX_DESTINATIONS",
-                crate::discovery::MAX_WATCHES,
+                crate::control::discovery::MAX_WATCHES,
             )?,
             inbound_policy: match env.get("PILLION_INBOUND_DEFAULT_POLICY").as_deref() {
                 None | Some("all-unauthenticated") => InboundPolicy::AllUnauthenticated,

@@ -9,16 +9,16 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response};
 
 use crate::balance::EndpointCache;
-use crate::body::Body;
-use crate::errors::{ProxyError, is_grpc};
-use crate::forward::{
+use crate::control::policy::Policies;
+use crate::http::body::Body;
+use crate::http::errors::{ProxyError, is_grpc};
+use crate::http::forward::{
     self, APP_PROTO_HEADER, ORIG_PROTO_HEADER, Observation, TARGET_PORT_HEADER, authority_of,
 };
+use crate::http::pool::{Io, Protocol};
 use crate::identity::LocalIdentity;
-use crate::metrics::{DenialLabels, Direction, Label, Metrics};
-use crate::policy::Policies;
-use crate::pool::{Io, Protocol};
-use crate::server::{ConnMeta, Handler};
+use crate::listener::{ConnMeta, Handler};
+use crate::telemetry::metrics::{DenialLabels, Direction, Label, Metrics};
 
 /// The verified SPIFFE ID of the calling workload, set by the proxy only.
 pub const CLIENT_ID_HEADER: &str = "pillion-client-id";
@@ -27,7 +27,7 @@ pub struct Inbound {
     /// The local application; `None`: 127.0.0.1 at the original destination's port.
     pub forward_to: Option<SocketAddr>,
     pub app: EndpointCache,
-    pub app_protocols: crate::app_protocol::AppProtocols,
+    pub app_protocols: crate::http::app_protocol::AppProtocols,
     pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
     /// How long a request waits for the application's response headers (`None`: no limit).

@@ -5,25 +5,22 @@
 //! peer ─▶ inbound listener ─▶ detect ─▶ local application
 //! ```
 
+//! Modules by layer (each depends only on those after it):
+//! `inbound`, `outbound`, `listener` (wiring) → `control`, `route` (what the control plane says)
+//! → `balance`, `http` (mechanisms) → `transport`, `identity`, `telemetry`.
+
 pub mod admin;
-pub mod app_protocol;
 pub mod balance;
-pub mod body;
 pub mod config;
-pub mod detect;
-pub mod discovery;
-pub mod errors;
-pub mod forward;
-pub mod h2_server;
+pub mod control;
+pub mod http;
 pub mod identity;
 pub mod inbound;
-pub mod metrics;
-pub mod orig_dst;
+pub mod listener;
 pub mod outbound;
-pub mod policy;
-pub mod pool;
-pub mod routing;
-pub mod server;
+pub mod route;
+pub mod telemetry;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +29,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::Config;
+
+use control::{discovery, policy};
+use http::{app_protocol, pool};
+
+use telemetry::metrics;
 
 /// A bound proxy: its addresses, and the switch that starts a graceful shutdown.
 pub struct Proxy {
@@ -116,13 +118,13 @@ impl Proxy {
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_tx = Arc::new(shutdown_tx);
-        let listener_cfg = Arc::new(server::ListenerConfig {
+        let listener_cfg = Arc::new(listener::ListenerConfig {
             detect_timeout: config.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),
             max_connections: config.max_connections,
             idle_timeout: config.idle_timeout,
         });
-        let tracker = server::Tracker::default();
+        let tracker = listener::Tracker::default();
 
         let (tunnel_tx, mut tunnel_rx) = tokio::sync::mpsc::unbounded_channel();
         let out_handler = Arc::new(outbound::Outbound {
@@ -180,7 +182,7 @@ impl Proxy {
             );
             background.push(tokio::spawn(async move {
                 while let Some((io, conn)) = tunnel_rx.recv().await {
-                    tokio::spawn(server::serve_tunnel(
+                    tokio::spawn(listener::serve_tunnel(
                         io,
                         handler.clone(),
                         conn,
@@ -189,7 +191,7 @@ impl Proxy {
                     ));
                 }
             }));
-            let out = tokio::spawn(server::serve(
+            let out = tokio::spawn(listener::serve(
                 outbound,
                 out_handler,
                 listener_cfg.clone(),
@@ -197,7 +199,7 @@ impl Proxy {
                 tracker.clone(),
                 shutdown_rx.clone(),
             ));
-            let inb = tokio::spawn(server::serve(
+            let inb = tokio::spawn(listener::serve(
                 inbound,
                 in_handler,
                 listener_cfg,

@@ -10,14 +10,14 @@ use std::time::Duration;
 use http::{Request, Response};
 
 use crate::balance::{self, EndpointCache};
-use crate::body::Body;
-use crate::discovery::Destinations;
-use crate::errors::{ProxyError, is_grpc};
-use crate::forward::{self, ForwardError, Observation, authority_of};
-use crate::metrics::{Direction, Label, Metrics};
-use crate::pool::Io;
-use crate::routing::{BackendTarget, RequestInfo, Routes};
-use crate::server::{ConnMeta, Handler};
+use crate::control::discovery::Destinations;
+use crate::http::body::Body;
+use crate::http::errors::{ProxyError, is_grpc};
+use crate::http::forward::{self, ForwardError, Observation, authority_of};
+use crate::http::pool::Io;
+use crate::listener::{ConnMeta, Handler};
+use crate::route::snapshot::{BackendTarget, RequestInfo, Routes};
+use crate::telemetry::metrics::{Direction, Label, Metrics};
 
 /// Endpoints a request may try when connecting fails (connect errors are quick; a connect
 /// timeout costs `PILLION_CONNECT_TIMEOUT` each).
@@ -196,7 +196,7 @@ impl Outbound {
                 Err(e) => tracing::debug!(error = %e, "CONNECT tunnel not established"),
             }
         });
-        Ok(Response::new(crate::body::empty()))
+        Ok(Response::new(crate::http::body::empty()))
     }
 
     /// Outside the mesh: to the original destination if there is one.

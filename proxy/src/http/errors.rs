@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::{self, Body};
+use crate::http::body::{self, Body};
 
 pub const ERROR_HEADER: &str = "pillion-proxy-error";
 

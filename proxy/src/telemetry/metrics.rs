@@ -456,7 +456,7 @@ mod tests {
             })
             .inc();
         let text = m.encode();
-        let docs = include_str!("../../docs/metrics.md");
+        let docs = include_str!("../../../docs/metrics.md");
         let mut families = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

@@ -14,8 +14,8 @@ use pillion_proto::discovery::v1 as pb;
 use regex::Regex;
 
 use crate::balance::{Endpoint, Meshed};
-use crate::errors::ProxyError;
-use crate::pool::{MeshTls, TlsTarget};
+use crate::http::errors::ProxyError;
+use crate::http::pool::{MeshTls, TlsTarget};
 use rustls_pki_types::ServerName;
 
 /// The request attributes routing looks at.

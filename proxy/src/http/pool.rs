@@ -11,8 +11,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
-use crate::errors::ProxyError;
+use crate::http::body::Body;
+use crate::http::errors::ProxyError;
 
 /// HTTP/1.1 connections kept per endpoint (busy or idle), and how long an idle one is kept.
 const MAX_IDLE: usize = 64;

@@ -10,10 +10,12 @@ use http::{Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::balance::Endpoint;
-use crate::body::{self, Body, Guarded};
-use crate::errors::ProxyError;
-use crate::metrics::{Direction, Label, LatencyLabels, Metrics, RequestLabels, ResponseLabels};
-use crate::pool::Protocol;
+use crate::http::body::{self, Body, Guarded};
+use crate::http::errors::ProxyError;
+use crate::http::pool::Protocol;
+use crate::telemetry::metrics::{
+    Direction, Label, LatencyLabels, Metrics, RequestLabels, ResponseLabels,
+};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [&str; 6] = [

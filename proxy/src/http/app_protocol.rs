@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::pool::Protocol;
+use crate::http::pool::Protocol;
 
 /// A probe's answer holds this long (an application may be redeployed with another server).
 const REMEMBER: Duration = Duration::from_secs(60);

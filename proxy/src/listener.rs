@@ -13,11 +13,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::body::Body;
-use crate::detect::{self, Detected, Prefixed};
+use crate::http::body::Body;
+use crate::http::pool::Io;
 use crate::identity;
-use crate::metrics::{ConnLabels, Direction, DirectionLabel, Label, Metrics};
-use crate::pool::Io;
+use crate::telemetry::metrics::{ConnLabels, Direction, DirectionLabel, Label, Metrics};
+use crate::transport::detect::{self, Detected, Prefixed};
 
 /// What a handler knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -164,7 +164,7 @@ async fn serve_conn<H: Handler>(
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let orig_dst = crate::orig_dst::original_dst(&stream);
+    let orig_dst = crate::transport::orig_dst::original_dst(&stream);
     let mut conn = ConnMeta {
         peer,
         local,
@@ -325,7 +325,7 @@ async fn serve_http<I: Io, H: Handler>(
                 }
             }
         };
-        crate::h2_server::serve(io, peer, serve, stop).await;
+        crate::http::h2_server::serve(io, peer, serve, stop).await;
     } else {
         let svc = service_fn(move |req| {
             let handler = handler.clone();
@@ -333,7 +333,7 @@ async fn serve_http<I: Io, H: Handler>(
             let seen = seen.clone();
             async move {
                 let _busy = seen.start();
-                let req = req.map(crate::body::boxed::<hyper::body::Incoming>);
+                let req = req.map(crate::http::body::boxed::<hyper::body::Incoming>);
                 Ok::<_, Infallible>(handler.http(req, conn).await)
             }
         });

@@ -20,7 +20,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 
-use crate::body::{self, Body, BoxError};
+use crate::http::body::{self, Body, BoxError};
 
 /// How often an idle peer is pinged, and how long it has to answer.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);

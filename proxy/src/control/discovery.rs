@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::balance::Endpoint;
-use crate::errors::ProxyError;
-use crate::metrics::Metrics;
-use crate::routing::Snapshot;
+use crate::http::errors::ProxyError;
+use crate::route::snapshot::Snapshot;
+use crate::telemetry::metrics::Metrics;
 
 /// A destination nobody asked for in this long is forgotten (its watch closed).
 const IDLE_AFTER: Duration = Duration::from_secs(600);
@@ -130,7 +130,7 @@ pub struct Destinations {
     discovery_timeout: Duration,
     metrics: Arc<Metrics>,
     /// Client configurations for meshed endpoints, when this proxy has an identity.
-    tls: Option<crate::pool::MeshTls>,
+    tls: Option<crate::http::pool::MeshTls>,
     epoch: Instant,
     map: RwLock<HashMap<String, Arc<Watched>>>,
     /// Not-in-mesh answers: authority → (when answered, the answer).
@@ -148,7 +148,7 @@ impl Destinations {
         connect_timeout: Duration,
         discovery_timeout: Duration,
         metrics: Arc<Metrics>,
-        tls: Option<crate::pool::MeshTls>,
+        tls: Option<crate::http::pool::MeshTls>,
     ) -> Arc<Self> {
         Arc::new(Destinations {
             client: DiscoveryClient::new(channel),

@@ -1,0 +1,3 @@
+//! A destination's routing state as the request path reads it, compiled from discovery.
+
+pub mod snapshot;

@@ -1,0 +1,3 @@
+//! What the proxy reports: Prometheus metrics.
+
+pub mod metrics;
