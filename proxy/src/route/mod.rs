@@ -1,3 +1,4 @@
 //! A destination's routing state as the request path reads it, compiled from discovery.
 
 pub mod snapshot;
+pub mod split;
