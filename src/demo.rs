@@ -455,7 +455,7 @@ mod tests {
             slices_yaml(&endpoints, true),
         )
         .unwrap();
-        let mut store = pillion_control_plane::store::Store::new(dir.path());
+        let mut store = pillion_control_plane::source::files::Store::new(dir.path());
         store.scan().unwrap();
         assert!(store.errors().is_empty(), "{:?}", store.errors());
         let model = pillion_control_plane::model::Model::new(store.objects(), 1);

@@ -1,14 +1,13 @@
 //! Pillion's control plane: reads Kubernetes-shaped YAML from a directory and serves each proxy
 //! the complete, versioned state of every destination it asks about.
 
-pub mod ca;
-pub mod discovery;
-pub mod identity;
+//! Modules by layer: `api` and `source` → `model` → `config`, `pki`.
+
+pub mod api;
+pub mod config;
 pub mod model;
-pub mod policy;
-pub mod resources;
-pub mod store;
-pub mod tls;
+pub mod pki;
+pub mod source;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,8 +20,10 @@ use pillion_proto::policy::v1::inbound_policy_server::InboundPolicyServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::{discovery, identity, policy};
 use crate::model::Model;
-use crate::store::Store;
+use crate::pki::{ca, serving as tls};
+use crate::source::files::Store;
 
 /// How often the directory is looked at. A changed file is read once it held still for one scan
 /// (so 50-100 ms after a write). A scan costs one `stat` per file; polling (rather than

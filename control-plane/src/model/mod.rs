@@ -15,10 +15,13 @@ use std::hash::{Hash, Hasher};
 
 use pillion_proto::discovery::v1 as pb;
 
-use crate::resources::{
+use crate::config::{
     self, EndpointSlice, HttpRoute, HttpRouteGroup, HttpRouteMatch, IntOrString, ObjectId,
     Resource, Service, ServicePort, TrafficSplit, namespace_of,
 };
+
+mod lint;
+mod policy;
 
 pub use pillion_proto::names::{CLUSTER_DOMAIN, Target, parse_authority};
 
@@ -31,7 +34,7 @@ pub struct Model {
     splits: Vec<TrafficSplit>,
     route_groups: HashMap<(String, String), HttpRouteGroup>,
     routes: Vec<HttpRoute>,
-    policies: Vec<resources::AuthorizationPolicy>,
+    policies: Vec<config::AuthorizationPolicy>,
     pub generation: u64,
 }
 
@@ -50,7 +53,7 @@ impl Model {
                     let svc = s
                         .metadata
                         .labels
-                        .get(resources::SERVICE_NAME_LABEL)
+                        .get(config::SERVICE_NAME_LABEL)
                         .cloned()
                         .unwrap_or_default();
                     model.slices.entry((id.namespace, svc)).or_default().push(s);
@@ -64,7 +67,7 @@ impl Model {
             }
         }
         // Oldest first, then by namespace/name: the Gateway API's tie-break, used for splits too.
-        let age = |m: &resources::Metadata| {
+        let age = |m: &config::Metadata| {
             (
                 m.creation_timestamp.clone().unwrap_or_default(),
                 namespace_of(m).to_string(),
@@ -74,170 +77,6 @@ impl Model {
         model.routes.sort_by_key(|r| age(&r.metadata));
         model.splits.sort_by_key(|s| age(&s.metadata));
         model
-    }
-
-    /// The authorizations that apply to the proxies of `identity` (a SPIFFE ID).
-    pub fn inbound_policy(&self, identity: &str) -> Vec<pillion_proto::policy::v1::Authorization> {
-        let Some(id) = pillion_proto::names::Identity::from_spiffe_id(identity) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for p in &self.policies {
-            let ns = namespace_of(&p.metadata);
-            if ns != id.namespace {
-                continue;
-            }
-            let target = &p.spec.target_ref;
-            let ports: Vec<u32> = match target.kind.as_str() {
-                "ServiceAccount" if target.name == id.service_account => {
-                    p.spec.ports.iter().map(|p| *p as u32).collect()
-                }
-                "Service" => {
-                    let mut ports = Vec::new();
-                    for (svc, only) in self.policy_services(ns, &target.name, &p.spec.ports) {
-                        let serves = self.meshed_identities(ns, &svc).any(|i| i == identity);
-                        if serves {
-                            ports.extend(self.service_app_ports(ns, &svc, &only));
-                        }
-                    }
-                    ports.sort_unstable();
-                    ports.dedup();
-                    if ports.is_empty() {
-                        continue;
-                    }
-                    ports
-                }
-                _ => continue,
-            };
-            out.push(pillion_proto::policy::v1::Authorization {
-                name: format!("{ns}/{}", p.metadata.name),
-                ports,
-                identities: p
-                    .spec
-                    .allow
-                    .iter()
-                    .flat_map(|r| r.identities.clone())
-                    .collect(),
-                unauthenticated: p.spec.allow.iter().any(|r| r.unauthenticated),
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
-    /// The Services whose workloads a policy on Service `name` protects, each with the ports
-    /// it covers (empty: all): the Service itself and, since an apex Service of a split often has
-    /// no pods of its own, every backend its TrafficSplits and HTTPRoutes send to.
-    fn policy_services(&self, ns: &str, name: &str, ports: &[i64]) -> Vec<(String, Vec<i64>)> {
-        let mut out = vec![(name.to_string(), ports.to_vec())];
-        for split in &self.splits {
-            let split_ns = namespace_of(&split.metadata);
-            let apex = parse_authority(&split.spec.service, split_ns);
-            if split_ns != ns || apex.is_none_or(|t| t.namespace != ns || t.name != name) {
-                continue;
-            }
-            for b in &split.spec.backends {
-                if let Some(t) = parse_authority(&b.service, ns) {
-                    out.push((t.name, ports.to_vec()));
-                }
-            }
-        }
-        for route in &self.routes {
-            let route_ns = namespace_of(&route.metadata);
-            let attached = route.spec.parent_refs.iter().any(|p| {
-                p.kind.as_deref() == Some("Service")
-                    && p.name == name
-                    && p.namespace.as_deref().unwrap_or(route_ns) == ns
-            });
-            if !attached || route_ns != ns {
-                continue;
-            }
-            for b in route
-                .spec
-                .rules
-                .iter()
-                .flat_map(|r| r.backend_refs.iter().flatten())
-            {
-                let is_service = b.group.as_deref().unwrap_or_default().is_empty()
-                    && b.kind.as_deref().unwrap_or("Service") == "Service";
-                if is_service && b.namespace.as_deref().is_none_or(|n| n == ns) {
-                    let only = b.port.map_or_else(|| ports.to_vec(), |p| vec![p]);
-                    out.push((b.name.clone(), only));
-                }
-            }
-        }
-        out
-    }
-
-    /// The SPIFFE IDs that the EndpointSlices of a Service say front its endpoints.
-    fn meshed_identities<'a>(&'a self, ns: &str, svc: &str) -> impl Iterator<Item = &'a str> {
-        self.slices
-            .get(&(ns.to_string(), svc.to_string()))
-            .into_iter()
-            .flatten()
-            .filter_map(|s| {
-                s.metadata
-                    .annotations
-                    .get(resources::IDENTITY_ANNOTATION)
-                    .map(String::as_str)
-            })
-    }
-
-    /// Configuration that is valid but almost surely not what its author meant: an
-    /// AuthorizationPolicy that protects no workload, a TrafficSplit backend that names no
-    /// Service. Logged as warnings at every change.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for p in &self.policies {
-            let ns = namespace_of(&p.metadata);
-            let target = &p.spec.target_ref;
-            if target.kind != "Service" {
-                continue;
-            }
-            let protects = self
-                .policy_services(ns, &target.name, &p.spec.ports)
-                .iter()
-                .any(|(svc, _)| self.meshed_identities(ns, svc).next().is_some());
-            if !protects {
-                out.push(format!(
-                    "AuthorizationPolicy {ns}/{}: no meshed workload is behind Service {ns}/{} \
-                     (nor behind the backends of its TrafficSplits and HTTPRoutes): it protects nothing",
-                    p.metadata.name, target.name
-                ));
-            }
-        }
-        for split in &self.splits {
-            let ns = namespace_of(&split.metadata);
-            for (i, b) in split.spec.backends.iter().enumerate() {
-                let name = parse_authority(&b.service, ns).map_or(b.service.clone(), |t| t.name);
-                if !self.services.contains_key(&(ns.to_string(), name.clone())) {
-                    out.push(format!(
-                        "TrafficSplit {ns}/{}: field `spec.backends[{i}].service`: no Service {ns}/{name}; \
-                         its share of requests fails with 500",
-                        split.metadata.name
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    /// The application ports behind some (or all, when `only` is empty) ports of a Service.
-    fn service_app_ports(&self, ns: &str, name: &str, only: &[i64]) -> Vec<u32> {
-        let Some(svc) = self.services.get(&(ns.to_string(), name.to_string())) else {
-            return Vec::new();
-        };
-        let mut ports: Vec<u32> = svc
-            .spec
-            .ports
-            .iter()
-            .filter(|p| only.is_empty() || only.contains(&p.port))
-            .flat_map(|p| self.endpoints(ns, name, p))
-            .filter_map(|e| e.address.rsplit(':').next().and_then(|p| p.parse().ok()))
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        ports
     }
 
     /// The complete state for an authority, as sent to a proxy.
@@ -469,12 +308,12 @@ impl Model {
                     request_ms: t
                         .request
                         .as_deref()
-                        .and_then(|s| resources::parse_duration(s).ok())
+                        .and_then(|s| config::parse_duration(s).ok())
                         .unwrap_or(0),
                     backend_request_ms: t
                         .backend_request
                         .as_deref()
-                        .and_then(|s| resources::parse_duration(s).ok())
+                        .and_then(|s| config::parse_duration(s).ok())
                         .unwrap_or(0),
                 });
                 rules.push(pb::Rule {
@@ -699,11 +538,11 @@ fn meshed(slice: &EndpointSlice) -> Option<pb::MeshedEndpoint> {
     let identity = slice
         .metadata
         .annotations
-        .get(resources::IDENTITY_ANNOTATION)?;
+        .get(config::IDENTITY_ANNOTATION)?;
     let proxy_port = slice
         .metadata
         .annotations
-        .get(resources::PROXY_PORT_ANNOTATION)
+        .get(config::PROXY_PORT_ANNOTATION)
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     Some(pb::MeshedEndpoint {
@@ -834,7 +673,7 @@ pub fn version_of_bytes(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::source::files::Store;
 
     fn model(yaml: &str) -> Model {
         let dir = tempfile::tempdir().unwrap();

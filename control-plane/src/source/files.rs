@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::resources::{self, ObjectId, Parsed, Resource};
+use crate::config::{self, ObjectId, Parsed, Resource};
 
 /// A refused document, named by file, document number, object, field and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +243,7 @@ fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
     let previous = std::mem::take(&mut state.objects);
     state.errors.clear();
     for (i, doc) in docs.into_iter().enumerate() {
-        match resources::parse_document(doc) {
+        match config::parse_document(doc) {
             Ok(Parsed::Resource(id, resource)) => state.objects.push((id, *resource)),
             Ok(Parsed::Empty) => {}
             Ok(Parsed::Skipped { api_version, kind }) => {

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 
-use crate::ca::Ca;
+use crate::pki::ca::Ca;
 
 /// What handlers learn about a TLS client: the SPIFFE ID of its certificate, if it sent one.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub fn serving_config(
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for der in crate::ca::pem_blocks(&ca.anchors_pem, "CERTIFICATE") {
+    for der in crate::pki::ca::pem_blocks(&ca.anchors_pem, "CERTIFICATE") {
         roots.add(CertificateDer::from(der))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())

@@ -14,7 +14,7 @@ use pillion_proto::identity::v1 as pb;
 use pillion_proto::names::Identity;
 use tonic::{Request, Response, Status};
 
-use crate::ca::Ca;
+use crate::pki::ca::Ca;
 
 /// Token → `(namespace, service account)`, as last read from the tokens file.
 struct Tokens {
@@ -120,7 +120,7 @@ impl pb::identity_server::Identity for IdentityService {
     ) -> Result<Response<pb::CertifyResponse>, Status> {
         let peer = request.remote_addr();
         // A proxy that presents its certificate may renew only that identity.
-        if let Some(holder) = crate::tls::peer_identity(&request)
+        if let Some(holder) = crate::pki::serving::peer_identity(&request)
             && holder.spiffe_id() != request.get_ref().identity
         {
             tracing::warn!(holder = %holder.spiffe_id(), asked = %request.get_ref().identity, "certificate refused: the caller's certificate is for another identity");

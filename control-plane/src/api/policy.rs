@@ -6,7 +6,7 @@ use pillion_proto::policy::v1 as pb;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::discovery::{UpdateStream, watch_stream};
+use crate::api::watch::{UpdateStream, watch_stream};
 use crate::model::Model;
 
 pub struct PolicyService {
@@ -27,7 +27,7 @@ impl pb::inbound_policy_server::InboundPolicy for PolicyService {
         &self,
         request: Request<pb::InboundPolicyRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        if let Some(peer) = crate::tls::peer_identity(&request)
+        if let Some(peer) = crate::pki::serving::peer_identity(&request)
             && peer.spiffe_id() != request.get_ref().identity
         {
             tracing::warn!(peer = %peer.spiffe_id(), asked = %request.get_ref().identity, "policy watch refused: another identity's policy");

@@ -1,0 +1,3 @@
+//! Where configuration comes from. Today a directory of YAML files; Kubernetes later.
+
+pub mod files;
