@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// Run the proxies without identities: plaintext between them.
     #[arg(long)]
     pub no_mtls: bool,
+    /// Send every request's spans (100 % sampling) to this Zipkin collector
+    /// (`http://localhost:9411/api/v2/spans`).
+    #[arg(long, env = "PILLION_ZIPKIN_URL")]
+    pub zipkin_url: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -70,6 +74,7 @@ fn proxy_env(
     workload: &str,
     forward: Option<SocketAddr>,
     mtls: Option<Mtls<'_>>,
+    zipkin: Option<&str>,
 ) -> HashMap<&'static str, String> {
     let mut env = HashMap::from([
         ("PILLION_CONTROL_PLANE_ADDR", cp.to_string()),
@@ -81,6 +86,10 @@ fn proxy_env(
     ]);
     if let Some(f) = forward {
         env.insert("PILLION_INBOUND_FORWARD", f.to_string());
+    }
+    if let Some(url) = zipkin {
+        env.insert("PILLION_ZIPKIN_URL", url.to_string());
+        env.insert("PILLION_TRACE_SAMPLE_RATE", "1".to_string());
     }
     if let Some(m) = mtls {
         env.insert("PILLION_TRUST_ANCHORS", m.anchors.display().to_string());
@@ -284,6 +293,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &format!("default/web-{version}"),
             Some(app),
             identity("web"),
+            args.zipkin_url.as_deref(),
         ))
         .await?;
         endpoints.push(if mtls {
@@ -313,6 +323,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "default/client",
         None,
         identity("client"),
+        args.zipkin_url.as_deref(),
     ))
     .await?;
     let outbound = client_proxy.outbound_addr;
@@ -330,6 +341,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "  web-{} proxy   inbound {}, admin http://{}/config",
             e.version, p.inbound_addr, p.admin_addr
         );
+    }
+    if let Some(url) = &args.zipkin_url {
+        println!("  spans of every request go to {url}");
     }
     if mtls {
         println!(

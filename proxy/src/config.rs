@@ -70,6 +70,13 @@ pub struct Config {
     pub inbound_policy: InboundPolicy,
     /// Destinations watched at once (least recently used forgotten past it).
     pub max_destinations: usize,
+    /// Where spans go (`PILLION_ZIPKIN_URL`, `http://…/api/v2/spans`); `None`: no tracing.
+    pub zipkin_url: Option<http::Uri>,
+    /// Probability that a request arriving with no sampling decision is traced.
+    pub trace_sample_rate: f64,
+    /// `localEndpoint.serviceName` of this proxy's spans (`PILLION_SERVICE_NAME`, default
+    /// `name.namespace` of the workload).
+    pub service_name: String,
     /// How long a request waits for response headers when its route sets no timeout
     /// (`PILLION_REQUEST_TIMEOUT`, 30 s; `None`: no limit).
     pub request_timeout: Option<Duration>,
@@ -126,6 +133,7 @@ impl Config {
             }
         };
         let namespace_for_identity = namespace.clone();
+        let workload_for_name = workload.clone();
         Ok(Config {
             control_plane_addr,
             outbound_listen: addr(env, "PILLION_OUTBOUND_LISTEN", "127.0.0.1:4140")?,
@@ -175,6 +183,27 @@ impl Config {
                 "PILLION_MAX_DESTINATIONS",
                 crate::control::discovery::MAX_WATCHES,
             )?,
+            zipkin_url: match env.get("PILLION_ZIPKIN_URL") {
+                None => None,
+                Some(v) => Some(zipkin_url(&v)?),
+            },
+            trace_sample_rate: match env.get("PILLION_TRACE_SAMPLE_RATE") {
+                None => DEFAULT_SAMPLE_RATE,
+                Some(v) => match v.trim().parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => r,
+                    _ => {
+                        return Err(ConfigError {
+                            var: "PILLION_TRACE_SAMPLE_RATE",
+                            value: v,
+                            reason: "expected a probability from 0 to 1, such as 0.01".into(),
+                        });
+                    }
+                },
+            },
+            service_name: env.get("PILLION_SERVICE_NAME").unwrap_or_else(|| {
+                let (ns, name) = workload_for_name.split_once('/').unwrap_or(("", ""));
+                format!("{name}.{ns}")
+            }),
             inbound_policy: match env.get("PILLION_INBOUND_DEFAULT_POLICY").as_deref() {
                 None | Some("all-unauthenticated") => InboundPolicy::AllUnauthenticated,
                 Some("all-authenticated") => InboundPolicy::AllAuthenticated,
@@ -275,6 +304,26 @@ fn duration(env: &dyn Env, var: &'static str, default: &str) -> Result<Duration,
     })
 }
 
+/// Requests arriving with no sampling decision traced by default: 1 %.
+pub const DEFAULT_SAMPLE_RATE: f64 = 0.01;
+
+/// An `http://` URL of a Zipkin collector's span endpoint.
+fn zipkin_url(v: &str) -> Result<http::Uri, ConfigError> {
+    let bad = |reason: &str| ConfigError {
+        var: "PILLION_ZIPKIN_URL",
+        value: v.to_string(),
+        reason: reason.into(),
+    };
+    let uri: http::Uri = v
+        .trim()
+        .parse()
+        .map_err(|_| bad("not a URL such as http://zipkin.tracing:9411/api/v2/spans"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(bad("expected http://host:port/api/v2/spans"));
+    }
+    Ok(uri)
+}
+
 /// A positive number.
 fn count(env: &dyn Env, var: &'static str, default: usize) -> Result<usize, ConfigError> {
     match env.get(var) {
@@ -352,6 +401,8 @@ mod tests {
             ("PILLION_SHUTDOWN_GRACE", "soon"),
             ("PILLION_REQUEST_TIMEOUT", "10 parsecs"),
             ("PILLION_MAX_DESTINATIONS", "0"),
+            ("PILLION_ZIPKIN_URL", "zipkin:9411"),
+            ("PILLION_TRACE_SAMPLE_RATE", "2"),
             ("PILLION_OPAQUE_PORTS", "25,smtp"),
         ] {
             let err = Config::from_env(&env(&[

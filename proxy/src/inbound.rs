@@ -32,6 +32,8 @@ pub struct Inbound {
     pub connect_timeout: Duration,
     /// How long a request waits for the application's response headers (`None`: no limit).
     pub request_timeout: Option<Duration>,
+    /// Records a SERVER span per sampled request, when tracing is on.
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
     pub identity: Option<Arc<LocalIdentity>>,
     pub policies: Policies,
 }
@@ -147,10 +149,16 @@ impl Handler for Inbound {
         Direction::inbound
     }
 
-    async fn http(self: Arc<Self>, req: Request<Body>, conn: ConnMeta) -> Response<Body> {
+    async fn http(self: Arc<Self>, mut req: Request<Body>, conn: ConnMeta) -> Response<Body> {
         let grpc = is_grpc(req.headers());
         let authority = authority_of(&req).unwrap_or_default();
         let mut obs = Observation::new(Direction::inbound, Label::from(authority.as_str()));
+        if let Some(tracer) = &self.tracer {
+            obs.span = tracer
+                .start(crate::telemetry::trace::Kind::Server, &mut req)
+                .map(|span| (tracer.clone(), span));
+            obs.remote(conn.peer, None);
+        }
         obs.tls = conn.tls;
         if let Some(id) = &conn.client_id {
             obs.peer_identity = Label(id.clone());

@@ -75,6 +75,18 @@ impl Proxy {
         );
 
         let metrics = Arc::new(metrics::Metrics::new());
+        let tracer = config.zipkin_url.clone().map(|url| {
+            let exporter = telemetry::trace::zipkin::Exporter::spawn(
+                url,
+                metrics.spans_sent.clone(),
+                metrics.spans_dropped.clone(),
+            );
+            Arc::new(telemetry::trace::Tracer::new(
+                config.trace_sample_rate,
+                &config.service_name,
+                exporter,
+            ))
+        });
         let identity = match config.identity.clone() {
             Some(settings) => Some(identity::LocalIdentity::new(settings)?),
             None => None,
@@ -135,6 +147,7 @@ impl Proxy {
             passthrough: balance::EndpointCache::new(config.connect_timeout),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            tracer: tracer.clone(),
             own_ports: vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()],
             identity: identity.clone(),
             discovery_timeout: config.discovery_timeout,
@@ -149,6 +162,7 @@ impl Proxy {
             metrics: metrics.clone(),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            tracer,
             identity: identity.clone(),
             policies: policies.clone(),
         });

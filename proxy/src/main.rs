@@ -21,6 +21,7 @@ PILLION_CONTROL_PLANE_ADDR (host:port of the control plane). Often set too:
   PILLION_INBOUND_FORWARD         the local application (default 127.0.0.1:<original port>)
   PILLION_REQUEST_TIMEOUT         wait for response headers at most this long (30s; 0: none)
   PILLION_TRUST_ANCHORS, PILLION_IDENTITY_TOKEN_FILE   mTLS identity
+  PILLION_ZIPKIN_URL              send spans to this Zipkin collector (http://.../api/v2/spans)
   PILLION_LOG, PILLION_LOG_FORMAT log filter (info) and format (text or json)
 ";
 

@@ -31,6 +31,8 @@ pub struct Outbound {
     pub connect_timeout: Duration,
     /// The wait for response headers when the route sets no timeout.
     pub request_timeout: Option<Duration>,
+    /// Records a CLIENT span per sampled request, when tracing is on.
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
     /// The proxy's own listeners: a redirected connection to one of them would loop.
     pub own_ports: Vec<u16>,
     /// This proxy's identity, when it has one: requests to meshed endpoints wait (bounded)
@@ -103,6 +105,11 @@ impl Outbound {
                     .ok_or(ProxyError::NoEndpoints)?
                     .clone();
                 obs.tls = endpoint.conns.is_tls();
+                let remote = endpoint
+                    .meshed
+                    .as_ref()
+                    .map_or(endpoint.addr, |m| m.proxy_addr);
+                obs.remote(remote, service_of(name));
                 if let Some(m) = &endpoint.meshed {
                     obs.peer_identity = Label(m.identity.clone());
                 }
@@ -273,6 +280,14 @@ impl Outbound {
     }
 }
 
+/// `web.default` of `web.default.svc.cluster.local:80`: a span's remote service name.
+fn service_of(backend: &str) -> Option<&str> {
+    let host = backend.split(':').next()?;
+    let mut labels = host.splitn(3, '.');
+    let (name, ns) = (labels.next()?, labels.next()?);
+    Some(&host[..name.len() + 1 + ns.len()])
+}
+
 fn is_local(addr: SocketAddr) -> bool {
     addr.ip().is_loopback() || addr.ip().is_unspecified()
 }
@@ -282,11 +297,18 @@ impl Handler for Outbound {
         Direction::outbound
     }
 
-    async fn http(self: Arc<Self>, req: Request<Body>, conn: ConnMeta) -> Response<Body> {
+    async fn http(self: Arc<Self>, mut req: Request<Body>, conn: ConnMeta) -> Response<Body> {
         let grpc = is_grpc(req.headers());
         // Counted under the destination's name once routing finds it in the mesh; anything
         // else (made-up hosts, egress) under one `unknown` authority.
         let mut obs = Observation::new(Direction::outbound, Label::default());
+        if let Some(tracer) = &self.tracer
+            && req.method() != http::Method::CONNECT
+        {
+            obs.span = tracer
+                .start(crate::telemetry::trace::Kind::Client, &mut req)
+                .map(|span| (tracer.clone(), span));
+        }
         let result = self.route(req, conn.clone(), &mut obs).await;
         obs.finish(&self.metrics, result, grpc)
     }

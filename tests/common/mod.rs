@@ -444,12 +444,22 @@ impl Mesh {
     /// The mTLS mesh with the two versions' applications already listening at `apps`, each
     /// with an optional `appProtocol` on its EndpointSlice port (`kubernetes.io/h2c`, `http`).
     pub async fn start_mtls_apps(apps: Vec<SocketAddr>, hints: [Option<&str>; 2]) -> Mesh {
+        Self::start_mtls_apps_env(apps, hints, &[], &[]).await
+    }
+
+    /// `start_mtls_apps` with extra environment for the client and the server proxies.
+    pub async fn start_mtls_apps_env(
+        apps: Vec<SocketAddr>,
+        hints: [Option<&str>; 2],
+        client_env: &[(&str, String)],
+        server_env: &[(&str, String)],
+    ) -> Mesh {
         let mtls = MtlsOpts {
             lifetime: "24h",
-            server_env: &[],
+            server_env,
             cp_tls: false,
         };
-        Self::start_hinted(1, 1, apps, &[], Some(mtls), hints)
+        Self::start_hinted(1, 1, apps, client_env, Some(mtls), hints)
             .await
             .started()
             .await

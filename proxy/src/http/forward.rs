@@ -16,6 +16,7 @@ use crate::http::pool::Protocol;
 use crate::telemetry::metrics::{
     Direction, Label, LatencyLabels, Metrics, RequestLabels, ResponseLabels,
 };
+use crate::telemetry::trace::{ActiveSpan, Tracer};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [&str; 6] = [
@@ -365,7 +366,6 @@ pub fn shortest(timeouts: impl IntoIterator<Item = Option<Duration>>) -> Option<
 }
 
 /// What a request is counted under; filled in as routing learns more.
-#[derive(Clone)]
 pub struct Observation {
     pub direction: Direction,
     pub authority: Label,
@@ -376,6 +376,8 @@ pub struct Observation {
     /// The peer's SPIFFE ID: the client (inbound) or the endpoint's proxy (outbound).
     pub peer_identity: Label,
     pub started: Instant,
+    /// The span this hop records, when the request is sampled.
+    pub span: Option<(Arc<Tracer>, ActiveSpan)>,
 }
 
 impl Observation {
@@ -388,13 +390,22 @@ impl Observation {
             tls: false,
             peer_identity: Label::default(),
             started: Instant::now(),
+            span: None,
+        }
+    }
+
+    /// The span's remote end: the endpoint (outbound) or the caller (inbound).
+    pub fn remote(&mut self, addr: std::net::SocketAddr, service: Option<&str>) {
+        if let Some((_, span)) = &mut self.span {
+            span.remote = Some(addr);
+            span.remote_service = service.map(str::to_string);
         }
     }
 
     /// Counts the request and its response (or the proxy's error), and turns an error into the
     /// response the client gets.
     pub fn finish(
-        self,
+        mut self,
         metrics: &Arc<Metrics>,
         result: Result<Response<Body>, ProxyError>,
         grpc: bool,
@@ -434,6 +445,22 @@ impl Observation {
             },
             self.started.elapsed().as_secs_f64(),
         );
+        if let Some((tracer, mut span)) = self.span.take() {
+            span.tag("http.status_code", resp.status().as_str());
+            if let Some(g) = &header_status {
+                span.tag("grpc.status_code", &*g.0);
+            }
+            if !error.0.is_empty() {
+                span.tag("error", &*error.0);
+            } else if resp.status().is_server_error() {
+                span.tag("error", resp.status().as_str());
+            }
+            span.tag("pillion.authority", &*authority.0);
+            span.tag("pillion.route", &*self.route.0);
+            span.tag("pillion.backend", &*self.backend.0);
+            span.tag("pillion.peer_identity", &*self.peer_identity.0);
+            tracer.finish(span);
+        }
         let labels = ResponseLabels {
             direction: self.direction,
             authority,

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub control_plane_connected: Gauge<i64, AtomicI64>,
     pub destination_updates: Counter,
     pub destinations: Gauge<i64, AtomicI64>,
+    pub spans_sent: Counter,
+    pub spans_dropped: Counter,
     series: RwLock<HashMap<Arc<str>, AuthoritySeries>>,
     unknown: Label,
 }
@@ -190,7 +192,21 @@ impl Metrics {
             "Destinations the proxy currently watches",
             destinations.clone(),
         );
+        let spans_sent = Counter::default();
+        registry.register(
+            "spans_sent",
+            "Spans the Zipkin collector accepted",
+            spans_sent.clone(),
+        );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "spans_dropped",
+            "Spans dropped: the export queue was full, or the collector refused them or was unreachable",
+            spans_dropped.clone(),
+        );
         Metrics {
+            spans_sent,
+            spans_dropped,
             registry,
             requests,
             responses,

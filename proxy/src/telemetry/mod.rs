@@ -1,3 +1,4 @@
-//! What the proxy reports: Prometheus metrics.
+//! What the proxy reports: Prometheus metrics and Zipkin spans.
 
 pub mod metrics;
+pub mod trace;
