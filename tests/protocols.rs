@@ -315,6 +315,16 @@ async fn admin_port_reports_readiness_metrics_and_config() {
         metrics.contains("pillion_response_latency_seconds_bucket"),
         "{metrics}"
     );
+    for family in [
+        "classification=\"success\"",
+        "pillion_tcp_open_total{direction=\"outbound\"}",
+        "pillion_tcp_read_bytes_total{direction=\"outbound\"}",
+        "pillion_destination_version_info{authority=\"web.default.svc.cluster.local:80\",version=\"",
+        "pillion_process_resident_memory_bytes ",
+        "pillion_process_cpu_seconds_total ",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
     promtool_accepts(&metrics);
     let (_, server_metrics) = admin_get(mesh.server_proxies[0].admin, "/metrics").await;
     assert!(

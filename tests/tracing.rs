@@ -297,4 +297,15 @@ async fn one_request_is_one_trace_across_three_proxies() {
         metrics.contains("pillion_spans_dropped_total 0"),
         "{metrics}"
     );
+    // The certificate held expires in the future (the mesh's leaves live 24 h).
+    let expiry: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pillion_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no expiry in {metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(expiry > now + 3600, "{expiry} vs now {now}");
 }

@@ -1,5 +1,6 @@
 //! What the proxy, the control plane and the CLI share and neither may own: one duration
-//! grammar for every flag and variable, and one way to set up logs.
+//! grammar for every flag and variable, one way to set up logs, and the process metrics.
 
 pub mod duration;
 pub mod logging;
+pub mod process;

@@ -183,7 +183,12 @@ impl LocalIdentity {
     }
 
     /// Obtains and renews the certificate for as long as the proxy runs.
-    pub async fn run(self: Arc<Self>, channel: tonic::transport::Channel) {
+    /// `expiry` shows when the certificate held expires (Unix seconds).
+    pub async fn run(
+        self: Arc<Self>,
+        channel: tonic::transport::Channel,
+        expiry: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
+    ) {
         let mut client = pb::identity_client::IdentityClient::new(channel);
         let mut backoff = Duration::from_millis(200);
         let mut expires: Option<SystemTime> = None;
@@ -192,6 +197,9 @@ impl LocalIdentity {
                 Ok((valid_from, valid_until)) => {
                     backoff = Duration::from_millis(200);
                     expires = Some(valid_until);
+                    if let Ok(t) = valid_until.duration_since(UNIX_EPOCH) {
+                        expiry.set(t.as_secs() as i64);
+                    }
                     renew_after(valid_from, valid_until)
                 }
                 Err(e) => {

@@ -186,7 +186,8 @@ impl Proxy {
                 tokio::spawn(admin_srv.serve(admin)),
             ];
             if let Some(identity) = identity {
-                background.push(tokio::spawn(identity.run(bootstrap)));
+                let expiry = metrics.certificate_expiry.clone();
+                background.push(tokio::spawn(identity.run(bootstrap, expiry)));
             }
             // CONNECT tunnels accepted by the outbound handler, each served as a connection.
             let (handler, cfg, stop) = (

@@ -153,7 +153,7 @@ pub async fn serve<H: Handler>(
 }
 
 async fn serve_conn<H: Handler>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<H>,
     cfg: Arc<ListenerConfig>,
@@ -165,6 +165,15 @@ async fn serve_conn<H: Handler>(
         return;
     };
     let orig_dst = crate::transport::orig_dst::original_dst(&stream);
+    let direction = handler.direction();
+    let by_direction = DirectionLabel { direction };
+    metrics.tcp_open.get_or_create(&by_direction).inc();
+    let mut stream = crate::transport::counted::Counted::new(
+        stream,
+        metrics.tcp_read_bytes.get_or_create(&by_direction).clone(),
+        metrics.tcp_write_bytes.get_or_create(&by_direction).clone(),
+        metrics.tcp_close.get_or_create(&by_direction).clone(),
+    );
     let mut conn = ConnMeta {
         peer,
         local,
@@ -185,7 +194,6 @@ async fn serve_conn<H: Handler>(
             }
         }
     };
-    let direction = handler.direction();
     let count = |protocol: &'static str| {
         metrics
             .connections

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use crate::balance::Endpoint;
 use crate::http::errors::ProxyError;
 use crate::route::snapshot::Snapshot;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Label, Metrics, VersionLabels};
 
 /// A destination nobody asked for in this long is forgotten (its watch closed).
 const IDLE_AFTER: Duration = Duration::from_secs(600);
@@ -306,6 +306,11 @@ impl Destinations {
         tx: watch::Sender<Option<Arc<Snapshot>>>,
     ) {
         let mut endpoints: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
+        // The version series this watch shows, removed when it changes or the watch ends.
+        let mut shown = VersionShown {
+            metrics: self.metrics.clone(),
+            labels: None,
+        };
         let mut backoff = BACKOFF_MIN;
         loop {
             let req = pb::WatchRequest {
@@ -332,6 +337,7 @@ impl Destinations {
                                     Ok(s) => {
                                         tracing::debug!(%fqdn, %version, "destination updated");
                                         let s = Arc::new(s);
+                                        self.show_version(&mut shown, &s);
                                         tx.send_replace(Some(s.clone()));
                                         if !s.in_mesh() {
                                             // No watch is kept for what is not in the mesh:
@@ -364,6 +370,24 @@ impl Destinations {
             backoff = next_backoff(backoff);
             tokio::time::sleep(backoff).await;
         }
+    }
+
+    /// `pillion_destination_version_info{authority, version}`: the version in force.
+    fn show_version(&self, shown: &mut VersionShown, s: &Snapshot) {
+        if !s.in_mesh() {
+            return;
+        }
+        let labels = VersionLabels {
+            authority: Label(s.fqdn.clone()),
+            version: Label::from(s.version.as_str()),
+        };
+        if let Some(old) = shown.labels.replace(labels.clone()) {
+            self.metrics.destination_version.remove(&old);
+        }
+        self.metrics
+            .destination_version
+            .get_or_create(&labels)
+            .set(1);
     }
 
     /// Forgets destinations not used for a while; run periodically.
@@ -402,6 +426,20 @@ impl Destinations {
             out.insert(key, v);
         }
         serde_json::Value::Object(out)
+    }
+}
+
+/// The version series a watch shows; dropped with the watch (task aborted or ended).
+struct VersionShown {
+    metrics: Arc<Metrics>,
+    labels: Option<VersionLabels>,
+}
+
+impl Drop for VersionShown {
+    fn drop(&mut self) {
+        if let Some(l) = self.labels.take() {
+            self.metrics.destination_version.remove(&l);
+        }
     }
 }
 

@@ -14,7 +14,8 @@ use crate::http::body::{self, Body, Guarded};
 use crate::http::errors::ProxyError;
 use crate::http::pool::Protocol;
 use crate::telemetry::metrics::{
-    Direction, Label, LatencyLabels, Metrics, RequestLabels, ResponseLabels,
+    Classification, Direction, ErrorLabels, Label, LatencyLabels, Metrics, RequestLabels,
+    ResponseLabels,
 };
 use crate::telemetry::trace::{ActiveSpan, Tracer};
 
@@ -461,6 +462,16 @@ impl Observation {
             span.tag("pillion.peer_identity", &*self.peer_identity.0);
             tracer.finish(span);
         }
+        if !error.0.is_empty() {
+            metrics
+                .proxy_errors
+                .get_or_create(&ErrorLabels {
+                    direction: self.direction,
+                    reason: error.clone(),
+                })
+                .inc();
+        }
+        let classification = classify(resp.status(), header_status.as_ref());
         let labels = ResponseLabels {
             direction: self.direction,
             authority,
@@ -471,6 +482,7 @@ impl Observation {
             error,
             tls: self.tls,
             peer_identity: self.peer_identity,
+            classification,
         };
         // A gRPC answer that is not trailers-only says its status in the trailers: count the
         // response when they arrive.
@@ -479,12 +491,16 @@ impl Observation {
             let metrics = metrics.clone();
             let body = body::OnEnd::wrap(body, move |trailers| {
                 let mut labels = labels;
-                if let Some(status) = trailers
+                let status = trailers
                     .and_then(|t| t.get("grpc-status"))
                     .and_then(|v| v.to_str().ok())
-                {
-                    labels.grpc_status = Label::from(status);
-                }
+                    .map(Label::from);
+                // A gRPC stream that ends without a status (cancelled, reset) failed.
+                labels.classification = match &status {
+                    Some(s) if &*s.0 == "0" => Classification::success,
+                    _ => Classification::failure,
+                };
+                labels.grpc_status = status.unwrap_or_default();
                 metrics.count_response(labels);
             });
             return Response::from_parts(parts, body);
@@ -494,9 +510,43 @@ impl Observation {
     }
 }
 
+/// A response failed when its status is 5xx or a gRPC status other than OK came with it. A
+/// 4xx (the proxy's own 403, 404 or 400 included) is the caller's doing, not a failure.
+fn classify(status: http::StatusCode, grpc: Option<&Label>) -> Classification {
+    let grpc_failed = grpc.is_some_and(|g| &*g.0 != "0");
+    if status.is_server_error() || grpc_failed {
+        Classification::failure
+    } else {
+        Classification::success
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_classified() {
+        let ok = http::StatusCode::OK;
+        assert_eq!(classify(ok, None), Classification::success);
+        assert_eq!(
+            classify(ok, Some(&Label::from("0"))),
+            Classification::success
+        );
+        assert_eq!(
+            classify(http::StatusCode::NOT_FOUND, None),
+            Classification::success,
+            "a 4xx is the caller's doing"
+        );
+        assert_eq!(
+            classify(http::StatusCode::BAD_GATEWAY, None),
+            Classification::failure
+        );
+        assert_eq!(
+            classify(ok, Some(&Label::from("14"))),
+            Classification::failure
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_te_trailers_stays() {

@@ -61,6 +61,29 @@ pub struct ResponseLabels {
     pub tls: bool,
     /// The peer's SPIFFE ID (inbound: the client; outbound: the endpoint's proxy), or empty.
     pub peer_identity: Label,
+    /// `success`, or `failure`: a 5xx, a proxy error, or a gRPC status other than OK.
+    pub classification: Classification,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Classification {
+    success,
+    failure,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub direction: Direction,
+    /// The proxy's reason (`connect failed`, `timeout`, `not in mesh`, ...).
+    pub reason: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub authority: Label,
+    /// The version of the destination state in force (a content hash from the control plane).
+    pub version: Label,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -119,13 +142,22 @@ pub struct Metrics {
     pub destinations: Gauge<i64, AtomicI64>,
     pub spans_sent: Counter,
     pub spans_dropped: Counter,
+    pub proxy_errors: Family<ErrorLabels, Counter>,
+    pub tcp_open: Family<DirectionLabel, Counter>,
+    pub tcp_close: Family<DirectionLabel, Counter>,
+    pub tcp_read_bytes: Family<DirectionLabel, Counter>,
+    pub tcp_write_bytes: Family<DirectionLabel, Counter>,
+    pub destination_version: Family<VersionLabels, Gauge<i64, AtomicI64>>,
+    pub certificate_expiry: Gauge<i64, AtomicI64>,
     series: RwLock<HashMap<Arc<str>, AuthoritySeries>>,
     unknown: Label,
 }
 
 fn latency_histogram() -> Histogram {
+    // From 100 µs: a proxy's own latency is well under a millisecond.
     Histogram::new([
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
     ])
 }
 
@@ -204,7 +236,49 @@ impl Metrics {
             "Spans dropped: the export queue was full, or the collector refused them or was unreachable",
             spans_dropped.clone(),
         );
+        let proxy_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "proxy_errors",
+            "Requests the proxy answered itself with an error, by direction and reason",
+            proxy_errors.clone(),
+        );
+        let tcp_open = Family::<DirectionLabel, Counter>::default();
+        registry.register("tcp_open", "TCP connections accepted", tcp_open.clone());
+        let tcp_close = Family::<DirectionLabel, Counter>::default();
+        registry.register("tcp_close", "TCP connections closed", tcp_close.clone());
+        let tcp_read_bytes = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from accepted connections (counted at least every 64 KiB and at close)",
+            tcp_read_bytes.clone(),
+        );
+        let tcp_write_bytes = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to accepted connections (counted at least every 64 KiB and at close)",
+            tcp_write_bytes.clone(),
+        );
+        let destination_version = Family::<VersionLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "destination_version_info",
+            "1 for the version of each watched destination's state in force",
+            destination_version.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the proxy's workload certificate expires (Unix seconds; 0 without one)",
+            certificate_expiry.clone(),
+        );
+        registry.register_collector(Box::new(pillion_core::process::ProcessCollector::default()));
         Metrics {
+            proxy_errors,
+            tcp_open,
+            tcp_close,
+            tcp_read_bytes,
+            tcp_write_bytes,
+            destination_version,
+            certificate_expiry,
             spans_sent,
             spans_dropped,
             registry,
@@ -373,6 +447,7 @@ mod tests {
                 error: Label::default(),
                 tls: false,
                 peer_identity: Label::default(),
+                classification: Classification::success,
             },
             LatencyLabels {
                 direction,
@@ -455,6 +530,7 @@ mod tests {
                 error: Label::default(),
                 tls: false,
                 peer_identity: Label::default(),
+                classification: Classification::success,
             })
             .inc();
         m.tls_handshake_failures
@@ -471,6 +547,26 @@ mod tests {
                 protocol: Label::from("h2"),
             })
             .inc();
+        m.proxy_errors
+            .get_or_create(&ErrorLabels {
+                direction,
+                reason: Label::from("timeout"),
+            })
+            .inc();
+        for family in [
+            &m.tcp_open,
+            &m.tcp_close,
+            &m.tcp_read_bytes,
+            &m.tcp_write_bytes,
+        ] {
+            family.get_or_create(&DirectionLabel { direction }).inc();
+        }
+        m.destination_version
+            .get_or_create(&VersionLabels {
+                authority: Label::from("a"),
+                version: Label::from("v"),
+            })
+            .set(1);
         let text = m.encode();
         let docs = include_str!("../../../docs/metrics.md");
         let mut families = Vec::new();
