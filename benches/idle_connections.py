@@ -43,7 +43,8 @@ def rss_kib(pid):
 
 env = dict(os.environ, PILLION_LOG_FORMAT="json", PILLION_LOG="info")
 conf = tempfile.mkdtemp(prefix="pillion-bench-")
-cp = subprocess.Popen([cp_bin, "--config-dir", conf, "--listen", "127.0.0.1:0"], env=env,
+cp = subprocess.Popen([cp_bin, "--config-dir", conf, "--listen", "127.0.0.1:0",
+                       "--admin-listen", "127.0.0.1:0"], env=env,
                       stderr=subprocess.PIPE, text=True)
 cp_addr = wait_line(cp, "addr")["addr"]
 penv = dict(env, PILLION_CONTROL_PLANE_ADDR=cp_addr, PILLION_OUTBOUND_LISTEN="127.0.0.1:0",

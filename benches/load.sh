@@ -37,7 +37,7 @@ ports: [{name: http, port: ${APP##*:}}]
 endpoints: [{addresses: ["127.0.0.1"]}]
 YAML
 PILLION_LOG_FORMAT=json PILLION_LOG=warn,pillion_control_plane=info \
-  $T/pillion-control-plane --config-dir "$dir" --listen 127.0.0.1:0 2>"$dir/cp.log" &
+  $T/pillion-control-plane --config-dir "$dir" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 2>"$dir/cp.log" &
 pids+=($!)
 wait_for "$dir/cp.log" "control plane listening"
 CP=$(json_field "$dir/cp.log" addr)

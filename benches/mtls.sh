@@ -28,7 +28,7 @@ mkdir "$dir/config"
 printf 'tok-web default/web\ntok-client default/client\n' >"$dir/tokens"
 echo -n tok-web >"$dir/token-web"; echo -n tok-client >"$dir/token-client"
 PILLION_LOG_FORMAT=json PILLION_LOG=warn,pillion_control_plane=info \
-  $B/pillion-control-plane --config-dir "$dir/config" --listen 127.0.0.1:0 \
+  $B/pillion-control-plane --config-dir "$dir/config" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --ca-dir "$dir/ca" --identity-tokens "$dir/tokens" 2>"$dir/cp.log" & pids+=($!)
 wait_for "$dir/cp.log" "control plane listening"
 CP=$(json_field "$dir/cp.log" addr)

@@ -326,6 +326,23 @@ async fn admin_port_reports_readiness_metrics_and_config() {
         assert!(metrics.contains(family), "{family} missing:\n{metrics}");
     }
     promtool_accepts(&metrics);
+    // The control plane's own metrics: the client proxy watches `web` (the server proxies,
+    // without identities, watch nothing), and was pushed its state.
+    let (status, cp_metrics) = admin_get(mesh.cp.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for family in [
+        "pillion_control_plane_proxies 1",
+        "pillion_control_plane_watches{kind=\"discovery\"}",
+        "pillion_control_plane_pushes_total{kind=\"discovery\"}",
+        "pillion_control_plane_config_errors 0",
+        "pillion_control_plane_process_resident_memory_bytes ",
+    ] {
+        assert!(
+            cp_metrics.contains(family),
+            "{family} missing:\n{cp_metrics}"
+        );
+    }
+    promtool_accepts(&cp_metrics);
     let (_, server_metrics) = admin_get(mesh.server_proxies[0].admin, "/metrics").await;
     assert!(
         server_metrics.contains("direction=\"inbound\""),

@@ -308,4 +308,16 @@ async fn one_request_is_one_trace_across_three_proxies() {
         .unwrap()
         .as_secs();
     assert!(expiry > now + 3600, "{expiry} vs now {now}");
+    // The CA issued one certificate to each of the three proxies, each watching its policy.
+    let (_, cp) = admin_get(mesh.cp.admin, "/metrics").await;
+    let issued: u64 = cp
+        .lines()
+        .find_map(|l| l.strip_prefix("pillion_control_plane_certificates_issued_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default();
+    assert!(issued >= 3, "{cp}");
+    assert!(
+        cp.contains("pillion_control_plane_watches{kind=\"policy\"} 3"),
+        "{cp}"
+    );
 }

@@ -3,6 +3,7 @@
 
 //! Modules by layer: `api` and `source` → `model` → `config`, `pki`.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod model;
@@ -45,6 +46,13 @@ pub struct Args {
         default_value = "0.0.0.0:8086"
     )]
     pub listen: SocketAddr,
+    /// Address of the admin port (`/metrics`, `/live`, `/ready`).
+    #[arg(
+        long = "admin-listen",
+        env = "PILLION_CONTROL_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8087"
+    )]
+    pub admin_listen: SocketAddr,
     /// Directory of the certificate authority (generated there on first start if empty).
     /// Without it the Identity service is off and proxies run without mTLS.
     #[arg(long, env = "PILLION_CA_DIR")]
@@ -78,6 +86,7 @@ impl Args {
         Args {
             config_dir,
             listen,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ca_dir: None,
             trust_domain: "cluster.local".into(),
             leaf_lifetime: Duration::from_secs(24 * 3600),
@@ -90,6 +99,7 @@ impl Args {
 /// A running control plane's handles, for embedding (the CLI demo and tests).
 pub struct ControlPlane {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     model: watch::Receiver<Arc<Model>>,
 }
 
@@ -104,16 +114,24 @@ impl ControlPlane {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr()?;
+        let admin_listener = TcpListener::bind(args.admin_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.admin_listen))?;
+        let admin_addr = admin_listener.local_addr()?;
+        let metrics = Arc::new(admin::Metrics::new());
         let mut store = Store::new(&args.config_dir);
         store.scan().map_err(|e| {
             anyhow::anyhow!("cannot read config dir {}: {e}", args.config_dir.display())
         })?;
         let model = Model::new(store.objects(), 1);
         warn_about(&model);
+        metrics.config_generation.set(1);
+        metrics.config_errors.set(store.errors().len() as i64);
         let (tx, rx) = watch::channel(Arc::new(model));
-        let watcher = tokio::spawn(watch_dir(store, tx));
-        let service = discovery::DiscoveryService::new(rx.clone());
-        let policy = policy::PolicyService::new(rx.clone());
+        let watcher = tokio::spawn(watch_dir(store, tx, metrics.clone()));
+        let admin_server = tokio::spawn(admin::serve(admin_listener, metrics.clone()));
+        let service = discovery::DiscoveryService::new(rx.clone(), metrics.clone());
+        let policy = policy::PolicyService::new(rx.clone(), metrics.clone());
         let ca = match &args.ca_dir {
             Some(dir) => Some(Arc::new(ca::Ca::load_or_generate(
                 dir,
@@ -141,10 +159,11 @@ impl ControlPlane {
             IdentityServer::new(identity::IdentityService::new(
                 ca,
                 args.identity_tokens.clone(),
+                metrics.clone(),
             ))
         });
         // Logged once everything a proxy needs exists (the CA files included).
-        tracing::info!(%addr, dir = %args.config_dir.display(), "control plane listening");
+        tracing::info!(%addr, %admin_addr, dir = %args.config_dir.display(), "control plane listening");
 
         let serve = async move {
             let router = tonic::transport::Server::builder()
@@ -171,9 +190,17 @@ impl ControlPlane {
                 }
             };
             watcher.abort();
+            admin_server.abort();
             result.map_err(anyhow::Error::from)
         };
-        Ok((Self { addr, model: rx }, serve))
+        Ok((
+            Self {
+                addr,
+                admin_addr,
+                model: rx,
+            },
+            serve,
+        ))
     }
 
     /// The configuration generation in force (it grows by one per accepted change).
@@ -183,7 +210,7 @@ impl ControlPlane {
 }
 
 /// Polls the directory and publishes a new model whenever a file changes.
-async fn watch_dir(mut store: Store, tx: watch::Sender<Arc<Model>>) {
+async fn watch_dir(mut store: Store, tx: watch::Sender<Arc<Model>>, metrics: Arc<admin::Metrics>) {
     let mut generation = 1;
     let mut interval = tokio::time::interval(SCAN_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,6 +228,8 @@ async fn watch_dir(mut store: Store, tx: watch::Sender<Arc<Model>>) {
         generation += 1;
         let model = Model::new(store.objects(), generation);
         warn_about(&model);
+        metrics.config_generation.set(generation as i64);
+        metrics.config_errors.set(store.errors().len() as i64);
         tx.send_replace(Arc::new(model));
         tracing::info!(
             generation,

@@ -229,6 +229,8 @@ pub fn message_is(v: &Value, m: &str) -> bool {
 pub struct ControlPlaneProc {
     pub proc: Process,
     pub addr: SocketAddr,
+    /// `/metrics`, `/live`, `/ready`.
+    pub admin: SocketAddr,
 }
 
 pub fn start_control_plane(dir: &Path, listen: &str) -> ControlPlaneProc {
@@ -260,7 +262,19 @@ pub fn start_control_plane_in(
     listen: &str,
     extra: &[&str],
 ) -> ControlPlaneProc {
-    let mut args = vec!["--config-dir", dir.to_str().unwrap(), "--listen", listen];
+    // The admin port on the same host, on a port the OS picks.
+    let admin = listen
+        .parse::<SocketAddr>()
+        .map(|a| SocketAddr::new(a.ip(), 0).to_string())
+        .unwrap_or_else(|_| "127.0.0.1:0".to_string());
+    let mut args = vec![
+        "--config-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        listen,
+        "--admin-listen",
+        &admin,
+    ];
     args.extend_from_slice(extra);
     let proc = Process::spawn_in(
         ns,
@@ -273,7 +287,8 @@ pub fn start_control_plane_in(
         message_is(v, "control plane listening")
     });
     let addr = field(&line, "addr").unwrap().parse().unwrap();
-    ControlPlaneProc { proc, addr }
+    let admin = field(&line, "admin_addr").unwrap().parse().unwrap();
+    ControlPlaneProc { proc, addr, admin }
 }
 
 pub struct ProxyProc {

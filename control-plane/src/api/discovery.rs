@@ -12,11 +12,12 @@ use crate::model::Model;
 
 pub struct DiscoveryService {
     model: watch::Receiver<Arc<Model>>,
+    metrics: Arc<crate::admin::Metrics>,
 }
 
 impl DiscoveryService {
-    pub fn new(model: watch::Receiver<Arc<Model>>) -> Self {
-        Self { model }
+    pub fn new(model: watch::Receiver<Arc<Model>>, metrics: Arc<crate::admin::Metrics>) -> Self {
+        Self { model, metrics }
     }
 }
 
@@ -39,6 +40,11 @@ impl pb::discovery_server::Discovery for DiscoveryService {
                 request.get_ref().source_namespace
             )));
         }
+        let counted = crate::api::watch::Counted {
+            metrics: self.metrics.clone(),
+            kind: crate::admin::WatchKind::discovery,
+            peer: crate::pki::serving::peer_addr(&request),
+        };
         let req = request.into_inner();
         if req.authority.is_empty() {
             return Err(Status::invalid_argument("authority is empty"));
@@ -61,6 +67,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
                 }
             },
             |u, version| u.version = version,
+            counted,
         );
         Ok(Response::new(stream))
     }

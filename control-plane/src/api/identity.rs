@@ -83,10 +83,15 @@ fn parse_tokens(text: &str) -> Result<HashMap<String, (String, String)>, (usize,
 pub struct IdentityService {
     ca: Arc<Ca>,
     tokens: Option<Mutex<Tokens>>,
+    metrics: Arc<crate::admin::Metrics>,
 }
 
 impl IdentityService {
-    pub fn new(ca: Arc<Ca>, tokens_file: Option<PathBuf>) -> Self {
+    pub fn new(
+        ca: Arc<Ca>,
+        tokens_file: Option<PathBuf>,
+        metrics: Arc<crate::admin::Metrics>,
+    ) -> Self {
         let tokens = tokens_file.map(|path| {
             let mut t = Tokens {
                 path,
@@ -96,7 +101,11 @@ impl IdentityService {
             t.refresh();
             Mutex::new(t)
         });
-        IdentityService { ca, tokens }
+        IdentityService {
+            ca,
+            tokens,
+            metrics,
+        }
     }
 
     /// Who the token says its bearer is.
@@ -163,6 +172,7 @@ impl pb::identity_server::Identity for IdentityService {
             .not_after
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        self.metrics.certificates_issued.inc();
         tracing::info!(?peer, identity = %req.identity, valid_until_unix_ms, "certificate issued");
         Ok(Response::new(pb::CertifyResponse {
             leaf_der: certified.leaf_der,

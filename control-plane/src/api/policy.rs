@@ -11,11 +11,12 @@ use crate::model::Model;
 
 pub struct PolicyService {
     model: watch::Receiver<Arc<Model>>,
+    metrics: Arc<crate::admin::Metrics>,
 }
 
 impl PolicyService {
-    pub fn new(model: watch::Receiver<Arc<Model>>) -> Self {
-        Self { model }
+    pub fn new(model: watch::Receiver<Arc<Model>>, metrics: Arc<crate::admin::Metrics>) -> Self {
+        Self { model, metrics }
     }
 }
 
@@ -35,6 +36,11 @@ impl pb::inbound_policy_server::InboundPolicy for PolicyService {
                 "a proxy may only watch the policy of its own identity",
             ));
         }
+        let counted = crate::api::watch::Counted {
+            metrics: self.metrics.clone(),
+            kind: crate::admin::WatchKind::policy,
+            peer: crate::pki::serving::peer_addr(&request),
+        };
         let req = request.into_inner();
         if pillion_proto::names::Identity::from_spiffe_id(&req.identity).is_none() {
             return Err(Status::invalid_argument(format!(
@@ -52,6 +58,7 @@ impl pb::inbound_policy_server::InboundPolicy for PolicyService {
                 authorizations: m.inbound_policy(&identity),
             },
             |u, version| u.version = version,
+            counted,
         )))
     }
 }

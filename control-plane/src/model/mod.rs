@@ -36,6 +36,24 @@ pub struct Model {
     routes: Vec<HttpRoute>,
     policies: Vec<config::AuthorizationPolicy>,
     pub generation: u64,
+    /// When this model was built (push latency is measured from here).
+    pub published: Published,
+}
+
+/// An instant that defaults to now.
+#[derive(Debug, Clone, Copy)]
+pub struct Published(std::time::Instant);
+
+impl Default for Published {
+    fn default() -> Self {
+        Published(std::time::Instant::now())
+    }
+}
+
+impl Published {
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
+    }
 }
 
 impl Model {

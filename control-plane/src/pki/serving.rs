@@ -26,6 +26,12 @@ pub struct PeerInfo {
     pub identity: Option<Identity>,
 }
 
+/// The address of the connection a gRPC request came on (plaintext or TLS).
+pub fn peer_addr<T>(req: &tonic::Request<T>) -> Option<SocketAddr> {
+    req.remote_addr()
+        .or_else(|| req.extensions().get::<PeerInfo>().and_then(|p| p.remote))
+}
+
 /// The verified identity of the caller of a gRPC request, when it presented a certificate.
 pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<&Identity> {
     req.extensions()

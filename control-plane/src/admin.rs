@@ -1,0 +1,258 @@
+//! The control plane's admin port: `/metrics` (Prometheus text 0.0.4), `/live`, `/ready`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum WatchKind {
+    discovery,
+    policy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: WatchKind,
+}
+
+type PushHistogram = Family<KindLabel, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub proxies: Gauge<i64, AtomicI64>,
+    pub watches: Family<KindLabel, Gauge<i64, AtomicI64>>,
+    pub pushes: Family<KindLabel, Counter>,
+    pub push_latency: PushHistogram,
+    pub config_errors: Gauge<i64, AtomicI64>,
+    pub config_generation: Gauge<i64, AtomicI64>,
+    pub certificates_issued: Counter,
+    /// Open watches by the address of the connection they came on.
+    connections: Mutex<HashMap<SocketAddr, usize>>,
+}
+
+fn push_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pillion_control_plane");
+        let proxies = Gauge::default();
+        registry.register(
+            "proxies",
+            "Proxy connections holding at least one watch",
+            proxies.clone(),
+        );
+        let watches = Family::<KindLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register("watches", "Open watch streams, by kind", watches.clone());
+        let pushes = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "pushes",
+            "States sent to proxies (the first answer of a watch and every change)",
+            pushes.clone(),
+        );
+        let push_latency: PushHistogram = Family::new_with_constructor(push_histogram);
+        registry.register(
+            "push_latency_seconds",
+            "From a configuration change being published to a watch sending the state it changed",
+            push_latency.clone(),
+        );
+        let config_errors = Gauge::default();
+        registry.register(
+            "config_errors",
+            "Documents refused in the configuration in force (the last good version of each stays)",
+            config_errors.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "The configuration generation in force (one more per accepted change)",
+            config_generation.clone(),
+        );
+        let certificates_issued = Counter::default();
+        registry.register(
+            "certificates_issued",
+            "Workload certificates the CA issued",
+            certificates_issued.clone(),
+        );
+        registry.register_collector(Box::new(pillion_core::process::ProcessCollector::default()));
+        Metrics {
+            registry,
+            proxies,
+            watches,
+            pushes,
+            push_latency,
+            config_errors,
+            config_generation,
+            certificates_issued,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a watch open until the guard drops.
+    pub fn watch_opened(self: &Arc<Self>, kind: WatchKind, peer: Option<SocketAddr>) -> WatchGuard {
+        self.watches.get_or_create(&KindLabel { kind }).inc();
+        if let Some(peer) = peer {
+            let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            *conns.entry(peer).or_default() += 1;
+            self.proxies.set(conns.len() as i64);
+        }
+        WatchGuard {
+            metrics: self.clone(),
+            kind,
+            peer,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            let _ = writeln!(out, "# encoding failed: {e}");
+        }
+        out
+    }
+}
+
+pub struct WatchGuard {
+    metrics: Arc<Metrics>,
+    kind: WatchKind,
+    peer: Option<SocketAddr>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .watches
+            .get_or_create(&KindLabel { kind: self.kind })
+            .dec();
+        if let Some(peer) = self.peer {
+            let mut conns = self
+                .metrics
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = conns.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    conns.remove(&peer);
+                }
+            }
+            self.metrics.proxies.set(conns.len() as i64);
+        }
+    }
+}
+
+/// Serves the admin port until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let metrics = metrics.clone();
+            async move {
+                let (status, content_type, body) = match (req.method(), req.uri().path()) {
+                    (&http::Method::GET, "/metrics") => (
+                        http::StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.encode(),
+                    ),
+                    (&http::Method::GET, "/live" | "/ready") => {
+                        (http::StatusCode::OK, "text/plain", "ok\n".to_string())
+                    }
+                    _ => (
+                        http::StatusCode::NOT_FOUND,
+                        "text/plain",
+                        "not found: /metrics, /live, /ready\n".to_string(),
+                    ),
+                };
+                let resp = http::Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, content_type)
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap_or_default();
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family is in docs/metrics.md, and every control-plane family there exists.
+    #[test]
+    fn docs_list_every_family() {
+        let m = Arc::new(Metrics::new());
+        let _guard = m.watch_opened(WatchKind::discovery, Some(([127, 0, 0, 1], 1).into()));
+        m.pushes
+            .get_or_create(&KindLabel {
+                kind: WatchKind::discovery,
+            })
+            .inc();
+        m.push_latency
+            .get_or_create(&KindLabel {
+                kind: WatchKind::policy,
+            })
+            .observe(0.001);
+        let text = m.encode();
+        assert!(text.contains("pillion_control_plane_proxies 1"), "{text}");
+        let all = include_str!("../../docs/metrics.md");
+        let docs = &all[all.find("## Control-plane metrics").unwrap_or(0)..];
+        let mut families = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let name = if kind == "counter" && !name.ends_with("_total") {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                assert!(
+                    docs.contains(&format!("`{name}`")),
+                    "{name} is missing from docs/metrics.md"
+                );
+                families.push(name);
+            }
+        }
+        for line in docs.lines().filter(|l| l.starts_with("| `pillion_")) {
+            let name = line.split('`').nth(1).unwrap();
+            assert!(
+                families.iter().any(|f| f == name),
+                "docs/metrics.md lists {name}, which the control plane does not have"
+            );
+        }
+    }
+}
