@@ -321,3 +321,38 @@ async fn http2_uploads_get_100_continue() {
         "no 100 Continue: {verbose}"
     );
 }
+
+/// `PILLION_ACCESS_LOG=on`: one log line per request, with what an operator looks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_request() {
+    let mesh = Mesh::start_with(1, 1, &[("PILLION_ACCESS_LOG", "on".to_string())]).await;
+    let a = get(
+        &http1_client(),
+        mesh.client.outbound,
+        "web",
+        "/logged?secret=1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+    let line = mesh.client.proc.wait_log("an access-log line", |v| {
+        v["target"] == "pillion_access" && v["fields"]["path"] == "/logged"
+    });
+    let f = &line["fields"];
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["authority"], "web.default.svc.cluster.local:80");
+    assert!(
+        f["backend"].as_str().unwrap().starts_with("web-v"),
+        "{line}"
+    );
+    assert!(f["duration_us"].as_u64().is_some(), "{line}");
+    // Without the variable there is none.
+    assert!(
+        !mesh.server_proxies[0]
+            .proc
+            .log_text()
+            .contains("pillion_access"),
+        "the server proxies log no access lines"
+    );
+}

@@ -77,6 +77,8 @@ pub struct Config {
     /// `localEndpoint.serviceName` of this proxy's spans (`PILLION_SERVICE_NAME`, default
     /// `name.namespace` of the workload).
     pub service_name: String,
+    /// One log line per request (`PILLION_ACCESS_LOG=on`; off by default).
+    pub access_log: bool,
     /// How long a request waits for response headers when its route sets no timeout
     /// (`PILLION_REQUEST_TIMEOUT`, 30 s; `None`: no limit).
     pub request_timeout: Option<Duration>,
@@ -199,6 +201,17 @@ impl Config {
                         });
                     }
                 },
+            },
+            access_log: match env.get("PILLION_ACCESS_LOG").as_deref() {
+                None | Some("off" | "false" | "0" | "") => false,
+                Some("on" | "true" | "1") => true,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "PILLION_ACCESS_LOG",
+                        value: other.to_string(),
+                        reason: "expected on or off".into(),
+                    });
+                }
             },
             service_name: env.get("PILLION_SERVICE_NAME").unwrap_or_else(|| {
                 let (ns, name) = workload_for_name.split_once('/').unwrap_or(("", ""));

@@ -32,6 +32,8 @@ pub struct Inbound {
     pub connect_timeout: Duration,
     /// How long a request waits for the application's response headers (`None`: no limit).
     pub request_timeout: Option<Duration>,
+    /// One log line per request (`PILLION_ACCESS_LOG`).
+    pub access_log: bool,
     /// Records a SERVER span per sampled request, when tracing is on.
     pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
     pub identity: Option<Arc<LocalIdentity>>,
@@ -153,6 +155,9 @@ impl Handler for Inbound {
         let grpc = is_grpc(req.headers());
         let authority = authority_of(&req).unwrap_or_default();
         let mut obs = Observation::new(Direction::inbound, Label::from(authority.as_str()));
+        if self.access_log {
+            obs.access = Some(forward::Access::of(&req, conn.peer));
+        }
         if let Some(tracer) = &self.tracer {
             obs.span = tracer
                 .start(crate::telemetry::trace::Kind::Server, &mut req)

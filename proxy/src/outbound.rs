@@ -31,6 +31,8 @@ pub struct Outbound {
     pub connect_timeout: Duration,
     /// The wait for response headers when the route sets no timeout.
     pub request_timeout: Option<Duration>,
+    /// One log line per request (`PILLION_ACCESS_LOG`).
+    pub access_log: bool,
     /// Records a CLIENT span per sampled request, when tracing is on.
     pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
     /// The proxy's own listeners: a redirected connection to one of them would loop.
@@ -302,6 +304,9 @@ impl Handler for Outbound {
         // Counted under the destination's name once routing finds it in the mesh; anything
         // else (made-up hosts, egress) under one `unknown` authority.
         let mut obs = Observation::new(Direction::outbound, Label::default());
+        if self.access_log {
+            obs.access = Some(forward::Access::of(&req, conn.peer));
+        }
         if let Some(tracer) = &self.tracer
             && req.method() != http::Method::CONNECT
         {

@@ -379,6 +379,25 @@ pub struct Observation {
     pub started: Instant,
     /// The span this hop records, when the request is sampled.
     pub span: Option<(Arc<Tracer>, ActiveSpan)>,
+    /// What the access log says of the request, when `PILLION_ACCESS_LOG` is on.
+    pub access: Option<Access>,
+}
+
+/// The request's side of an access-log line.
+pub struct Access {
+    pub method: http::Method,
+    pub path: String,
+    pub peer: std::net::SocketAddr,
+}
+
+impl Access {
+    pub fn of(req: &Request<Body>, peer: std::net::SocketAddr) -> Access {
+        Access {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            peer,
+        }
+    }
 }
 
 impl Observation {
@@ -392,6 +411,7 @@ impl Observation {
             peer_identity: Label::default(),
             started: Instant::now(),
             span: None,
+            access: None,
         }
     }
 
@@ -472,6 +492,25 @@ impl Observation {
                 .inc();
         }
         let classification = classify(resp.status(), header_status.as_ref());
+        if let Some(a) = self.access.take() {
+            // One line per request, after the response headers (target `pillion_access`).
+            tracing::info!(
+                target: "pillion_access",
+                direction = ?self.direction,
+                method = %a.method,
+                authority = %authority.0,
+                path = %a.path,
+                status = resp.status().as_u16(),
+                grpc_status = header_status.as_ref().map_or("", |g| &*g.0),
+                error = %error.0,
+                route = %self.route.0,
+                backend = %self.backend.0,
+                peer = %a.peer,
+                peer_identity = %self.peer_identity.0,
+                duration_us = self.started.elapsed().as_micros() as u64,
+                "request"
+            );
+        }
         let labels = ResponseLabels {
             direction: self.direction,
             authority,
