@@ -321,3 +321,43 @@ async fn one_request_is_one_trace_across_three_proxies() {
         "{cp}"
     );
 }
+
+/// A gRPC call's span ends with the stream and carries the status from its trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_spans_carry_the_status_from_trailers() {
+    use pillion_proto::demo::v1::HelloRequest;
+    use pillion_proto::demo::v1::echo_client::EchoClient;
+    let (zipkin, spans) = collector().await;
+    let env = [
+        (
+            "PILLION_ZIPKIN_URL",
+            format!("http://{zipkin}/api/v2/spans"),
+        ),
+        ("PILLION_TRACE_SAMPLE_RATE", "1".to_string()),
+    ];
+    let mesh = Mesh::start_with(1, 1, &env).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.client.outbound))
+            .unwrap()
+            .origin("http://web.default.svc.cluster.local:80".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+    let mut client = EchoClient::new(channel);
+    let mut req = tonic::Request::new(HelloRequest {
+        name: "traced".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        "00-11111111111111111111111111111111-2222222222222222-01"
+            .parse()
+            .unwrap(),
+    );
+    client.hello(req).await.unwrap();
+    let trace = spans_of(&spans, "11111111111111111111111111111111", 1);
+    let span = by(&trace, "client.default", "CLIENT");
+    assert_eq!(span["tags"]["grpc.status_code"], "0", "{span}");
+    assert_eq!(span["name"], "post");
+    validate(&trace);
+}

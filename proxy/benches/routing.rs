@@ -109,5 +109,38 @@ fn routing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing);
+/// What one sampled request costs the proxy in tracing: reading and writing the context,
+/// recording the span, queueing it; and encoding it as Zipkin JSON in the exporter.
+fn tracing(c: &mut Criterion) {
+    use pillion_proxy::telemetry::trace::{Kind, Tracer, zipkin::Exporter};
+    let (exporter, mut rx) = Exporter::detached(1 << 16);
+    let tracer = Tracer::new(1.0, "web.default", exporter);
+    c.bench_function("span start, tag, finish", |b| {
+        b.iter(|| {
+            let mut req = http::Request::get("http://web/x")
+                .body(pillion_proxy::http::body::empty())
+                .expect("request");
+            let mut span = tracer.start(Kind::Client, &mut req).expect("sampled");
+            span.tag("http.status_code", "200");
+            span.tag("pillion.backend", "web-v1.default.svc.cluster.local:80");
+            tracer.finish(span);
+            while rx.try_recv().is_ok() {}
+        })
+    });
+    let mut req = http::Request::get("http://web/x")
+        .body(pillion_proxy::http::body::empty())
+        .expect("request");
+    let span = tracer.start(Kind::Client, &mut req).expect("sampled");
+    tracer.finish(span);
+    let span = rx.try_recv().expect("queued");
+    c.bench_function("span as Zipkin JSON", |b| {
+        b.iter(|| {
+            let mut out = String::with_capacity(1024);
+            span.write_json(&mut out);
+            black_box(out)
+        })
+    });
+}
+
+criterion_group!(benches, routing, tracing);
 criterion_main!(benches);

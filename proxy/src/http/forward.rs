@@ -466,6 +466,7 @@ impl Observation {
             },
             self.started.elapsed().as_secs_f64(),
         );
+        let mut pending_span = None;
         if let Some((tracer, mut span)) = self.span.take() {
             span.tag("http.status_code", resp.status().as_str());
             if let Some(g) = &header_status {
@@ -480,7 +481,7 @@ impl Observation {
             span.tag("pillion.route", &*self.route.0);
             span.tag("pillion.backend", &*self.backend.0);
             span.tag("pillion.peer_identity", &*self.peer_identity.0);
-            tracer.finish(span);
+            pending_span = Some((tracer, span));
         }
         if !error.0.is_empty() {
             metrics
@@ -539,10 +540,26 @@ impl Observation {
                     Some(s) if &*s.0 == "0" => Classification::success,
                     _ => Classification::failure,
                 };
+                // The span ends with the stream too, with its status.
+                if let Some((tracer, mut span)) = pending_span {
+                    match &status {
+                        Some(s) => {
+                            span.tag("grpc.status_code", &*s.0);
+                            if &*s.0 != "0" {
+                                span.tag("error", format!("grpc-status {}", s.0));
+                            }
+                        }
+                        None => span.tag("error", "stream ended without grpc-status"),
+                    }
+                    tracer.finish(span);
+                }
                 labels.grpc_status = status.unwrap_or_default();
                 metrics.count_response(labels);
             });
             return Response::from_parts(parts, body);
+        }
+        if let Some((tracer, span)) = pending_span {
+            tracer.finish(span);
         }
         metrics.count_response(labels);
         resp

@@ -9,8 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use prometheus_client::metrics::counter::Counter;
-use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Notify, mpsc};
 
 /// Spans waiting for export; past this they are dropped.
 const QUEUE: usize = 10_000;
@@ -35,59 +36,93 @@ pub struct Span {
     pub debug: bool,
 }
 
-fn endpoint(service: Option<&str>, addr: Option<SocketAddr>) -> Value {
-    let mut e = Map::new();
+/// Writes `s` as a JSON string.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut rest = s;
+    // Copy runs that need no escaping whole; escape the rest.
+    while let Some(i) = rest
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\' || b < 0x20)
+    {
+        out.push_str(&rest[..i]);
+        match rest.as_bytes()[i] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            b => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    out.push('"');
+}
+
+fn endpoint(out: &mut String, service: Option<&str>, addr: Option<SocketAddr>) {
+    out.push('{');
+    let mut first = true;
+    let mut sep = |out: &mut String| {
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+    };
     if let Some(s) = service {
-        e.insert("serviceName".into(), json!(s));
+        sep(out);
+        out.push_str("\"serviceName\":");
+        json_str(out, s);
     }
-    match addr {
-        Some(SocketAddr::V4(a)) => {
-            e.insert("ipv4".into(), json!(a.ip().to_string()));
-            e.insert("port".into(), json!(a.port()));
-        }
-        Some(SocketAddr::V6(a)) => {
-            e.insert("ipv6".into(), json!(a.ip().to_string()));
-            e.insert("port".into(), json!(a.port()));
-        }
-        None => {}
+    if let Some(a) = addr {
+        sep(out);
+        let family = if a.is_ipv4() { "ipv4" } else { "ipv6" };
+        let _ = write!(out, "\"{family}\":\"{}\",\"port\":{}", a.ip(), a.port());
     }
-    Value::Object(e)
+    out.push('}');
 }
 
 impl Span {
-    pub fn to_json(&self) -> Value {
-        let mut s = Map::new();
-        s.insert("traceId".into(), json!(self.trace_id));
-        s.insert("id".into(), json!(self.id));
+    /// Appends the span as Zipkin v2 JSON. Written by hand: building `serde_json::Value` maps
+    /// for every span was most of what tracing cost a proxy.
+    pub fn write_json(&self, out: &mut String) {
+        out.push_str("{\"traceId\":");
+        json_str(out, &self.trace_id);
+        out.push_str(",\"id\":");
+        json_str(out, &self.id);
         if let Some(p) = &self.parent_id {
-            s.insert("parentId".into(), json!(p));
+            out.push_str(",\"parentId\":");
+            json_str(out, p);
         }
-        s.insert("kind".into(), json!(self.kind));
-        s.insert("name".into(), json!(self.name));
-        s.insert("timestamp".into(), json!(self.timestamp_us));
-        s.insert("duration".into(), json!(self.duration_us));
-        s.insert(
-            "localEndpoint".into(),
-            endpoint(Some(&self.service_name), None),
+        let _ = write!(
+            out,
+            ",\"kind\":\"{}\",\"timestamp\":{},\"duration\":{},\"name\":",
+            self.kind, self.timestamp_us, self.duration_us
         );
+        json_str(out, &self.name);
+        out.push_str(",\"localEndpoint\":");
+        endpoint(out, Some(&self.service_name), None);
         if self.remote.is_some() || self.remote_service.is_some() {
-            s.insert(
-                "remoteEndpoint".into(),
-                endpoint(self.remote_service.as_deref(), self.remote),
-            );
+            out.push_str(",\"remoteEndpoint\":");
+            endpoint(out, self.remote_service.as_deref(), self.remote);
         }
         if !self.tags.is_empty() {
-            let tags: Map<String, Value> = self
-                .tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect();
-            s.insert("tags".into(), Value::Object(tags));
+            out.push_str(",\"tags\":{");
+            for (i, (k, v)) in self.tags.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_str(out, k);
+                out.push(':');
+                json_str(out, v);
+            }
+            out.push('}');
         }
         if self.debug {
-            s.insert("debug".into(), json!(true));
+            out.push_str(",\"debug\":true");
         }
-        Value::Object(s)
+        out.push('}');
     }
 }
 
@@ -96,14 +131,31 @@ impl Span {
 pub struct Exporter {
     tx: mpsc::Sender<Span>,
     dropped: Counter,
+    /// Spans queued since the exporter last drained; it is woken once a batch is full (not
+    /// per span: a wake-up per request cost more than the rest of tracing together).
+    queued: Arc<AtomicUsize>,
+    full_batch: Arc<Notify>,
 }
 
 impl Exporter {
     /// Starts the background task that POSTs batches to `url`.
     pub fn spawn(url: http::Uri, sent: Counter, dropped: Counter) -> Exporter {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(export(rx, url, sent, dropped.clone()));
-        Exporter { tx, dropped }
+        let exporter = Exporter {
+            tx,
+            dropped: dropped.clone(),
+            queued: Arc::default(),
+            full_batch: Arc::default(),
+        };
+        tokio::spawn(export(
+            rx,
+            url,
+            sent,
+            dropped,
+            exporter.queued.clone(),
+            exporter.full_batch.clone(),
+        ));
+        exporter
     }
 
     /// An exporter whose spans go to the returned receiver (tests).
@@ -113,6 +165,8 @@ impl Exporter {
             Exporter {
                 tx,
                 dropped: Counter::default(),
+                queued: Arc::default(),
+                full_batch: Arc::default(),
             },
             rx,
         )
@@ -121,52 +175,128 @@ impl Exporter {
     pub fn send(&self, span: Span) {
         if self.tx.try_send(span).is_err() {
             self.dropped.inc();
+            return;
+        }
+        if (self.queued.fetch_add(1, Ordering::Relaxed) + 1) % BATCH == 0 {
+            self.full_batch.notify_one();
         }
     }
 }
 
-async fn export(mut rx: mpsc::Receiver<Span>, url: http::Uri, sent: Counter, dropped: Counter) {
+async fn export(
+    mut rx: mpsc::Receiver<Span>,
+    url: http::Uri,
+    sent: Counter,
+    dropped: Counter,
+    queued: Arc<AtomicUsize>,
+    full_batch: Arc<Notify>,
+) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        // Wait for a first span, then gather more for up to LINGER.
-        match rx.recv().await {
-            Some(span) => batch.push(span),
-            None => return,
+        // A full batch, or LINGER since the last look: whichever comes first.
+        tokio::select! {
+            _ = full_batch.notified() => {}
+            _ = tokio::time::sleep(LINGER) => {}
         }
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) | Err(_) => break,
+        loop {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) if batch.is_empty() => return,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
             }
+            if batch.is_empty() {
+                break;
+            }
+            queued.fetch_sub(
+                batch.len().min(queued.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            post(&client, &url, &mut batch, &sent, &dropped).await;
         }
-        let n = batch.len() as u64;
-        let body = Value::Array(batch.drain(..).map(|s| s.to_json()).collect());
-        let req = http::Request::post(url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())));
-        let Ok(req) = req else {
+    }
+}
+
+/// POSTs one batch (and empties it); counts it sent or dropped.
+async fn post(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    url: &http::Uri,
+    batch: &mut Vec<Span>,
+    sent: &Counter,
+    dropped: &Counter,
+) {
+    let n = batch.len() as u64;
+    let mut body = String::with_capacity(batch.len() * 512);
+    body.push('[');
+    for (i, span) in batch.drain(..).enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        span.write_json(&mut body);
+    }
+    body.push(']');
+    let req = http::Request::post(url.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)));
+    let Ok(req) = req else {
+        dropped.inc_by(n);
+        return;
+    };
+    match tokio::time::timeout(POST_TIMEOUT, client.request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => {
+            sent.inc_by(n);
+        }
+        Ok(Ok(resp)) => {
+            tracing::debug!(status = %resp.status(), spans = n, "Zipkin collector refused spans; dropped");
             dropped.inc_by(n);
-            continue;
-        };
-        match tokio::time::timeout(POST_TIMEOUT, client.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => {
-                sent.inc_by(n);
-            }
-            Ok(Ok(resp)) => {
-                tracing::debug!(status = %resp.status(), spans = n, "Zipkin collector refused spans; dropped");
-                dropped.inc_by(n);
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, spans = n, "Zipkin collector unreachable; spans dropped");
-                dropped.inc_by(n);
-            }
-            Err(_) => {
-                tracing::debug!(spans = n, "Zipkin collector timed out; spans dropped");
-                dropped.inc_by(n);
-            }
         }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, spans = n, "Zipkin collector unreachable; spans dropped");
+            dropped.inc_by(n);
+        }
+        Err(_) => {
+            tracing::debug!(spans = n, "Zipkin collector timed out; spans dropped");
+            dropped.inc_by(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_valid_json_with_every_field() {
+        let span = Span {
+            trace_id: "463ac35c9f6413ad48485a3953bb6124".into(),
+            id: "a2fb4a1d1a96d312".into(),
+            parent_id: Some("0020000000000001".into()),
+            kind: "CLIENT",
+            name: "get".into(),
+            timestamp_us: 1,
+            duration_us: 2,
+            service_name: Arc::from("web.default"),
+            remote: Some("[::1]:80".parse().unwrap()),
+            remote_service: Some("api.\"quoted\"".into()),
+            tags: vec![("http.path", "/a\\b\n\u{1}".into())],
+            debug: true,
+        };
+        let mut out = String::new();
+        span.write_json(&mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["parentId"], "0020000000000001");
+        assert_eq!(v["remoteEndpoint"]["ipv6"], "::1");
+        assert_eq!(v["remoteEndpoint"]["port"], 80);
+        assert_eq!(v["remoteEndpoint"]["serviceName"], "api.\"quoted\"");
+        assert_eq!(v["tags"]["http.path"], "/a\\b\n\u{1}");
+        assert_eq!(v["localEndpoint"]["serviceName"], "web.default");
+        assert_eq!(v["debug"], true);
     }
 }

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""What telemetry costs a proxy: CPU per request with tracing off and at 100 % sampling, and
+the time and size of a /metrics scrape with a few thousand series.
+
+    cargo build --release --locked --workspace --bins
+    python3 benches/telemetry.py [N]          (N requests per run, default 50,000)
+
+Everything runs on loopback on ports the OS picked: a control plane, the demo app, one proxy
+per run, an in-process Zipkin collector (answers 202), and h2load (HTTP/1.1, 10 connections).
+CPU is the proxy's user + system time from /proc, divided by the requests.
+"""
+import http.server, json, os, subprocess, sys, tempfile, threading, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T = os.path.join(ROOT, "target/release")
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+CONNS = int(os.environ.get("CONNS", "10"))
+env = dict(os.environ, PILLION_LOG_FORMAT="json", PILLION_LOG="warn,pillion_proxy=info,pillion_control_plane=info")
+procs = []
+
+
+def wait_fields(proc, field):
+    """The fields of the first log line that has `field`; the rest of the log is drained."""
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            sys.exit(f"{proc.args[0]} ended early")
+        try:
+            f = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        if field in f:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return f
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / 100.0
+
+
+class Collector(http.server.BaseHTTPRequestHandler):
+    spans = 0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        # Counted, not parsed: the collector shares the machine with what is measured.
+        Collector.spans += body.count(b'"traceId"')
+        self.send_response(202)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+zipkin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+threading.Thread(target=zipkin.serve_forever, daemon=True).start()
+
+conf = tempfile.mkdtemp(prefix="pillion-bench-")
+app = subprocess.Popen([f"{T}/pillion", "demo-app", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True, env=env)
+procs.append(app)
+app_addr = app.stdout.readline().strip().rsplit(" ", 1)[1]
+with open(os.path.join(ROOT, "examples/demo/services.yaml")) as f:
+    services = f.read()
+with open(f"{conf}/mesh.yaml", "w") as f:
+    f.write(services + f"""---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-v1-bench, labels: {{kubernetes.io/service-name: web-v1}}}}
+addressType: IPv4
+ports: [{{name: http, port: {app_addr.rsplit(':', 1)[1]}}}]
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+""")
+cp = subprocess.Popen([f"{T}/pillion-control-plane", "--config-dir", conf, "--listen", "127.0.0.1:0",
+                       "--admin-listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, env=env)
+procs.append(cp)
+cp_addr = wait_fields(cp, "addr")["addr"]
+
+
+def proxy(extra):
+    penv = dict(env, PILLION_CONTROL_PLANE_ADDR=cp_addr, PILLION_OUTBOUND_LISTEN="127.0.0.1:0",
+                PILLION_INBOUND_LISTEN="127.0.0.1:0", PILLION_ADMIN_LISTEN="127.0.0.1:0", **extra)
+    p = subprocess.Popen([f"{T}/pillion-proxy"], stderr=subprocess.PIPE, text=True, env=penv)
+    procs.append(p)
+    return p, wait_fields(p, "outbound_addr")
+
+
+def run(label, extra):
+    p, addrs = proxy(extra)
+    out = addrs["outbound_addr"]
+    subprocess.run(["h2load", "--h1", "-n", "200", "-c", "2", "-H", ":authority: web-v1", f"http://{out}/"],
+                   capture_output=True, check=True)
+    before = cpu_seconds(p.pid)
+    r = subprocess.run(["h2load", "--h1", "-n", str(N), "-c", str(CONNS), "-H", ":authority: web-v1", f"http://{out}/"],
+                       capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(p.pid) - before
+    rps = [l for l in r.splitlines() if l.startswith("finished in")][0].split(",")[1].strip()
+    counts = [l for l in r.splitlines() if l.startswith("requests:")][0].split(",")
+    ok = [c.strip() for c in counts if "succeeded" in c][0]
+    print(f"{label:<28} {used / N * 1e6:6.1f} µs CPU/request  {rps}  ({ok})")
+    p.kill()
+    return used / N
+
+
+# Interleaved rounds; medians (two shared cores make single runs noisy).
+zipkin_env = {"PILLION_ZIPKIN_URL": f"http://127.0.0.1:{zipkin.server_port}/api/v2/spans",
+              "PILLION_TRACE_SAMPLE_RATE": "1"}
+offs, ons = [], []
+for _ in range(ROUNDS):
+    offs.append(run("tracing off", {}))
+    ons.append(run("tracing, 100 % sampled", zipkin_env))
+off, on = sorted(offs)[ROUNDS // 2], sorted(ons)[ROUNDS // 2]
+time.sleep(2)
+print(f"median of {ROUNDS}: off {off * 1e6:.1f} µs, on {on * 1e6:.1f} µs CPU/request: "
+      f"{100 * (on - off) / off:+.1f} %; collector received {Collector.spans} spans")
+
+# A scrape with a few thousand series: 1,000 inbound authorities, a few series each.
+p, addrs = proxy({"PILLION_INBOUND_FORWARD": app_addr})
+inbound = addrs["inbound_addr"]
+for i in range(1000):
+    req = urllib.request.Request(f"http://{inbound}/", headers={"Host": f"svc-{i}.bench"})
+    urllib.request.urlopen(req).read()
+url = f"http://{addrs['admin_addr']}/metrics"
+text = urllib.request.urlopen(url).read()
+series = sum(1 for l in text.splitlines() if l and not l.startswith(b"#"))
+times = []
+for _ in range(20):
+    t = time.perf_counter()
+    urllib.request.urlopen(url).read()
+    times.append(time.perf_counter() - t)
+times.sort()
+print(f"/metrics with {series} series, {len(text) / 1024:.0f} KiB: median scrape {times[10] * 1000:.1f} ms")
+for p in procs:
+    p.kill()
