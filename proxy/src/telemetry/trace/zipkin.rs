@@ -177,7 +177,7 @@ impl Exporter {
             self.dropped.inc();
             return;
         }
-        if (self.queued.fetch_add(1, Ordering::Relaxed) + 1) % BATCH == 0 {
+        if (self.queued.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(BATCH) {
             self.full_batch.notify_one();
         }
     }
