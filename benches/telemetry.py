@@ -16,6 +16,9 @@ T = os.path.join(ROOT, "target/release")
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 CONNS = int(os.environ.get("CONNS", "10"))
+# Requests per second per connection (h2load --rps): a fixed load below saturation, where CPU
+# per request does not depend on how busy the proxy already is.
+RPS = os.environ.get("RPS")
 env = dict(os.environ, PILLION_LOG_FORMAT="json", PILLION_LOG="warn,pillion_proxy=info,pillion_control_plane=info")
 procs = []
 
@@ -94,7 +97,8 @@ def run(label, extra):
     subprocess.run(["h2load", "--h1", "-n", "200", "-c", "2", "-H", ":authority: web-v1", f"http://{out}/"],
                    capture_output=True, check=True)
     before = cpu_seconds(p.pid)
-    r = subprocess.run(["h2load", "--h1", "-n", str(N), "-c", str(CONNS), "-H", ":authority: web-v1", f"http://{out}/"],
+    rate = ["--rps", RPS] if RPS else []
+    r = subprocess.run(["h2load", "--h1", "-n", str(N), "-c", str(CONNS), *rate, "-H", ":authority: web-v1", f"http://{out}/"],
                        capture_output=True, text=True, check=True).stdout
     used = cpu_seconds(p.pid) - before
     rps = [l for l in r.splitlines() if l.startswith("finished in")][0].split(",")[1].strip()
