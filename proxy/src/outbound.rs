@@ -111,7 +111,7 @@ impl Outbound {
                     .meshed
                     .as_ref()
                     .map_or(endpoint.addr, |m| m.proxy_addr);
-                obs.remote(remote, service_of(name));
+                obs.remote(remote, Some(name.clone()));
                 if let Some(m) = &endpoint.meshed {
                     obs.peer_identity = Label(m.identity.clone());
                 }
@@ -280,14 +280,6 @@ impl Outbound {
             Err(_) => tracing::info!(addr = %meshed.proxy_addr, "opaque mTLS connect timed out"),
         }
     }
-}
-
-/// `web.default` of `web.default.svc.cluster.local:80`: a span's remote service name.
-fn service_of(backend: &str) -> Option<&str> {
-    let host = backend.split(':').next()?;
-    let mut labels = host.splitn(3, '.');
-    let (name, ns) = (labels.next()?, labels.next()?);
-    Some(&host[..name.len() + 1 + ns.len()])
 }
 
 fn is_local(addr: SocketAddr) -> bool {

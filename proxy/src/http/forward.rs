@@ -416,10 +416,11 @@ impl Observation {
     }
 
     /// The span's remote end: the endpoint (outbound) or the caller (inbound).
-    pub fn remote(&mut self, addr: std::net::SocketAddr, service: Option<&str>) {
+    /// `backend`: the Service's canonical name (`web.default.svc.cluster.local:80`).
+    pub fn remote(&mut self, addr: std::net::SocketAddr, backend: Option<Arc<str>>) {
         if let Some((_, span)) = &mut self.span {
             span.remote = Some(addr);
-            span.remote_service = service.map(str::to_string);
+            span.remote_service = backend;
         }
     }
 
@@ -468,19 +469,19 @@ impl Observation {
         );
         let mut pending_span = None;
         if let Some((tracer, mut span)) = self.span.take() {
-            span.tag("http.status_code", resp.status().as_str());
+            span.tag("http.status_code", resp.status().as_u16());
             if let Some(g) = &header_status {
-                span.tag("grpc.status_code", &*g.0);
+                span.tag("grpc.status_code", g.0.clone());
             }
             if !error.0.is_empty() {
-                span.tag("error", &*error.0);
+                span.tag("error", error.0.clone());
             } else if resp.status().is_server_error() {
-                span.tag("error", resp.status().as_str());
+                span.tag("error", resp.status().as_u16());
             }
-            span.tag("pillion.authority", &*authority.0);
-            span.tag("pillion.route", &*self.route.0);
-            span.tag("pillion.backend", &*self.backend.0);
-            span.tag("pillion.peer_identity", &*self.peer_identity.0);
+            span.tag("pillion.authority", authority.0.clone());
+            span.tag("pillion.route", self.route.0.clone());
+            span.tag("pillion.backend", self.backend.0.clone());
+            span.tag("pillion.peer_identity", self.peer_identity.0.clone());
             pending_span = Some((tracer, span));
         }
         if !error.0.is_empty() {
@@ -544,7 +545,7 @@ impl Observation {
                 if let Some((tracer, mut span)) = pending_span {
                     match &status {
                         Some(s) => {
-                            span.tag("grpc.status_code", &*s.0);
+                            span.tag("grpc.status_code", s.0.clone());
                             if &*s.0 != "0" {
                                 span.tag("error", format!("grpc-status {}", s.0));
                             }

@@ -202,8 +202,9 @@ pub fn inject(
         headers.remove(name);
     }
     let debug = ctx.sampling == Sampling::Debug;
+    // The String's buffer becomes the header value, uncopied.
     let mut put = |name: &HeaderName, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             headers.insert(name.clone(), v);
         }
     };

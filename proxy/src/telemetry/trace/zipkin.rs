@@ -23,17 +23,26 @@ const POST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A finished span.
 pub struct Span {
     pub trace_id: String,
-    pub id: String,
-    pub parent_id: Option<String>,
+    pub id: u64,
+    pub parent_id: Option<u64>,
     pub kind: &'static str,
-    pub name: String,
+    pub name: std::borrow::Cow<'static, str>,
     pub timestamp_us: u64,
     pub duration_us: u64,
     pub service_name: Arc<str>,
     pub remote: Option<SocketAddr>,
-    pub remote_service: Option<String>,
-    pub tags: Vec<(&'static str, String)>,
+    /// The remote Service's canonical name (`web.default.svc.cluster.local:80`).
+    pub remote_service: Option<Arc<str>>,
+    pub tags: Vec<(&'static str, super::TagValue)>,
     pub debug: bool,
+}
+
+/// `web.default` of `web.default.svc.cluster.local:80`: a span's remote service name.
+fn service_of(backend: &str) -> Option<&str> {
+    let host = backend.split(':').next()?;
+    let mut labels = host.splitn(3, '.');
+    let (name, ns) = (labels.next()?, labels.next()?);
+    Some(&host[..name.len() + 1 + ns.len()])
 }
 
 /// Writes `s` as a JSON string.
@@ -89,11 +98,9 @@ impl Span {
     pub fn write_json(&self, out: &mut String) {
         out.push_str("{\"traceId\":");
         json_str(out, &self.trace_id);
-        out.push_str(",\"id\":");
-        json_str(out, &self.id);
-        if let Some(p) = &self.parent_id {
-            out.push_str(",\"parentId\":");
-            json_str(out, p);
+        let _ = write!(out, ",\"id\":\"{:016x}\"", self.id);
+        if let Some(p) = self.parent_id {
+            let _ = write!(out, ",\"parentId\":\"{p:016x}\"");
         }
         let _ = write!(
             out,
@@ -105,7 +112,8 @@ impl Span {
         endpoint(out, Some(&self.service_name), None);
         if self.remote.is_some() || self.remote_service.is_some() {
             out.push_str(",\"remoteEndpoint\":");
-            endpoint(out, self.remote_service.as_deref(), self.remote);
+            let service = self.remote_service.as_deref().and_then(service_of);
+            endpoint(out, service, self.remote);
         }
         if !self.tags.is_empty() {
             out.push_str(",\"tags\":{");
@@ -115,7 +123,14 @@ impl Span {
                 }
                 json_str(out, k);
                 out.push(':');
-                json_str(out, v);
+                match v {
+                    super::TagValue::Number(n) => {
+                        let _ = write!(out, "\"{n}\"");
+                    }
+                    super::TagValue::Static(t) => json_str(out, t),
+                    super::TagValue::Shared(t) => json_str(out, t),
+                    super::TagValue::Owned(t) => json_str(out, t),
+                }
             }
             out.push('}');
         }
@@ -276,16 +291,19 @@ mod tests {
     fn spans_are_valid_json_with_every_field() {
         let span = Span {
             trace_id: "463ac35c9f6413ad48485a3953bb6124".into(),
-            id: "a2fb4a1d1a96d312".into(),
-            parent_id: Some("0020000000000001".into()),
+            id: 0xa2fb4a1d1a96d312,
+            parent_id: Some(0x0020000000000001),
             kind: "CLIENT",
             name: "get".into(),
             timestamp_us: 1,
             duration_us: 2,
             service_name: Arc::from("web.default"),
             remote: Some("[::1]:80".parse().unwrap()),
-            remote_service: Some("api.\"quoted\"".into()),
-            tags: vec![("http.path", "/a\\b\n\u{1}".into())],
+            remote_service: Some(Arc::from("api.\"quoted\".svc.cluster.local:80")),
+            tags: vec![
+                ("http.path", String::from("/a\\b\n\u{1}").into()),
+                ("http.status_code", 200u16.into()),
+            ],
             debug: true,
         };
         let mut out = String::new();
@@ -295,7 +313,13 @@ mod tests {
         assert_eq!(v["remoteEndpoint"]["ipv6"], "::1");
         assert_eq!(v["remoteEndpoint"]["port"], 80);
         assert_eq!(v["remoteEndpoint"]["serviceName"], "api.\"quoted\"");
+        assert_eq!(
+            service_of("web.default.svc.cluster.local:80"),
+            Some("web.default")
+        );
         assert_eq!(v["tags"]["http.path"], "/a\\b\n\u{1}");
+        assert_eq!(v["tags"]["http.status_code"], "200");
+        assert_eq!(v["id"], "a2fb4a1d1a96d312");
         assert_eq!(v["localEndpoint"]["serviceName"], "web.default");
         assert_eq!(v["debug"], true);
     }
