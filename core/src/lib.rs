@@ -3,4 +3,5 @@
 
 pub mod duration;
 pub mod logging;
+pub mod metrics_doc;
 pub mod process;
