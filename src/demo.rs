@@ -255,6 +255,10 @@ async fn http_call(
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all stop the demo the same way, so that
+    // its temporary directory, CA keys included, is always removed. Installed first: a signal
+    // that comes while the mesh starts waits for the loop below instead of killing the process.
+    let mut stop = StopSignals::install()?;
     let (dir, temporary) = prepare_dir(args.dir)?;
     let mtls = !args.no_mtls;
     let mut cp_args = pillion_control_plane::Args::new(dir.clone(), "127.0.0.1:0".parse()?);
@@ -370,13 +374,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_print = Instant::now();
     let mut ticker = tokio::time::interval(args.interval);
-    // Ctrl-C, SIGTERM and SIGHUP (a closed terminal) all stop the demo the same way, so that
-    // its temporary directory, CA keys included, is always removed.
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = stop.recv() => break,
             _ = ticker.tick() => {}
         }
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -420,20 +420,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C, SIGTERM or SIGHUP.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
+/// Ctrl-C, SIGTERM and SIGHUP, listened for from the moment they are installed.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
     }
 }
 
