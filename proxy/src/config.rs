@@ -178,7 +178,17 @@ impl Config {
                 }
             },
             request_timeout: optional_duration(env, "PILLION_REQUEST_TIMEOUT", "30s")?,
-            max_connections: count(env, "PILLION_MAX_CONNECTIONS", 20_000)?,
+            max_connections: match count(env, "PILLION_MAX_CONNECTIONS", 20_000)? {
+                // tokio's semaphore holds at most usize::MAX >> 3 permits; far above any limit.
+                n if n > 10_000_000 => {
+                    return Err(ConfigError {
+                        var: "PILLION_MAX_CONNECTIONS",
+                        value: n.to_string(),
+                        reason: "at most 10000000".into(),
+                    });
+                }
+                n => n,
+            },
             idle_timeout: duration(env, "PILLION_IDLE_TIMEOUT", "5m")?,
             max_destinations: count(
                 env,
@@ -414,6 +424,7 @@ mod tests {
             ("PILLION_SHUTDOWN_GRACE", "soon"),
             ("PILLION_REQUEST_TIMEOUT", "10 parsecs"),
             ("PILLION_MAX_DESTINATIONS", "0"),
+            ("PILLION_MAX_CONNECTIONS", "9999999999999999999"),
             ("PILLION_ZIPKIN_URL", "zipkin:9411"),
             ("PILLION_TRACE_SAMPLE_RATE", "2"),
             ("PILLION_OPAQUE_PORTS", "25,smtp"),
