@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn decisions_are_honoured_and_travel_on() {
-        let (exporter, _rx) = zipkin::Exporter::detached(16);
+        let (exporter, _queue) = zipkin::Exporter::detached();
         let never = Tracer::new(0.0, "web.default", exporter.clone());
         let always = Tracer::new(1.0, "web.default", exporter);
 
