@@ -11,19 +11,6 @@ use pillion_proto::demo::v1::HelloRequest;
 use pillion_proto::demo::v1::echo_client::EchoClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn grpc_client(mesh: &Mesh) -> EchoClient<tonic::transport::Channel> {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.client.outbound))
-            .unwrap()
-            .origin("http://web.default.svc.cluster.local:80".parse().unwrap())
-            .connect()
-            .await
-            .unwrap();
-    EchoClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
 /// A bidirectional Chat stream: where to send, and the replies.
 async fn chat(
     client: &mut EchoClient<tonic::transport::Channel>,

@@ -110,6 +110,14 @@ async fn app(
     addr
 }
 
+/// `/chain` on web-v1 through the client proxy, with the caller's trace headers.
+async fn chain(client: &H1Client, outbound: SocketAddr, req: http::request::Builder) {
+    let a = request(client, outbound, req, "web-v1", "/chain", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.error);
+}
+
 fn spans_of(spans: &Arc<Mutex<Vec<Value>>>, trace_id: &str, want: usize) -> Vec<Value> {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -233,17 +241,7 @@ async fn one_request_is_one_trace_across_three_proxies() {
         .header("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124")
         .header("x-b3-spanid", "a2fb4a1d1a96d312")
         .header("x-b3-sampled", "1");
-    let a = request(
-        &client,
-        mesh.client.outbound,
-        req,
-        "web-v1",
-        "/chain",
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200);
+    chain(&client, mesh.client.outbound, req).await;
     let got = seen_v2.lock().unwrap().last().unwrap().clone();
     assert_eq!(got["x-b3-traceid"], "463ac35c9f6413ad48485a3953bb6124");
     assert!(!got.contains_key("traceparent"), "{got:?}");
@@ -260,17 +258,7 @@ async fn one_request_is_one_trace_across_three_proxies() {
         "traceparent",
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
     );
-    let a = request(
-        &client,
-        mesh.client.outbound,
-        req,
-        "web-v1",
-        "/chain",
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200);
+    chain(&client, mesh.client.outbound, req).await;
     let got = seen_v2.lock().unwrap().last().unwrap().clone();
     assert!(got["traceparent"].to_str().unwrap().ends_with("-00"));
     let a = get(&client, mesh.client.outbound, "web-v1", "/chain")
@@ -326,7 +314,6 @@ async fn one_request_is_one_trace_across_three_proxies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_spans_carry_the_status_from_trailers() {
     use pillion_proto::demo::v1::HelloRequest;
-    use pillion_proto::demo::v1::echo_client::EchoClient;
     let (zipkin, spans) = collector().await;
     let env = [
         (
@@ -336,14 +323,7 @@ async fn grpc_spans_carry_the_status_from_trailers() {
         ("PILLION_TRACE_SAMPLE_RATE", "1".to_string()),
     ];
     let mesh = Mesh::start_with(1, 1, &env).await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.client.outbound))
-            .unwrap()
-            .origin("http://web.default.svc.cluster.local:80".parse().unwrap())
-            .connect()
-            .await
-            .unwrap();
-    let mut client = EchoClient::new(channel);
+    let mut client = grpc_client(&mesh).await;
     let mut req = tonic::Request::new(HelloRequest {
         name: "traced".into(),
         ..Default::default()

@@ -852,3 +852,19 @@ pub fn valid_client_cert(
     chain.push(issuer_der);
     (chain, key)
 }
+
+/// A tonic Echo client through the mesh's client proxy, to `web`.
+pub async fn grpc_client(
+    mesh: &Mesh,
+) -> pillion_proto::demo::v1::echo_client::EchoClient<tonic::transport::Channel> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.client.outbound))
+            .unwrap()
+            .origin("http://web.default.svc.cluster.local:80".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+    pillion_proto::demo::v1::echo_client::EchoClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
