@@ -19,6 +19,13 @@ CONNS = int(os.environ.get("CONNS", "10"))
 # Requests per second per connection (h2load --rps): a fixed load below saturation, where CPU
 # per request does not depend on how busy the proxy already is.
 RPS = os.environ.get("RPS")
+# The proxy on core 0 (one worker thread, as a sidecar limited to one core runs), everything
+# else (this script and its collector, the app, h2load) on core 1: fewer migrations, less noise.
+PIN_PROXY = []
+if len(os.sched_getaffinity(0)) >= 2 and os.environ.get("PIN", "1") == "1":
+    cores = sorted(os.sched_getaffinity(0))
+    PIN_PROXY = ["taskset", "-c", str(cores[0])]
+    os.sched_setaffinity(0, cores[1:])
 env = dict(os.environ, PILLION_LOG_FORMAT="json", PILLION_LOG="warn,pillion_proxy=info,pillion_control_plane=info")
 procs = []
 
@@ -45,6 +52,7 @@ def cpu_seconds(pid):
 
 
 class Collector(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real collectors do
     spans = 0
 
     def do_POST(self):
@@ -86,7 +94,7 @@ cp_addr = wait_fields(cp, "addr")["addr"]
 def proxy(extra):
     penv = dict(env, PILLION_CONTROL_PLANE_ADDR=cp_addr, PILLION_OUTBOUND_LISTEN="127.0.0.1:0",
                 PILLION_INBOUND_LISTEN="127.0.0.1:0", PILLION_ADMIN_LISTEN="127.0.0.1:0", **extra)
-    p = subprocess.Popen([f"{T}/pillion-proxy"], stderr=subprocess.PIPE, text=True, env=penv)
+    p = subprocess.Popen([*PIN_PROXY, f"{T}/pillion-proxy"], stderr=subprocess.PIPE, text=True, env=penv)
     procs.append(p)
     return p, wait_fields(p, "outbound_addr")
 
@@ -112,14 +120,26 @@ def run(label, extra):
 # Interleaved rounds; medians (two shared cores make single runs noisy).
 zipkin_env = {"PILLION_ZIPKIN_URL": f"http://127.0.0.1:{zipkin.server_port}/api/v2/spans",
               "PILLION_TRACE_SAMPLE_RATE": "1"}
-offs, ons = [], []
+# Where the cost is: context propagation only (rate 0), spans built and encoded but the
+# collector unreachable (its CPU out of the picture), and the whole path to a collector.
+variants = {
+    "tracing off": {},
+    "propagation only (rate 0)": dict(zipkin_env, PILLION_TRACE_SAMPLE_RATE="0"),
+    "100 %, collector down": dict(zipkin_env, PILLION_ZIPKIN_URL="http://127.0.0.1:9/api/v2/spans"),
+    "100 %, to the collector": zipkin_env,
+}
+if os.environ.get("VARIANTS"):
+    variants = {k: v for k, v in variants.items() if k == "tracing off" or any(w in k for w in os.environ["VARIANTS"].split(","))}
+results = {k: [] for k in variants}
 for _ in range(ROUNDS):
-    offs.append(run("tracing off", {}))
-    ons.append(run("tracing, 100 % sampled", zipkin_env))
-off, on = sorted(offs)[ROUNDS // 2], sorted(ons)[ROUNDS // 2]
+    for label, extra in variants.items():
+        results[label].append(run(label, extra))
 time.sleep(2)
-print(f"median of {ROUNDS}: off {off * 1e6:.1f} µs, on {on * 1e6:.1f} µs CPU/request: "
-      f"{100 * (on - off) / off:+.1f} %; collector received {Collector.spans} spans")
+off = sorted(results["tracing off"])[ROUNDS // 2]
+print(f"median of {ROUNDS} interleaved rounds (collector received {Collector.spans} spans):")
+for label, runs in results.items():
+    m = sorted(runs)[ROUNDS // 2]
+    print(f"  {label:<28} {m * 1e6:6.1f} µs CPU/request  {100 * (m - off) / off:+6.1f} %")
 
 # A scrape with a few thousand series: 1,000 inbound authorities, a few series each.
 p, addrs = proxy({"PILLION_INBOUND_FORWARD": app_addr})
