@@ -14,6 +14,8 @@ enum Command {
     Demo(pillion::demo::DemoArgs),
     /// Run the control plane in this process (the same as `pillion-control-plane`).
     ControlPlane(pillion_control_plane::Args),
+    /// Add the Pillion sidecar to workloads in YAML (as the admission webhook would).
+    Inject(pillion::cmd::inject::InjectArgs),
     /// Run the demo's backend application alone (for benchmarks and manual tests).
     DemoApp {
         /// Address to listen on.
@@ -34,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
             init_logging("warn");
             pillion::demo::run(args).await
         }
+        Command::Inject(args) => std::process::exit(pillion::cmd::inject::run(args)),
         Command::ControlPlane(args) => {
             init_logging("info");
             let (_cp, serve) = pillion_control_plane::ControlPlane::bind(args, async {

@@ -1,0 +1,3 @@
+//! One module per subcommand that is more than wiring.
+
+pub mod inject;
