@@ -2,17 +2,18 @@
 # Runs every test on a fresh machine: installs what the tests use besides Rust, then
 # `cargo test --workspace --locked` (extra arguments go to cargo test).
 #   - Python grpcio + grpcio-tools in .venv (a real third-party gRPC client and server), and
-#     jsonschema + pyyaml (spans checked against the Zipkin v2 API's schema)
+#     jsonschema + pyyaml (spans checked against the Zipkin v2 API's schema), jsonpatch and
+#     kubernetes-validate (injected pods patched as the API server does, then validated)
 #   - promtool, from Debian's prometheus package (lints the proxy's /metrics)
 #   - iproute2 and iptables (transparent-mode tests in a network namespace; they need root),
 #     curl, openssl and setpriv (usually present already)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! .venv/bin/python -c 'import grpc, grpc_tools, jsonschema, yaml' 2>/dev/null; then
-  echo "installing grpcio, jsonschema and pyyaml into .venv" >&2
+if ! .venv/bin/python -c 'import grpc, grpc_tools, jsonschema, yaml, jsonpatch, kubernetes_validate' 2>/dev/null; then
+  echo "installing grpcio, jsonschema, pyyaml, jsonpatch and kubernetes-validate into .venv" >&2
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools jsonschema pyyaml
+  .venv/bin/pip install --quiet --disable-pip-version-check grpcio grpcio-tools jsonschema pyyaml jsonpatch kubernetes-validate
 fi
 
 missing=()
