@@ -21,7 +21,9 @@ fn inject(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
     drop(input);
     child.wait_with_output().unwrap()
 }
@@ -35,14 +37,22 @@ fn validate(yaml: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "kubernetes-validate refused:\n{text}\n{yaml}");
+    assert!(
+        out.status.success(),
+        "kubernetes-validate refused:\n{text}\n{yaml}"
+    );
     text
 }
 
@@ -54,8 +64,14 @@ fn the_example_shop_is_injected_and_valid() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let yaml = String::from_utf8(out.stdout).unwrap();
-    assert!(stderr.contains("document 2: Deployment/web: injected"), "{stderr}");
-    assert!(stderr.contains("document 5: CronJob/report: skipped: pillion.dev/inject: disabled"), "{stderr}");
+    assert!(
+        stderr.contains("document 2: Deployment/web: injected"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("document 5: CronJob/report: skipped: pillion.dev/inject: disabled"),
+        "{stderr}"
+    );
     let report = validate(&yaml);
     assert_eq!(report.matches("passed").count(), 5, "{report}");
 
@@ -75,7 +91,10 @@ fn the_example_shop_is_injected_and_valid() {
         .collect();
     assert_eq!(init, ["pillion-init", "pillion-proxy", "wait-for-config"]);
     let args = &deployment["spec"]["template"]["spec"]["initContainers"][0]["args"];
-    assert!(args.as_array().unwrap().iter().any(|a| a == "5432"), "{args}");
+    assert!(
+        args.as_array().unwrap().iter().any(|a| a == "5432"),
+        "{args}"
+    );
 
     // From standard input, and again on its own output: nothing more to do.
     let again = inject(&[], Some(&yaml));
@@ -87,12 +106,20 @@ fn the_example_shop_is_injected_and_valid() {
 /// YAML to JSON through the Python the tests install (one parser the product does not use).
 fn yaml_to_json(yaml: &str) -> String {
     let mut child = Command::new(python())
-        .args(["-c", "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
     String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }
 
@@ -114,7 +141,10 @@ fn bad_input_is_named_and_nothing_is_written() {
         stderr.contains(&format!("{name}: document 1: Deployment/api: annotation config.pillion.dev/proxy-memory-limit: \"2 gigs\": not a Kubernetes quantity")),
         "{stderr}"
     );
-    assert!(stderr.contains(&format!("{name}: document 2: not valid YAML")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{name}: document 2: not valid YAML")),
+        "{stderr}"
+    );
 
     let missing = inject(&["-f", "/nonexistent/x.yaml"], None);
     assert_eq!(missing.status.code(), Some(1));

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 const TOKEN: &str = "test-injector-token";
 
@@ -28,32 +30,49 @@ async fn api_server() -> SocketAddr {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-                    let (status, body) = if auth != Some(&format!("Bearer {TOKEN}")) {
-                        (401, serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized", "code": 401}))
-                    } else {
-                        match (req.method().as_str(), req.uri().path()) {
-                            ("GET", "/api/v1/namespaces/meshed") => (200, serde_json::json!({
-                                "apiVersion": "v1", "kind": "Namespace",
-                                "metadata": {"name": "meshed", "annotations": {"pillion.dev/inject": "enabled"}},
-                            })),
-                            ("GET", "/api/v1/namespaces/plain") => (200, serde_json::json!({
-                                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"},
-                            })),
-                            _ => (404, serde_json::json!({
-                                "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                "message": "namespaces not found", "reason": "NotFound", "code": 404,
-                            })),
-                        }
-                    };
-                    let resp = http::Response::builder()
-                        .status(status)
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body.to_string())))
-                        .unwrap();
-                    Ok::<_, Infallible>(resp)
-                });
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok());
+                        let (status, body) = if auth != Some(&format!("Bearer {TOKEN}")) {
+                            (
+                                401,
+                                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized", "code": 401}),
+                            )
+                        } else {
+                            match (req.method().as_str(), req.uri().path()) {
+                                ("GET", "/api/v1/namespaces/meshed") => (
+                                    200,
+                                    serde_json::json!({
+                                        "apiVersion": "v1", "kind": "Namespace",
+                                        "metadata": {"name": "meshed", "annotations": {"pillion.dev/inject": "enabled"}},
+                                    }),
+                                ),
+                                ("GET", "/api/v1/namespaces/plain") => (
+                                    200,
+                                    serde_json::json!({
+                                        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"},
+                                    }),
+                                ),
+                                _ => (
+                                    404,
+                                    serde_json::json!({
+                                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                        "message": "namespaces not found", "reason": "NotFound", "code": 404,
+                                    }),
+                                ),
+                            }
+                        };
+                        let resp = http::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body.to_string())))
+                            .unwrap();
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
@@ -67,9 +86,13 @@ fn ca() -> (Issuer<'static, KeyPair>, String) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, "injector test CA");
+    p.distinguished_name
+        .push(DnType::CommonName, "injector test CA");
     p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let cert = p.self_signed(&key).unwrap();
     (Issuer::new(p, key), cert.pem())
 }
@@ -80,7 +103,8 @@ fn write_serving_cert(issuer: &Issuer<'_, KeyPair>, dir: &Path) -> Vec<u8> {
     let mut p = CertificateParams::default();
     // Not the CA's name: a leaf named like its issuer reads as self-signed.
     p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, "pillion-injector");
+    p.distinguished_name
+        .push(DnType::CommonName, "pillion-injector");
     p.subject_alt_names = vec![
         SanType::IpAddress("127.0.0.1".parse().unwrap()),
         SanType::DnsName("pillion-injector.pillion.svc".try_into().unwrap()),
@@ -98,12 +122,18 @@ async fn presented(addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
     let config = client_config(ca_pem, None);
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
 fn curl(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("curl").args(args).output().expect("curl")
+    std::process::Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +171,9 @@ async fn webhook_answers_as_the_api_server_expects_and_reloads_its_certificate()
         ],
         &[("KUBECONFIG", kubeconfig.display().to_string())],
     );
-    let line = injector.wait_log("listening", |v| v["fields"]["message"] == "injector listening");
+    let line = injector.wait_log("listening", |v| {
+        v["fields"]["message"] == "injector listening"
+    });
     let addr: SocketAddr = line["fields"]["addr"].as_str().unwrap().parse().unwrap();
     let url = format!("https://{addr}/inject");
 
@@ -149,7 +181,14 @@ async fn webhook_answers_as_the_api_server_expects_and_reloads_its_certificate()
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/admission_check.py");
     let out = tokio::task::spawn_blocking({
         let (url, ca) = (url.clone(), ca_path.clone());
-        move || std::process::Command::new(python()).arg(script).arg(url).arg(ca).output().unwrap()
+        move || {
+            std::process::Command::new(python())
+                .arg(script)
+                .arg(url)
+                .arg(ca)
+                .output()
+                .unwrap()
+        }
     })
     .await
     .unwrap();
@@ -165,16 +204,46 @@ async fn webhook_answers_as_the_api_server_expects_and_reloads_its_certificate()
     // kube-apiserver speaks HTTP/2 to webhooks when offered.
     let review = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"h2-1","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"plain","object":{"metadata":{"annotations":{"pillion.dev/inject":"enabled"}},"spec":{"containers":[{"name":"a","image":"a"}]}}}}"#;
     let ca_arg = ca_path.display().to_string();
-    let h2 = curl(&["-sS", "--http2", "--cacert", &ca_arg, "-H", "content-type: application/json", "--data", review, "-w", "\n%{http_version}", &url]);
+    let h2 = curl(&[
+        "-sS",
+        "--http2",
+        "--cacert",
+        &ca_arg,
+        "-H",
+        "content-type: application/json",
+        "--data",
+        review,
+        "-w",
+        "\n%{http_version}",
+        &url,
+    ]);
     let h2_out = String::from_utf8_lossy(&h2.stdout);
-    assert!(h2_out.ends_with("\n2"), "{h2_out} {}", String::from_utf8_lossy(&h2.stderr));
-    assert!(h2_out.contains(r#""uid":"h2-1""#) && h2_out.contains(r#""patchType":"JSONPatch""#), "{h2_out}");
+    assert!(
+        h2_out.ends_with("\n2"),
+        "{h2_out} {}",
+        String::from_utf8_lossy(&h2.stderr)
+    );
+    assert!(
+        h2_out.contains(r#""uid":"h2-1""#) && h2_out.contains(r#""patchType":"JSONPatch""#),
+        "{h2_out}"
+    );
 
     // /metrics: clean for promtool, and counting what happened.
-    let metrics = curl(&["-sS", "--cacert", &ca_arg, &format!("https://{addr}/metrics")]);
+    let metrics = curl(&[
+        "-sS",
+        "--cacert",
+        &ca_arg,
+        &format!("https://{addr}/metrics"),
+    ]);
     let text = String::from_utf8_lossy(&metrics.stdout).into_owned();
-    assert!(text.contains(r#"pillion_injector_admissions_total{outcome="injected",reason=""}"#), "{text}");
-    assert!(text.contains(r#"outcome="skipped",reason="opted_out""#), "{text}");
+    assert!(
+        text.contains(r#"pillion_injector_admissions_total{outcome="injected",reason=""}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"outcome="skipped",reason="opted_out""#),
+        "{text}"
+    );
     let mut lint = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -183,11 +252,29 @@ async fn webhook_answers_as_the_api_server_expects_and_reloads_its_certificate()
         .spawn()
         .unwrap();
     use std::io::Write as _;
-    lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let lint = lint.wait_with_output().unwrap();
-    assert!(lint.status.success(), "promtool: {}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    assert!(
+        lint.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
     for path in ["/live", "/ready"] {
-        let r = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", &ca_arg, &format!("https://{addr}{path}")]);
+        let r = curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &ca_arg,
+            &format!("https://{addr}{path}"),
+        ]);
         assert_eq!(String::from_utf8_lossy(&r.stdout), "200", "{path}");
     }
 
@@ -196,14 +283,21 @@ async fn webhook_answers_as_the_api_server_expects_and_reloads_its_certificate()
     let second = write_serving_cert(&issuer, dir.path());
     let deadline = Instant::now() + DEADLINE;
     while presented(addr, &ca_pem).await != second {
-        assert!(Instant::now() < deadline, "the new certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A broken file is reported and the pair in use stays.
     std::fs::write(dir.path().join("tls.crt"), "not a certificate\n").unwrap();
     injector.wait_log("reload refused", |v| {
-        v["fields"]["message"].as_str().is_some_and(|m| m.contains("not reloaded"))
-            && v["fields"]["error"].as_str().is_some_and(|e| e.contains("tls.crt"))
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not reloaded"))
+            && v["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("tls.crt"))
     });
     assert_eq!(presented(addr, &ca_pem).await, second);
 }

@@ -25,7 +25,9 @@ fn node(tag: &str) -> Netns {
 /// A pod namespace with `eth0` at `ip` on the node's bridge.
 fn pod(node: &Netns, tag: &str, ip: &str, veth: &str) -> Netns {
     let pod = Netns::new(tag);
-    node.exec(&["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.0]);
+    node.exec(&[
+        "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
+    ]);
     node.exec(&["ip", "link", "set", veth, "master", "br0"]);
     node.exec(&["ip", "link", "set", veth, "up"]);
     pod.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
@@ -45,7 +47,12 @@ fn pillion_init(ns: &Netns, run_as: Option<u32>, args: &[&str]) -> (i32, String,
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.0]);
     if let Some(uid) = run_as {
-        cmd.args(["setpriv", &format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups"]);
+        cmd.args([
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ]);
     }
     let out = cmd.arg(init).args(args).output().unwrap();
     (
@@ -87,7 +94,13 @@ fn a_pod_calls_another_by_ip_through_both_proxies_over_mtls() {
         Some(&pod_b),
         "app-b",
         &bin("pillion"),
-        &["demo-app", "--listen", "0.0.0.0:0", "--app-version", "pod-b"],
+        &[
+            "demo-app",
+            "--listen",
+            "0.0.0.0:0",
+            "--app-version",
+            "pod-b",
+        ],
         &[],
     );
     let app_port = port_of(&app);
@@ -124,8 +137,24 @@ fn a_pod_calls_another_by_ip_through_both_proxies_over_mtls() {
         env.push(("PILLION_INBOUND_LISTEN", "0.0.0.0:0".to_string()));
         env
     };
-    let proxy_a = start_proxy_in(Some(&pod_a), Some(PROXY_UID), "proxy-a", cp.addr, "default/client", None, &identity("client"));
-    let proxy_b = start_proxy_in(Some(&pod_b), Some(PROXY_UID), "proxy-b", cp.addr, "default/web", None, &identity("web"));
+    let proxy_a = start_proxy_in(
+        Some(&pod_a),
+        Some(PROXY_UID),
+        "proxy-a",
+        cp.addr,
+        "default/client",
+        None,
+        &identity("client"),
+    );
+    let proxy_b = start_proxy_in(
+        Some(&pod_b),
+        Some(PROXY_UID),
+        "proxy-b",
+        cp.addr,
+        "default/web",
+        None,
+        &identity("web"),
+    );
 
     // What the injected init container runs, in each pod.
     for (ns, proxy) in [(&pod_a, &proxy_a), (&pod_b, &proxy_b)] {
@@ -140,14 +169,29 @@ fn a_pod_calls_another_by_ip_through_both_proxies_over_mtls() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(pillion_init(&pod_a, None, &args).0, 0);
     assert_eq!(nat_rules(&pod_a), before);
-    assert_eq!(before.iter().filter(|r| r.contains("-j PILLION_")).count(), 2, "{before:#?}");
+    assert_eq!(
+        before.iter().filter(|r| r.contains("-j PILLION_")).count(),
+        2,
+        "{before:#?}"
+    );
 
     // Pod A's app calls pod B by IP and port, unchanged, as it would without a mesh.
     let url = format!("http://10.207.0.3:{app_port}/");
     let deadline = Instant::now() + DEADLINE;
     let answer = loop {
         let out = Command::new("ip")
-            .args(["netns", "exec", &pod_a.0, "curl", "-sS", "--max-time", "10", "-D", "-", &url])
+            .args([
+                "netns",
+                "exec",
+                &pod_a.0,
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-D",
+                "-",
+                &url,
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -166,7 +210,9 @@ fn a_pod_calls_another_by_ip_through_both_proxies_over_mtls() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // It crossed both proxies, and the hop between them was mTLS with the client's identity.
-    let metrics = |ns: &Netns, proxy: &ProxyProc| ns.exec(&["curl", "-sS", &format!("http://{}/metrics", proxy.admin)]);
+    let metrics = |ns: &Netns, proxy: &ProxyProc| {
+        ns.exec(&["curl", "-sS", &format!("http://{}/metrics", proxy.admin)])
+    };
     let deadline = Instant::now() + DEADLINE;
     loop {
         let a = metrics(&pod_a, &proxy_a);
@@ -186,7 +232,10 @@ fn a_pod_calls_another_by_ip_through_both_proxies_over_mtls() {
         if client_side && server_side {
             break;
         }
-        assert!(Instant::now() < deadline, "not seen over mTLS:\n--- proxy-a\n{a}\n--- proxy-b\n{b}");
+        assert!(
+            Instant::now() < deadline,
+            "not seen over mTLS:\n--- proxy-a\n{a}\n--- proxy-b\n{b}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
@@ -196,13 +245,22 @@ fn pillion_init_prints_its_rules_and_says_what_is_wrong() {
     let ns = Netns::new("init");
     let (code, rules, _) = pillion_init(&ns, None, &["--dry-run", "--skip-outbound-ports", "5432"]);
     assert_eq!(code, 0);
-    assert!(rules.contains("-A PILLION_OUTBOUND -p tcp -m multiport --dports 5432 -j RETURN"), "{rules}");
-    assert!(rules.contains("-A PILLION_INBOUND -p tcp -j REDIRECT --to-ports 4143"), "{rules}");
+    assert!(
+        rules.contains("-A PILLION_OUTBOUND -p tcp -m multiport --dports 5432 -j RETURN"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("-A PILLION_INBOUND -p tcp -j REDIRECT --to-ports 4143"),
+        "{rules}"
+    );
     assert!(nat_rules(&ns).is_empty(), "--dry-run changed the rules");
 
     let (code, _, err) = pillion_init(&ns, None, &["--iptables", "no-such-iptables"]);
     assert_eq!(code, 1);
-    assert!(err.contains("no-such-iptables-save not found: install iptables"), "{err}");
+    assert!(
+        err.contains("no-such-iptables-save not found: install iptables"),
+        "{err}"
+    );
 
     // Without root and NET_ADMIN: the fix is named.
     let (code, _, err) = pillion_init(&ns, Some(PROXY_UID), &[]);

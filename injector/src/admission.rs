@@ -100,7 +100,8 @@ pub fn respond(uid: &str, patch: &[Value], warnings: &[String]) -> Vec<u8> {
     if !warnings.is_empty() {
         response["warnings"] = json!(warnings.iter().map(|w| shorten(w)).collect::<Vec<_>>());
     }
-    let review = json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response});
+    let review =
+        json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response});
     serde_json::to_vec(&review).unwrap_or_default()
 }
 
@@ -110,7 +111,9 @@ mod tests {
 
     #[test]
     fn the_documented_review_parses() {
-        let text = include_str!("../../../shared/specs/kubernetes/admission.k8s.io.v1.AdmissionReview.testdata.json");
+        let text = include_str!(
+            "../../../shared/specs/kubernetes/admission.k8s.io.v1.AdmissionReview.testdata.json"
+        );
         let r = parse(text.as_bytes()).unwrap();
         assert_eq!(r.uid, "uidValue");
         assert_eq!(r.namespace.as_deref(), Some("namespaceValue"));
@@ -122,7 +125,8 @@ mod tests {
         assert!(parse(b"{").unwrap_err().starts_with("AdmissionReview:"));
         let e = parse(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"a"}}"#).unwrap_err();
         assert!(e.contains("v1beta1"), "{e}");
-        let e = parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).unwrap_err();
+        let e =
+            parse(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).unwrap_err();
         assert!(e.contains("request: missing"), "{e}");
     }
 
@@ -139,8 +143,14 @@ mod tests {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(v["response"]["patch"].as_str().unwrap())
             .unwrap();
-        assert_eq!(serde_json::from_slice::<Value>(&decoded).unwrap(), Value::Array(patch));
-        assert_eq!(v["response"]["warnings"][0].as_str().unwrap().len(), WARNING_LIMIT);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&decoded).unwrap(),
+            Value::Array(patch)
+        );
+        assert_eq!(
+            v["response"]["warnings"][0].as_str().unwrap().len(),
+            WARNING_LIMIT
+        );
 
         let v: Value = serde_json::from_slice(&respond("u-2", &[], &[])).unwrap();
         assert!(v["response"].get("patch").is_none() && v["response"].get("patchType").is_none());

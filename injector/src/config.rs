@@ -43,10 +43,18 @@ pub struct SidecarArgs {
     #[arg(long, env = "PILLION_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
     /// Audience of the projected service-account token the proxy proves its identity with.
-    #[arg(long, env = "PILLION_TOKEN_AUDIENCE", default_value = "identity.pillion.dev")]
+    #[arg(
+        long,
+        env = "PILLION_TOKEN_AUDIENCE",
+        default_value = "identity.pillion.dev"
+    )]
     pub token_audience: String,
     /// Default `PILLION_LOG` of injected proxies.
-    #[arg(long, env = "PILLION_PROXY_LOG", default_value = "warn,pillion_proxy=info")]
+    #[arg(
+        long,
+        env = "PILLION_PROXY_LOG",
+        default_value = "warn,pillion_proxy=info"
+    )]
     pub proxy_log: String,
     /// Zipkin span endpoint for injected proxies (none: no tracing).
     #[arg(long, env = "PILLION_ZIPKIN_URL")]

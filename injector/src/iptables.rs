@@ -100,9 +100,13 @@ impl Rules {
 /// What went wrong, said so that the fix is clear.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("{program} not found: install iptables (the pillion-proxy image has it), or name the binary with --iptables")]
+    #[error(
+        "{program} not found: install iptables (the pillion-proxy image has it), or name the binary with --iptables"
+    )]
     Missing { program: String },
-    #[error("{program}: permission denied: pillion-init must run as root with the NET_ADMIN and NET_RAW capabilities (securityContext.capabilities.add){detail}")]
+    #[error(
+        "{program}: permission denied: pillion-init must run as root with the NET_ADMIN and NET_RAW capabilities (securityContext.capabilities.add){detail}"
+    )]
     NotPermitted { program: String, detail: String },
     #[error("{program} failed: {stderr}")]
     Failed { program: String, stderr: String },
@@ -110,7 +114,10 @@ pub enum InitError {
 
 fn classify(program: &str, stderr: &str) -> InitError {
     let lower = stderr.to_ascii_lowercase();
-    if lower.contains("permission denied") || lower.contains("must be root") || lower.contains("operation not permitted") {
+    if lower.contains("permission denied")
+        || lower.contains("must be root")
+        || lower.contains("operation not permitted")
+    {
         return InitError::NotPermitted {
             program: program.into(),
             detail: format!(" ({})", stderr.trim()),
@@ -125,12 +132,18 @@ fn classify(program: &str, stderr: &str) -> InitError {
 fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, InitError> {
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => InitError::Missing { program: program.into() },
+            std::io::ErrorKind::NotFound => InitError::Missing {
+                program: program.into(),
+            },
             std::io::ErrorKind::PermissionDenied => InitError::NotPermitted {
                 program: program.into(),
                 detail: String::new(),
@@ -141,10 +154,12 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, Init
             },
         })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).map_err(|e| InitError::Failed {
-            program: program.into(),
-            stderr: e.to_string(),
-        })?;
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| InitError::Failed {
+                program: program.into(),
+                stderr: e.to_string(),
+            })?;
     }
     let out = child.wait_with_output().map_err(|e| InitError::Failed {
         program: program.into(),
@@ -182,7 +197,10 @@ mod tests {
             inbound_port: 4143,
             outbound_port: 4140,
             proxy_uid: 2102,
-            skip_inbound: vec![PortRange { lo: 4191, hi: 4191 }, PortRange { lo: 8000, hi: 8010 }],
+            skip_inbound: vec![
+                PortRange { lo: 4191, hi: 4191 },
+                PortRange { lo: 8000, hi: 8010 },
+            ],
             skip_outbound: vec![],
         }
     }
@@ -192,12 +210,28 @@ mod tests {
         let text = rules().restore_input("");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "*nat");
-        assert!(lines.contains(&"-A PILLION_INBOUND -p tcp -m multiport --dports 4191,8000:8010 -j RETURN"));
-        let redirect_in = lines.iter().position(|l| l.contains("REDIRECT --to-ports 4143")).unwrap();
-        let skip_in = lines.iter().position(|l| l.contains("--dports 4191")).unwrap();
+        assert!(
+            lines.contains(
+                &"-A PILLION_INBOUND -p tcp -m multiport --dports 4191,8000:8010 -j RETURN"
+            )
+        );
+        let redirect_in = lines
+            .iter()
+            .position(|l| l.contains("REDIRECT --to-ports 4143"))
+            .unwrap();
+        let skip_in = lines
+            .iter()
+            .position(|l| l.contains("--dports 4191"))
+            .unwrap();
         assert!(skip_in < redirect_in);
-        let uid = lines.iter().position(|l| l.contains("--uid-owner 2102 -j RETURN")).unwrap();
-        let redirect_out = lines.iter().position(|l| l.contains("REDIRECT --to-ports 4140")).unwrap();
+        let uid = lines
+            .iter()
+            .position(|l| l.contains("--uid-owner 2102 -j RETURN"))
+            .unwrap();
+        let redirect_out = lines
+            .iter()
+            .position(|l| l.contains("REDIRECT --to-ports 4140"))
+            .unwrap();
         assert!(uid < redirect_out);
         assert!(lines.contains(&"-A PREROUTING -p tcp -j PILLION_INBOUND"));
         assert!(lines.contains(&"-A OUTPUT -p tcp -j PILLION_OUTBOUND"));
@@ -219,7 +253,12 @@ mod tests {
         let groups = port_groups(&ports);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].split(',').count(), 15);
-        let ranges: Vec<PortRange> = (0..8).map(|i| PortRange { lo: i * 10 + 1, hi: i * 10 + 5 }).collect();
+        let ranges: Vec<PortRange> = (0..8)
+            .map(|i| PortRange {
+                lo: i * 10 + 1,
+                hi: i * 10 + 5,
+            })
+            .collect();
         assert_eq!(port_groups(&ranges).len(), 2, "a range counts two");
     }
 
@@ -227,7 +266,10 @@ mod tests {
     fn errors_say_what_to_do() {
         let e = run("pillion-no-such-iptables", &[], None).unwrap_err();
         assert!(e.to_string().contains("not found: install iptables"), "{e}");
-        let e = classify("iptables-restore", "iptables-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)");
+        let e = classify(
+            "iptables-restore",
+            "iptables-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)",
+        );
         assert!(e.to_string().contains("NET_ADMIN"), "{e}");
         assert_eq!(ipv6_twin("iptables-legacy"), "ip6tables-legacy");
         assert_eq!(ipv6_twin("/usr/sbin/iptables"), "/usr/sbin/ip6tables");

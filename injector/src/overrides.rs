@@ -91,15 +91,22 @@ pub fn parse(annotations: Option<&Map<String, Value>>) -> (Overrides, Vec<Overri
             reason,
         };
         let Some(text) = value.as_str() else {
-            errors.push(error(value.to_string(), "annotation values are strings".into()));
+            errors.push(error(
+                value.to_string(),
+                "annotation values are strings".into(),
+            ));
             continue;
         };
         let text = text.trim();
         let result: Result<(), String> = match name {
             "skip-inbound-ports" => port_list(text).map(|p| out.skip_inbound_ports = p),
             "skip-outbound-ports" => port_list(text).map(|p| out.skip_outbound_ports = p),
-            "proxy-cpu-request" => check_quantity(text).map(|_| out.resources.cpu_request = Some(text.into())),
-            "proxy-cpu-limit" => check_quantity(text).map(|_| out.resources.cpu_limit = Some(text.into())),
+            "proxy-cpu-request" => {
+                check_quantity(text).map(|_| out.resources.cpu_request = Some(text.into()))
+            }
+            "proxy-cpu-limit" => {
+                check_quantity(text).map(|_| out.resources.cpu_limit = Some(text.into()))
+            }
             "proxy-memory-request" => {
                 check_quantity(text).map(|_| out.resources.memory_request = Some(text.into()))
             }
@@ -123,7 +130,11 @@ pub fn parse(annotations: Option<&Map<String, Value>>) -> (Overrides, Vec<Overri
     // A request above its limit is a pod the API server refuses: report it here instead.
     for (what, request, limit) in [
         ("cpu", &out.resources.cpu_request, &out.resources.cpu_limit),
-        ("memory", &out.resources.memory_request, &out.resources.memory_limit),
+        (
+            "memory",
+            &out.resources.memory_request,
+            &out.resources.memory_limit,
+        ),
     ] {
         if let (Some(r), Some(l)) = (request, limit)
             && let (Some(rv), Some(lv)) = (quantity_value(r), quantity_value(l))
@@ -209,7 +220,9 @@ fn check_log_filter(text: &str) -> Result<(), String> {
     tracing_subscriber::EnvFilter::builder()
         .parse(text)
         .map(|_| ())
-        .map_err(|e| format!("not a log filter ({e}); for example info or warn,pillion_proxy=debug"))
+        .map_err(|e| {
+            format!("not a log filter ({e}); for example info or warn,pillion_proxy=debug")
+        })
 }
 
 #[cfg(test)]
@@ -236,9 +249,15 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(
             o.skip_inbound_ports,
-            vec![PortRange { lo: 25, hi: 25 }, PortRange { lo: 8000, hi: 8010 }]
+            vec![
+                PortRange { lo: 25, hi: 25 },
+                PortRange { lo: 8000, hi: 8010 }
+            ]
         );
-        assert_eq!(o.skip_outbound_ports, vec![PortRange { lo: 3306, hi: 3306 }]);
+        assert_eq!(
+            o.skip_outbound_ports,
+            vec![PortRange { lo: 3306, hi: 3306 }]
+        );
         assert_eq!(o.resources.cpu_request.as_deref(), Some("50m"));
         assert_eq!(o.resources.memory_limit.as_deref(), Some("128Mi"));
         assert_eq!(o.log_level.as_deref(), Some("warn,pillion_proxy=debug"));

@@ -5,9 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::{
-    ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID, Sidecar, TOKEN_DIR,
-};
+use crate::config::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID, Sidecar, TOKEN_DIR};
 use crate::overrides::{self, OverrideError, Resources};
 
 pub const INJECT: &str = "pillion.dev/inject";
@@ -91,16 +89,21 @@ pub struct Pod<'a> {
 
 /// Decides and builds the patch. Never fails: anything it cannot handle is a skip.
 pub fn inject(pod: &Pod<'_>, sidecar: &Sidecar) -> Outcome {
-    let annotations = pod.object.pointer("/metadata/annotations").and_then(Value::as_object);
-    if let Err(skip) = wanted(annotations, pod.namespace_annotations)
-        .and_then(|()| injectable(pod.object))
+    let annotations = pod
+        .object
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object);
+    if let Err(skip) =
+        wanted(annotations, pod.namespace_annotations).and_then(|()| injectable(pod.object))
     {
         let mut outcome = Outcome {
             skipped: Some(skip.clone()),
             ..Outcome::default()
         };
         if skip.was_wanted() {
-            outcome.warnings.push(format!("Pillion sidecar not injected: {skip}"));
+            outcome
+                .warnings
+                .push(format!("Pillion sidecar not injected: {skip}"));
             let mut ops = Ops::default();
             ops.annotate(pod.object, &[(SKIPPED, skip.to_string())]);
             outcome.patch = ops.0;
@@ -192,7 +195,9 @@ fn wanted(
 
 /// Can this pod take the sidecar?
 fn injectable(pod: &Value) -> Result<(), Skip> {
-    let annotations = pod.pointer("/metadata/annotations").and_then(Value::as_object);
+    let annotations = pod
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object);
     let containers = |which: &str| {
         pod.pointer(&format!("/spec/{which}"))
             .and_then(Value::as_array)
@@ -200,7 +205,11 @@ fn injectable(pod: &Value) -> Result<(), Skip> {
             .unwrap_or_default()
     };
     let named = |c: &Value, n: &str| c.get("name").and_then(Value::as_str) == Some(n);
-    let all = || containers("containers").iter().chain(containers("initContainers"));
+    let all = || {
+        containers("containers")
+            .iter()
+            .chain(containers("initContainers"))
+    };
     if annotations.is_some_and(|a| a.contains_key(INJECTED))
         || all().any(|c| named(c, PROXY_CONTAINER) || named(c, INIT_CONTAINER))
     {
@@ -229,7 +238,9 @@ fn injectable(pod: &Value) -> Result<(), Skip> {
         && !a.is_object()
         && !a.is_null()
     {
-        return Err(Skip::Unsupported("metadata.annotations is not an object".into()));
+        return Err(Skip::Unsupported(
+            "metadata.annotations is not an object".into(),
+        ));
     }
     let os = pod
         .pointer("/spec/nodeSelector/kubernetes.io~1os")
@@ -242,9 +253,18 @@ fn injectable(pod: &Value) -> Result<(), Skip> {
     }
     // The proxy's ports must be free in the pod's network namespace.
     for c in all() {
-        for p in c.get("ports").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        for p in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             let port = p.get("containerPort").and_then(Value::as_u64);
-            if let Some(port) = port.filter(|p| [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT].map(u64::from).contains(p)) {
+            if let Some(port) = port.filter(|p| {
+                [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT]
+                    .map(u64::from)
+                    .contains(p)
+            }) {
                 let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
                 return Err(Skip::Unsupported(format!(
                     "container {name} uses port {port}, which the proxy needs"
@@ -275,7 +295,10 @@ pub fn workload_name(pod: &Value, owner: Option<&str>) -> String {
     }
     // A Deployment's pods are `<deployment>-<template hash>-<random>`: generateName ends in
     // `-<hash>-`. Other owners leave `<owner>-`.
-    if let Some(generated) = pod.pointer("/metadata/generateName").and_then(Value::as_str) {
+    if let Some(generated) = pod
+        .pointer("/metadata/generateName")
+        .and_then(Value::as_str)
+    {
         let base = generated.trim_end_matches('-');
         let base = label("pod-template-hash")
             .and_then(|h| base.strip_suffix(h))
@@ -393,7 +416,9 @@ fn proxy_container(sidecar: &Sidecar, o: &overrides::Overrides, workload: &str) 
     if let Some(anchors) = &sidecar.trust_anchors_pem {
         env.push(json!({"name": "PILLION_TRUST_ANCHORS", "value": anchors}));
         env.push(json!({"name": "PILLION_TRUST_DOMAIN", "value": sidecar.trust_domain}));
-        env.push(json!({"name": "PILLION_IDENTITY_TOKEN_FILE", "value": format!("{TOKEN_DIR}/token")}));
+        env.push(
+            json!({"name": "PILLION_IDENTITY_TOKEN_FILE", "value": format!("{TOKEN_DIR}/token")}),
+        );
         if let Some(id) = &sidecar.control_plane_identity {
             env.push(json!({"name": "PILLION_CONTROL_PLANE_IDENTITY", "value": id}));
         }
@@ -464,7 +489,8 @@ struct Ops(Vec<Value>);
 
 impl Ops {
     fn push(&mut self, path: &str, value: Value) {
-        self.0.push(json!({"op": "add", "path": path, "value": value}));
+        self.0
+            .push(json!({"op": "add", "path": path, "value": value}));
     }
 
     /// `path` (under `/spec` or `/metadata`) as an empty list first when the pod has none:
@@ -480,7 +506,10 @@ impl Ops {
         if pod.get("metadata").is_none_or(Value::is_null) {
             self.push("/metadata", json!({}));
         }
-        if pod.pointer("/metadata/annotations").is_none_or(Value::is_null) {
+        if pod
+            .pointer("/metadata/annotations")
+            .is_none_or(Value::is_null)
+        {
             self.push("/metadata/annotations", json!({}));
         }
         for (k, v) in entries {

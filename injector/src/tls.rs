@@ -22,7 +22,12 @@ pub struct Reloading {
 
 impl ResolvesServerCert for Reloading {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -82,18 +87,21 @@ impl Reloading {
                     tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
                 }
                 // Often a rotation caught between the two files: the next change retries.
-                Err(e) => tracing::warn!(error = %e, "serving certificate not reloaded; the previous one stays"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "serving certificate not reloaded; the previous one stays")
+                }
             }
         }
     }
 
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, String> {
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_no_client_auth()
-                .with_cert_resolver(self.clone());
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }

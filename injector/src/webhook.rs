@@ -48,7 +48,9 @@ impl Metrics {
             "AdmissionReviews answered, by outcome and skip reason",
             admissions.clone(),
         );
-        let duration = Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5]);
+        let duration = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5,
+        ]);
         registry.register(
             "admission_duration_seconds",
             "Time to answer one AdmissionReview, namespace lookup included",
@@ -71,7 +73,9 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         out
@@ -94,7 +98,10 @@ impl Injector {
     }
 
     fn count(&self, outcome: &'static str, reason: &'static str) {
-        self.metrics.admissions.get_or_create(&OutcomeLabels { outcome, reason }).inc();
+        self.metrics
+            .admissions
+            .get_or_create(&OutcomeLabels { outcome, reason })
+            .inc();
     }
 
     /// One review in, one response body out; `Err` is a request the API server sent wrong.
@@ -106,20 +113,35 @@ impl Injector {
         }
         let Some(pod) = request.object.as_ref().filter(|o| o.is_object()) else {
             self.count("error", "");
-            let warning = "Pillion: the AdmissionReview carries no pod object; admitted without the sidecar";
-            return Ok(admission::respond(&request.uid, &[], &[warning.to_string()]));
+            let warning =
+                "Pillion: the AdmissionReview carries no pod object; admitted without the sidecar";
+            return Ok(admission::respond(
+                &request.uid,
+                &[],
+                &[warning.to_string()],
+            ));
         };
         let namespace = request
             .namespace
             .clone()
-            .or_else(|| pod.pointer("/metadata/namespace").and_then(|n| n.as_str()).map(String::from))
+            .or_else(|| {
+                pod.pointer("/metadata/namespace")
+                    .and_then(|n| n.as_str())
+                    .map(String::from)
+            })
             .unwrap_or_else(|| "default".into());
         let mut warnings = Vec::new();
         let ns_annotations = match self.namespaces.annotations(&namespace).await {
             Ok(a) => Some(a),
             Err(e) => {
                 // Only matters when the pod itself says nothing.
-                if pod.pointer(&format!("/metadata/annotations/{}", patch::escape(patch::INJECT))).is_none() {
+                if pod
+                    .pointer(&format!(
+                        "/metadata/annotations/{}",
+                        patch::escape(patch::INJECT)
+                    ))
+                    .is_none()
+                {
                     tracing::warn!(namespace, error = %e, "namespace annotations unknown; pod annotations only");
                     warnings.push(format!("Pillion: namespace {namespace} could not be read ({e}); only the pod's own {} counts", patch::INJECT));
                 }
@@ -134,7 +156,9 @@ impl Injector {
             },
             &self.sidecar,
         );
-        self.metrics.invalid_annotations.inc_by(outcome.errors.len() as u64);
+        self.metrics
+            .invalid_annotations
+            .inc_by(outcome.errors.len() as u64);
         let name = pod
             .pointer("/metadata/name")
             .or_else(|| pod.pointer("/metadata/generateName"))
@@ -178,7 +202,12 @@ async fn handle(
             let started = Instant::now();
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return Ok(text(StatusCode::BAD_REQUEST, format!("reading the request body: {e}\n"))),
+                Err(e) => {
+                    return Ok(text(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body: {e}\n"),
+                    ));
+                }
             };
             let resp = match injector.review(&body).await {
                 Ok(json) => {
@@ -191,7 +220,10 @@ async fn handle(
                 }
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             };
-            injector.metrics.duration.observe(started.elapsed().as_secs_f64());
+            injector
+                .metrics
+                .duration
+                .observe(started.elapsed().as_secs_f64());
             resp
         }
         (&Method::GET, "/live") | (&Method::GET, "/ready") => text(StatusCode::OK, "ok\n".into()),
@@ -203,10 +235,14 @@ async fn handle(
             );
             resp
         }
-        (_, "/inject" | "/live" | "/ready" | "/metrics") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found: the webhook is POST /inject\n".into()),
+        (_, "/inject" | "/live" | "/ready" | "/metrics") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: the webhook is POST /inject\n".into(),
+        ),
     })
 }
 
@@ -235,7 +271,12 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let injector = injector.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(stream),
+            )
+            .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -244,7 +285,8 @@ pub async fn serve(
                 Err(_) => return,
             };
             let service = hyper::service::service_fn(move |req| handle(injector.clone(), req));
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await

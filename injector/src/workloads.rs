@@ -27,7 +27,11 @@ pub struct InjectError(pub String);
 fn template_pointer(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "Pod" => "",
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController"
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
         | "Job" => "/spec/template",
         "CronJob" => "/spec/jobTemplate/spec/template",
         _ => return None,
@@ -98,7 +102,8 @@ pub fn inject_yaml(
         let mut value: Value = match serde_saphyr::from_str(body) {
             Ok(v) => v,
             Err(e) => {
-                ctx.errors.push(InjectError(format!("{where_}: not valid YAML: {e}")));
+                ctx.errors
+                    .push(InjectError(format!("{where_}: not valid YAML: {e}")));
                 out.push_str(doc);
                 continue;
             }
@@ -116,7 +121,9 @@ pub fn inject_yaml(
             }
             match serde_saphyr::to_string(&value) {
                 Ok(yaml) => out.push_str(&yaml),
-                Err(e) => ctx.errors.push(InjectError(format!("{where_}: writing YAML: {e}"))),
+                Err(e) => ctx
+                    .errors
+                    .push(InjectError(format!("{where_}: writing YAML: {e}"))),
             }
             if !out.ends_with('\n') {
                 out.push('\n');
@@ -134,13 +141,19 @@ pub fn inject_yaml(
 
 /// Injects the object (or the items of a List); true when it changed.
 fn visit(object: &mut Value, where_: &str, ctx: &mut Ctx<'_>) -> bool {
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let name = object
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("(unnamed)")
         .to_string();
-    if kind == "List" || (kind.ends_with("List") && object.get("items").is_some_and(Value::is_array)) {
+    if kind == "List"
+        || (kind.ends_with("List") && object.get("items").is_some_and(Value::is_array))
+    {
         let mut changed = false;
         if let Some(items) = object.get_mut("items").and_then(Value::as_array_mut) {
             for (i, item) in items.iter_mut().enumerate() {
@@ -154,7 +167,10 @@ fn visit(object: &mut Value, where_: &str, ctx: &mut Ctx<'_>) -> bool {
     };
     let what = format!("{where_}: {kind}/{name}");
     let Some(template) = object.pointer_mut(pointer).filter(|t| t.is_object()) else {
-        ctx.errors.push(InjectError(format!("{what}: {}: missing", pointer_field(pointer))));
+        ctx.errors.push(InjectError(format!(
+            "{what}: {}: missing",
+            pointer_field(pointer)
+        )));
         return false;
     };
     // Asking for injection on the command line is the opt-in; `disabled` on the template
@@ -184,12 +200,16 @@ fn visit(object: &mut Value, where_: &str, ctx: &mut Ctx<'_>) -> bool {
     let patch: json_patch::Patch = match serde_json::from_value(Value::Array(outcome.patch)) {
         Ok(p) => p,
         Err(e) => {
-            ctx.errors.push(InjectError(format!("{what}: internal error building the patch: {e}")));
+            ctx.errors.push(InjectError(format!(
+                "{what}: internal error building the patch: {e}"
+            )));
             return false;
         }
     };
     if let Err(e) = json_patch::patch(template, &patch) {
-        ctx.errors.push(InjectError(format!("{what}: the patch does not apply: {e}")));
+        ctx.errors.push(InjectError(format!(
+            "{what}: the patch does not apply: {e}"
+        )));
         return false;
     }
     true
@@ -226,11 +246,18 @@ mod tests {
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].skipped, None);
         assert_eq!(reports[0].what, "web.yaml: document 2: Deployment/web");
-        assert!(docs[1].starts_with("---\n# the web app\napiVersion: apps/v1\n"), "{}", docs[1]);
+        assert!(
+            docs[1].starts_with("---\n# the web app\napiVersion: apps/v1\n"),
+            "{}",
+            docs[1]
+        );
         let deployment: Value = serde_saphyr::from_str(&docs[1][4..]).unwrap();
         let init = &deployment["spec"]["template"]["spec"]["initContainers"];
         assert_eq!(init[1]["name"], "pillion-proxy");
-        assert_eq!(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"],
+            "true"
+        );
         // Injecting the output again changes nothing.
         let (again, reports) = inject_yaml(&out, "web.yaml", &sidecar()).unwrap();
         assert_eq!(again, out);
@@ -247,9 +274,16 @@ mod tests {
              kind: List\napiVersion: v1\nitems:\n- kind: DaemonSet\n  apiVersion: apps/v1\n  metadata: {{name: d}}\n  spec: {{template: {{spec: {{{spec}}}}}}}\n"
         );
         let (_, reports) = inject_yaml(&text, "-", &sidecar()).unwrap();
-        let injected: Vec<&str> = reports.iter().filter(|r| r.skipped.is_none()).map(|r| r.what.as_str()).collect();
+        let injected: Vec<&str> = reports
+            .iter()
+            .filter(|r| r.skipped.is_none())
+            .map(|r| r.what.as_str())
+            .collect();
         assert_eq!(injected.len(), 4, "{reports:#?}");
-        assert!(injected[3].ends_with("items[0]: DaemonSet/d"), "{injected:?}");
+        assert!(
+            injected[3].ends_with("items[0]: DaemonSet/d"),
+            "{injected:?}"
+        );
     }
 
     #[test]
@@ -258,9 +292,22 @@ mod tests {
         let errors = inject_yaml(text, "apps.yaml", &sidecar()).unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 3, "{text:#?}");
-        assert!(text[0].starts_with("apps.yaml: document 1: Deployment/w: annotation config.pillion.dev/proxy-cpu-limit"), "{}", text[0]);
-        assert!(text[1].starts_with("apps.yaml: document 2: not valid YAML"), "{}", text[1]);
-        assert_eq!(text[2], "apps.yaml: document 3: Deployment/nospec: spec.template: missing");
+        assert!(
+            text[0].starts_with(
+                "apps.yaml: document 1: Deployment/w: annotation config.pillion.dev/proxy-cpu-limit"
+            ),
+            "{}",
+            text[0]
+        );
+        assert!(
+            text[1].starts_with("apps.yaml: document 2: not valid YAML"),
+            "{}",
+            text[1]
+        );
+        assert_eq!(
+            text[2],
+            "apps.yaml: document 3: Deployment/nospec: spec.template: missing"
+        );
     }
 
     #[test]

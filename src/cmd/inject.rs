@@ -8,10 +8,17 @@ use pillion_injector::config::SidecarArgs;
 use pillion_injector::workloads::inject_yaml;
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  pillion inject -f deploy.yaml > deploy.injected.yaml\n  kubectl get deploy -o yaml | pillion inject | kubectl apply -f -\n  pillion inject -f a.yaml -f b.yaml --trust-anchors-file ca.pem\n\nEach workload's outcome (injected, or skipped and why) goes to stderr; the YAML to stdout.\nExit status: 0 done, 1 a file or annotation was refused (nothing is written), 2 usage.")]
+#[command(
+    after_help = "Examples:\n  pillion inject -f deploy.yaml > deploy.injected.yaml\n  kubectl get deploy -o yaml | pillion inject | kubectl apply -f -\n  pillion inject -f a.yaml -f b.yaml --trust-anchors-file ca.pem\n\nEach workload's outcome (injected, or skipped and why) goes to stderr; the YAML to stdout.\nExit status: 0 done, 1 a file or annotation was refused (nothing is written), 2 usage."
+)]
 pub struct InjectArgs {
     /// YAML file to read (`-`: standard input, the default). Repeat for several.
-    #[arg(short = 'f', long = "filename", env = "PILLION_INJECT_FILES", value_delimiter = ',')]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "PILLION_INJECT_FILES",
+        value_delimiter = ','
+    )]
     files: Vec<PathBuf>,
     #[command(flatten)]
     sidecar: SidecarArgs,

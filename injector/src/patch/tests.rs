@@ -16,7 +16,8 @@ pub(crate) fn sidecar() -> Sidecar {
 }
 
 fn apply(pod: &Value, outcome: &Outcome) -> Value {
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(outcome.patch.clone())).unwrap();
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(outcome.patch.clone())).unwrap();
     let mut doc = pod.clone();
     json_patch::patch(&mut doc, &patch).unwrap();
     doc
@@ -53,7 +54,10 @@ fn a_bare_pod_gets_everything() {
     let out = run(&pod, Some(ns));
     assert_eq!(out.skipped, None);
     let done = apply(&pod, &out);
-    assert_eq!(names(&done["spec"]["initContainers"]), ["pillion-init", "pillion-proxy"]);
+    assert_eq!(
+        names(&done["spec"]["initContainers"]),
+        ["pillion-init", "pillion-proxy"]
+    );
     assert_eq!(names(&done["spec"]["containers"]), ["app"]);
     let proxy = &done["spec"]["initContainers"][1];
     assert_eq!(proxy["restartPolicy"], "Always");
@@ -101,7 +105,10 @@ fn existing_lists_and_escaped_keys_are_kept() {
     assert_eq!(names(&done["spec"]["volumes"])[0], "data");
     assert_eq!(done["metadata"]["annotations"]["example.com/a~b"], "x");
     let env = done["spec"]["initContainers"][1]["env"].as_array().unwrap();
-    let workload = env.iter().find(|e| e["name"] == "PILLION_WORKLOAD").unwrap();
+    let workload = env
+        .iter()
+        .find(|e| e["name"] == "PILLION_WORKLOAD")
+        .unwrap();
     assert_eq!(workload["value"], "$(POD_NAMESPACE)/web");
 }
 
@@ -123,10 +130,22 @@ fn opt_outs_and_unwanted_pods_are_untouched() {
 #[test]
 fn wanted_but_impossible_is_said_on_the_pod() {
     for (pod, label) in [
-        (json!({"spec": {"hostNetwork": true, "containers": [{"name": "a"}]}}), "host_network"),
-        (json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 4191}]}]}}), "unsupported"),
-        (json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "a"}]}}), "unsupported"),
-        (json!({"metadata": {"annotations": {INJECT: "yes"}}, "spec": {"containers": [{"name": "a"}]}}), "unsupported"),
+        (
+            json!({"spec": {"hostNetwork": true, "containers": [{"name": "a"}]}}),
+            "host_network",
+        ),
+        (
+            json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 4191}]}]}}),
+            "unsupported",
+        ),
+        (
+            json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "a"}]}}),
+            "unsupported",
+        ),
+        (
+            json!({"metadata": {"annotations": {INJECT: "yes"}}, "spec": {"containers": [{"name": "a"}]}}),
+            "unsupported",
+        ),
     ] {
         let out = run(&pod, Some(json!({INJECT: "enabled"})));
         let skip = out.skipped.clone().unwrap();
@@ -155,25 +174,55 @@ fn overrides_reach_the_containers_and_bad_ones_are_warned() {
     let out = run(&pod, None);
     assert_eq!(out.skipped, None);
     assert_eq!(out.errors.len(), 1);
-    assert!(out.warnings.iter().any(|w| w.contains("proxy-cpu-limit") && w.contains("lots")));
-    assert!(out.warnings.iter().any(|w| w.contains("prometheus.io/port")));
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("proxy-cpu-limit") && w.contains("lots"))
+    );
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("prometheus.io/port"))
+    );
     let done = apply(&pod, &out);
-    assert_eq!(done["metadata"]["annotations"]["prometheus.io/port"], "9090");
+    assert_eq!(
+        done["metadata"]["annotations"]["prometheus.io/port"],
+        "9090"
+    );
     let init = &done["spec"]["initContainers"][0]["args"];
-    let args: Vec<&str> = init.as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert!(args.windows(2).any(|w| w == ["--skip-outbound-ports", "3306,5432-5433"]), "{args:?}");
-    assert!(args.windows(2).any(|w| w == ["--skip-inbound-ports", "4191,8081"]), "{args:?}");
+    let args: Vec<&str> = init
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--skip-outbound-ports", "3306,5432-5433"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--skip-inbound-ports", "4191,8081"]),
+        "{args:?}"
+    );
     let proxy = &done["spec"]["initContainers"][1];
     assert_eq!(proxy["resources"]["limits"]["memory"], "64Mi");
     assert!(proxy["resources"]["limits"].get("cpu").is_none());
     let env = proxy["env"].as_array().unwrap();
-    assert!(env.iter().any(|e| e["name"] == "PILLION_TRACE_SAMPLE_RATE" && e["value"] == "1"));
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "PILLION_TRACE_SAMPLE_RATE" && e["value"] == "1")
+    );
 }
 
 #[test]
 fn workload_names() {
     let name = |v: Value| workload_name(&v, None);
-    assert_eq!(name(json!({"metadata": {"labels": {"app": "cart"}, "name": "x"}})), "cart");
+    assert_eq!(
+        name(json!({"metadata": {"labels": {"app": "cart"}, "name": "x"}})),
+        "cart"
+    );
     assert_eq!(
         name(json!({"metadata": {"labels": {"app.kubernetes.io/name": "cart", "app": "other"}}})),
         "cart"
