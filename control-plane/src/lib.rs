@@ -34,11 +34,32 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(50);
 /// Concurrent watches one proxy connection may hold.
 pub const MAX_STREAMS_PER_PROXY: u32 = 16_384;
 
+/// Where the configuration is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// A directory of YAML files (`--config-dir`).
+    Files,
+    /// The Kubernetes API (in-cluster, or `KUBECONFIG`).
+    Kubernetes,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
+    /// Where the configuration comes from.
+    #[arg(long, env = "PILLION_SOURCE", value_enum, default_value = "files")]
+    pub source: Source,
     /// Directory of YAML files (Service, EndpointSlice, TrafficSplit, HTTPRoute, ...), watched.
-    #[arg(long, env = "PILLION_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    /// Required with `--source files`.
+    #[arg(long, env = "PILLION_CONFIG_DIR", required_if_eq("source", "files"))]
+    pub config_dir: Option<PathBuf>,
+    /// Kubernetes mode: the audience of the service-account tokens proxies present (checked
+    /// with a TokenReview).
+    #[arg(
+        long,
+        env = "PILLION_TOKEN_AUDIENCE",
+        default_value = "identity.pillion.dev"
+    )]
+    pub token_audience: String,
     /// Address of the gRPC API the proxies connect to.
     #[arg(
         long = "listen",
@@ -84,7 +105,9 @@ impl Args {
     /// Defaults for an embedded control plane reading `config_dir` (no CA).
     pub fn new(config_dir: PathBuf, listen: SocketAddr) -> Self {
         Args {
-            config_dir,
+            source: Source::Files,
+            config_dir: Some(config_dir),
+            token_audience: "identity.pillion.dev".into(),
             listen,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ca_dir: None,
@@ -119,16 +142,33 @@ impl ControlPlane {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.admin_listen))?;
         let admin_addr = admin_listener.local_addr()?;
         let metrics = Arc::new(admin::Metrics::new());
-        let mut store = Store::new(&args.config_dir);
-        store.scan().map_err(|e| {
-            anyhow::anyhow!("cannot read config dir {}: {e}", args.config_dir.display())
-        })?;
-        let model = Model::new(store.objects(), 1);
-        warn_about(&model);
-        metrics.config_generation.set(1);
-        metrics.config_errors.set(store.errors().len() as i64);
-        let (tx, rx) = watch::channel(Arc::new(model));
-        let watcher = tokio::spawn(watch_dir(store, tx, metrics.clone()));
+        let (watcher, rx, kube_client, source_name) = match (args.source, &args.config_dir) {
+            (Source::Files, Some(dir)) => {
+                let mut store = Store::new(dir);
+                store.scan().map_err(|e| {
+                    anyhow::anyhow!("cannot read config dir {}: {e}", dir.display())
+                })?;
+                let model = Model::new(store.objects(), 1);
+                warn_about(&model);
+                metrics.config_generation.set(1);
+                metrics.config_errors.set(store.errors().len() as i64);
+                let (tx, rx) = watch::channel(Arc::new(model));
+                let watcher = tokio::spawn(watch_dir(store, tx, metrics.clone()));
+                (watcher, rx, None, dir.display().to_string())
+            }
+            (Source::Files, None) => anyhow::bail!("--source files needs --config-dir"),
+            (Source::Kubernetes, _) => {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    anyhow::anyhow!("--source kubernetes: no Kubernetes API configuration (in-cluster or KUBECONFIG): {e}")
+                })?;
+                // Generation 0 is empty; the first model follows the first list of every kind.
+                let (tx, rx) = watch::channel(Arc::new(Model::new(Vec::new(), 0)));
+                let cluster = source::kubernetes::Cluster::new(&args.trust_domain);
+                let watcher =
+                    source::kubernetes::start(client.clone(), cluster, tx, metrics.clone());
+                (watcher, rx, Some(client), "kubernetes".to_string())
+            }
+        };
         let admin_server = tokio::spawn(admin::serve(admin_listener, metrics.clone()));
         let service = discovery::DiscoveryService::new(rx.clone(), metrics.clone());
         let policy = policy::PolicyService::new(rx.clone(), metrics.clone());
@@ -159,11 +199,15 @@ impl ControlPlane {
             IdentityServer::new(identity::IdentityService::new(
                 ca,
                 args.identity_tokens.clone(),
+                kube_client.map(|client| identity::TokenReviews {
+                    client,
+                    audience: args.token_audience.clone(),
+                }),
                 metrics.clone(),
             ))
         });
         // Logged once everything a proxy needs exists (the CA files included).
-        tracing::info!(%addr, %admin_addr, dir = %args.config_dir.display(), "control plane listening");
+        tracing::info!(%addr, %admin_addr, source = %source_name, "control plane listening");
 
         let serve = async move {
             let router = tonic::transport::Server::builder()

@@ -83,13 +83,58 @@ fn parse_tokens(text: &str) -> Result<HashMap<String, (String, String)>, (usize,
 pub struct IdentityService {
     ca: Arc<Ca>,
     tokens: Option<Mutex<Tokens>>,
+    /// Kubernetes mode: tokens are projected service-account tokens, checked by TokenReview.
+    reviews: Option<TokenReviews>,
     metrics: Arc<crate::admin::Metrics>,
+}
+
+/// Asks the API server who a projected service-account token belongs to, for the audience
+/// the injector gives proxies' tokens.
+pub struct TokenReviews {
+    pub client: kube::Client,
+    pub audience: String,
+}
+
+impl TokenReviews {
+    async fn holder(&self, token: &str) -> Option<(String, String)> {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_string(),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..Default::default()
+        };
+        let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
+        let done = match api.create(&kube::api::PostParams::default(), &review).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "TokenReview failed");
+                return None;
+            }
+        };
+        let status = done.status?;
+        if status.authenticated != Some(true)
+            || !status
+                .audiences
+                .unwrap_or_default()
+                .contains(&self.audience)
+        {
+            return None;
+        }
+        // Service accounts authenticate as system:serviceaccount:<namespace>:<name>.
+        let username = status.user?.username?;
+        let rest = username.strip_prefix("system:serviceaccount:")?;
+        let (ns, sa) = rest.split_once(':')?;
+        Some((ns.to_string(), sa.to_string()))
+    }
 }
 
 impl IdentityService {
     pub fn new(
         ca: Arc<Ca>,
         tokens_file: Option<PathBuf>,
+        reviews: Option<TokenReviews>,
         metrics: Arc<crate::admin::Metrics>,
     ) -> Self {
         let tokens = tokens_file.map(|path| {
@@ -104,13 +149,17 @@ impl IdentityService {
         IdentityService {
             ca,
             tokens,
+            reviews,
             metrics,
         }
     }
 
     /// Who the token says its bearer is.
-    fn holder(&self, token: &[u8]) -> Option<(String, String)> {
+    async fn holder(&self, token: &[u8]) -> Option<(String, String)> {
         let token = std::str::from_utf8(token).ok()?.trim();
+        if let Some(reviews) = &self.reviews {
+            return reviews.holder(token).await;
+        }
         let mut tokens = self
             .tokens
             .as_ref()?
@@ -150,7 +199,7 @@ impl pb::identity_server::Identity for IdentityService {
                 identity.trust_domain, self.ca.trust_domain
             )));
         }
-        match self.holder(&req.token) {
+        match self.holder(&req.token).await {
             Some((ns, sa)) if ns == identity.namespace && sa == identity.service_account => {}
             Some((ns, sa)) => {
                 tracing::warn!(?peer, asked = %req.identity, token_for = %format!("{ns}/{sa}"), "certificate refused: the token is for another identity");

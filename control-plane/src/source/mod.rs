@@ -1,3 +1,4 @@
-//! Where configuration comes from. Today a directory of YAML files; Kubernetes later.
+//! Where configuration comes from: a directory of YAML files, or the Kubernetes API.
 
 pub mod files;
+pub mod kubernetes;
