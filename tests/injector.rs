@@ -264,6 +264,10 @@ async fn webhook_answers_as_the_api_server_expects_and_reloads_its_certificate()
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
+    let all = include_str!("../docs/metrics.md");
+    let docs = &all[all.find("## Injector metrics").unwrap()..];
+    let problems = pillion_core::metrics_doc::disagreements(&text, docs);
+    assert!(problems.is_empty(), "{problems:#?}");
     for path in ["/live", "/ready"] {
         let r = curl(&[
             "-sS",
