@@ -280,3 +280,82 @@ fn bad_values_are_refused_by_name() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("identity.issuer.crtPEM"));
 }
+
+/// The CA the chart generates at install is one the control plane loads and issues from, and
+/// two proxies holding its certificates speak mTLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generated_ca_secures_a_real_hop() {
+    let out = render(&[]);
+    assert!(out.status.success());
+    let docs = documents(&String::from_utf8(out.stdout).unwrap());
+    let secret = find(&docs, "Secret", "pillion-identity-issuer");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    std::fs::create_dir(&ca).unwrap();
+    use base64::Engine as _;
+    for (name, value) in secret["data"].as_object().unwrap() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().unwrap())
+            .unwrap();
+        std::fs::write(ca.join(name), bytes).unwrap();
+    }
+    let app = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(pillion::demo_app::serve(listener, "chart-ca".into()));
+        addr
+    };
+    std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let cp = start_control_plane_with(
+        &config,
+        "127.0.0.1:0",
+        &[
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--identity-tokens",
+            dir.path().join("tokens").to_str().unwrap(),
+        ],
+    );
+    let env = |sa: &str| {
+        let token = dir.path().join(format!("token-{sa}"));
+        std::fs::write(&token, format!("token-{sa}")).unwrap();
+        identity_env(dir.path(), sa, &token)
+    };
+    let server = start_proxy("server", cp.addr, "default/web", Some(app), &env("web"));
+    let client = start_proxy("client", cp.addr, "default/client", None, &env("client"));
+    write_config(
+        &config.join("mesh.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
+             \x20 annotations: {{pillion.dev/identity: \"{WEB_ID}\", pillion.dev/proxy-port: \"{}\"}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+            server.inbound.port(),
+            app.port()
+        ),
+    );
+    let http = http1_client();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let a = get(&http, client.outbound, "web", "/").await;
+        if a.as_ref().is_ok_and(|a| a.status == 200 && a.version == "chart-ca") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer over the chart's CA: {:?}\n{}",
+            a.map(|a| (a.status, a.error)),
+            client.proc.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, metrics) = admin_get(server.admin, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("pillion_responses_total{")
+            && l.contains("tls=\"true\"")
+            && l.contains(CLIENT_ID)),
+        "{metrics}"
+    );
+}
