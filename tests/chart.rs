@@ -340,7 +340,9 @@ async fn the_generated_ca_secures_a_real_hop() {
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let a = get(&http, client.outbound, "web", "/").await;
-        if a.as_ref().is_ok_and(|a| a.status == 200 && a.version == "chart-ca") {
+        if a.as_ref()
+            .is_ok_and(|a| a.status == 200 && a.version == "chart-ca")
+        {
             break;
         }
         assert!(
@@ -353,9 +355,11 @@ async fn the_generated_ca_secures_a_real_hop() {
     }
     let (_, metrics) = admin_get(server.admin, "/metrics").await;
     assert!(
-        metrics.lines().any(|l| l.starts_with("pillion_responses_total{")
-            && l.contains("tls=\"true\"")
-            && l.contains(CLIENT_ID)),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pillion_responses_total{")
+                && l.contains("tls=\"true\"")
+                && l.contains(CLIENT_ID)),
         "{metrics}"
     );
 }
