@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 use serde_json::Value;
@@ -49,23 +48,6 @@ fn render(extra: &[&str]) -> Output {
         .args(extra))
 }
 
-/// The rendered documents, as JSON.
-fn documents(yaml: &str) -> Vec<Value> {
-    let mut child = Command::new(python())
-        .args(["-c", "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap()
-}
-
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
@@ -99,7 +81,7 @@ fn the_chart_lints_renders_and_validates() {
         String::from_utf8_lossy(&out.stderr)
     );
     let yaml = String::from_utf8(out.stdout).unwrap();
-    let docs = documents(&yaml);
+    let docs = yaml_documents(&yaml);
 
     // Everything Kubernetes itself defines passes strict validation (the PodMonitor is the
     // Prometheus Operator's kind: checked by hand below).
@@ -110,27 +92,7 @@ fn the_chart_lints_renders_and_validates() {
         stream.push_str(&serde_json::to_string(d).unwrap());
         stream.push('\n');
     }
-    let tool = python().parent().unwrap().join("kubernetes-validate");
-    let mut child = Command::new(tool)
-        .args(["--strict", "-k", "1.31.0", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stream.as_bytes())
-        .unwrap();
-    let v = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
-    assert!(v.status.success(), "kubernetes-validate:\n{report}");
+    let report = kubernetes_validate(&stream, "1.31.0");
     assert_eq!(report.matches("passed").count(), core.len(), "{report}");
 
     let monitor = find(&docs, "PodMonitor", "pillion-proxies");
@@ -235,7 +197,7 @@ fn the_binaries_take_the_flags_the_chart_gives() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let docs = documents(&String::from_utf8(out.stdout).unwrap());
+    let docs = yaml_documents(&String::from_utf8(out.stdout).unwrap());
     for (deployment, binary) in [
         ("pillion-injector", "pillion-injector"),
         ("pillion-control-plane", "pillion-control-plane"),
@@ -287,7 +249,7 @@ fn bad_values_are_refused_by_name() {
 async fn the_generated_ca_secures_a_real_hop() {
     let out = render(&[]);
     assert!(out.status.success());
-    let docs = documents(&String::from_utf8(out.stdout).unwrap());
+    let docs = yaml_documents(&String::from_utf8(out.stdout).unwrap());
     let secret = find(&docs, "Secret", "pillion-identity-issuer");
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");

@@ -5,55 +5,16 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 
 fn inject(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(bin("pillion"))
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn validate(yaml: &str) -> String {
-    let tool = python().parent().unwrap().join("kubernetes-validate");
-    let mut child = Command::new(tool)
-        .args(["--strict", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "kubernetes-validate refused:\n{text}\n{yaml}"
-    );
-    text
+    with_stdin(
+        Command::new(bin("pillion")).arg("inject").args(args),
+        stdin.unwrap_or_default(),
+    )
 }
 
 #[test]
@@ -72,7 +33,7 @@ fn the_example_shop_is_injected_and_valid() {
         stderr.contains("document 5: CronJob/report: skipped: pillion.dev/inject: disabled"),
         "{stderr}"
     );
-    let report = validate(&yaml);
+    let report = kubernetes_validate(&yaml, "1.37.0");
     assert_eq!(report.matches("passed").count(), 5, "{report}");
 
     // The documents it did not change are the same bytes; the Deployment kept its comment.
@@ -82,7 +43,7 @@ fn the_example_shop_is_injected_and_valid() {
     for i in [0, 2, 3, 4] {
         assert_eq!(before[i], after[i], "document {} changed", i + 1);
     }
-    let deployment: serde_json::Value = serde_json::from_str(&yaml_to_json(&after[1])).unwrap();
+    let deployment = yaml_documents(&after[1]).remove(0);
     let init: Vec<&str> = deployment["spec"]["template"]["spec"]["initContainers"]
         .as_array()
         .unwrap()
@@ -101,26 +62,6 @@ fn the_example_shop_is_injected_and_valid() {
     assert!(again.status.success());
     assert_eq!(String::from_utf8(again.stdout).unwrap(), yaml);
     assert!(String::from_utf8_lossy(&again.stderr).contains("skipped: already injected"));
-}
-
-/// YAML to JSON through the Python the tests install (one parser the product does not use).
-fn yaml_to_json(yaml: &str) -> String {
-    let mut child = Command::new(python())
-        .args([
-            "-c",
-            "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }
 
 #[test]

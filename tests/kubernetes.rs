@@ -278,39 +278,28 @@ async fn demo_app(version: &str) -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_cluster_is_the_configuration() {
+/// The API-server stand-in on a loopback port.
+async fn start_api() -> (FakeApi, SocketAddr) {
     let api = FakeApi::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_addr = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(api.clone().serve(listener));
+    (api, addr)
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
+/// `pillion-control-plane --source kubernetes` against the stand-in (a kubeconfig with its
+/// address and token, in `dir`), with a CA in `dir/ca`; the process and its gRPC address.
+fn start_cp(api: SocketAddr, dir: &std::path::Path) -> (Process, SocketAddr) {
+    let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"http://{api_addr}\"}}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"http://{api}\"}}\n\
              users:\n- name: cp\n  user: {{token: {TOKEN}}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: cp, namespace: default}}\ncurrent-context: t\n"
         ),
     )
     .unwrap();
-    let v1 = demo_app("v1").await;
-    let v2 = demo_app("v2").await;
-    for s in ["web", "web-v1", "web-v2"] {
-        api.put("/api/v1/services", service(s));
-    }
-    api.put("/api/v1/pods", pod("web-v1-1", "web", false));
-    api.put(
-        "/apis/discovery.k8s.io/v1/endpointslices",
-        slice("web-v1", v1.port(), "web-v1-1"),
-    );
-    api.put(
-        "/apis/split.smi-spec.io/v1alpha4/trafficsplits",
-        split(100, 0),
-    );
-
-    let ca = dir.path().join("ca").display().to_string();
+    let ca = dir.join("ca").display().to_string();
     let cp = Process::spawn(
         "control-plane",
         &bin("pillion-control-plane"),
@@ -327,7 +316,30 @@ async fn the_cluster_is_the_configuration() {
         &[("KUBECONFIG", kubeconfig.display().to_string())],
     );
     let line = cp.wait_log("listening", |v| message_is(v, "control plane listening"));
-    let cp_addr: SocketAddr = line["fields"]["addr"].as_str().unwrap().parse().unwrap();
+    let addr = line["fields"]["addr"].as_str().unwrap().parse().unwrap();
+    (cp, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_is_the_configuration() {
+    let (api, api_addr) = start_api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = demo_app("v1").await;
+    let v2 = demo_app("v2").await;
+    for s in ["web", "web-v1", "web-v2"] {
+        api.put("/api/v1/services", service(s));
+    }
+    api.put("/api/v1/pods", pod("web-v1-1", "web", false));
+    api.put(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        slice("web-v1", v1.port(), "web-v1-1"),
+    );
+    api.put(
+        "/apis/split.smi-spec.io/v1alpha4/trafficsplits",
+        split(100, 0),
+    );
+
+    let (cp, cp_addr) = start_cp(api_addr, dir.path());
     // The missing HTTPRouteGroup CRD does not hold the first model back for long.
     cp.wait_log("first model", |v| {
         message_is(v, "configuration change published")
@@ -428,40 +440,23 @@ async fn the_cluster_is_the_configuration() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_the_api_server_does_not_vouch_for_get_no_certificate() {
-    let api = FakeApi::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_addr = listener.local_addr().unwrap();
-    tokio::spawn(api.clone().serve(listener));
+    let (_api, api_addr) = start_api().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"http://{api_addr}\"}}\n\
-             users:\n- name: cp\n  user: {{token: {TOKEN}}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: cp}}\ncurrent-context: t\n"
-        ),
-    )
-    .unwrap();
-    let ca = dir.path().join("ca").display().to_string();
-    let cp = Process::spawn(
-        "control-plane",
-        &bin("pillion-control-plane"),
-        &[
-            "--source",
-            "kubernetes",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--ca-dir",
-            &ca,
-        ],
-        &[("KUBECONFIG", kubeconfig.display().to_string())],
-    );
-    let line = cp.wait_log("listening", |v| message_is(v, "control plane listening"));
-    let cp_addr: SocketAddr = line["fields"]["addr"].as_str().unwrap().parse().unwrap();
+    let (cp, cp_addr) = start_cp(api_addr, dir.path());
     // A token for `client` presented as `web`, and a token nobody issued.
-    for (sa, token) in [("web", "sa-token-client"), ("web", "forged")] {
+    // Each is refused for its own reason: the token is another account's, or nobody's.
+    for (sa, token, reason) in [
+        (
+            "web",
+            "sa-token-client",
+            "certificate refused: the token is for another identity",
+        ),
+        (
+            "web",
+            "forged",
+            "certificate refused: unknown or missing token",
+        ),
+    ] {
         let file = dir.path().join(format!("{sa}-{token}"));
         std::fs::write(&file, token).unwrap();
         let p = start_proxy(
@@ -471,11 +466,8 @@ async fn tokens_the_api_server_does_not_vouch_for_get_no_certificate() {
             None,
             &identity_env(dir.path(), sa, &file),
         );
-        cp.wait_log("refused", |v| {
-            v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("certificate refused"))
-                && v["fields"]["asked"] == WEB_ID
+        cp.wait_log(reason, |v| {
+            message_is(v, reason) && v["fields"]["asked"] == WEB_ID
         });
         assert_ne!(admin_get(p.admin, "/ready").await.0, 200);
     }

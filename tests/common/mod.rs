@@ -868,3 +868,50 @@ pub async fn grpc_client(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
+
+/// Runs `cmd` with `input` on its standard input; its output (stdout and stderr captured).
+pub fn with_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// `kubernetes-validate --strict` (installed in .venv by scripts/test.sh) on a YAML stream for
+/// Kubernetes `version`; asserts that every document passed and returns the report.
+pub fn kubernetes_validate(yaml: &str, version: &str) -> String {
+    let tool = python().parent().unwrap().join("kubernetes-validate");
+    let out = with_stdin(
+        Command::new(tool).args(["--strict", "-k", version, "-"]),
+        yaml,
+    );
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate refused:\n{report}\n{yaml}"
+    );
+    report
+}
+
+/// The documents of a YAML stream as JSON, read by PyYAML (a parser the product does not use).
+pub fn yaml_documents(yaml: &str) -> Vec<Value> {
+    let script = "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))";
+    let out = with_stdin(Command::new(python()).args(["-c", script]), yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
