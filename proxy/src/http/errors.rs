@@ -29,7 +29,7 @@ pub enum ProxyError {
     #[error("denied by policy: {0}")]
     Forbidden(&'static str),
     #[error("upstream error: {0}")]
-    Upstream(hyper::Error),
+    Upstream(crate::http::body::BoxError),
     #[error("request timed out")]
     Timeout,
     #[error("destination unavailable: {0}")]
@@ -37,7 +37,7 @@ pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("reading the request body failed: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(crate::http::body::BoxError),
     #[error("method {0} is not supported by the proxy")]
     MethodNotAllowed(&'static str),
     #[error("connection loops back to the proxy")]

@@ -331,10 +331,7 @@ pub async fn forward(
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     parts.version = client_version;
-    Ok(Response::from_parts(
-        parts,
-        Guarded::wrap(body::boxed(incoming), guard),
-    ))
+    Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)))
 }
 
 /// Forwards an opaque TCP connection to `addr`, bytes as they are.

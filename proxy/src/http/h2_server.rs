@@ -32,8 +32,8 @@ pub const MAX_PENDING_RESETS: usize = 1024;
 /// Concurrent streams per connection (a peer proxy multiplexes all its callers on one).
 const MAX_STREAMS: u32 = 2048;
 /// Flow-control windows: large enough that one stream fills a loopback or data-centre path.
-const STREAM_WINDOW: u32 = 2 << 20;
-const CONNECTION_WINDOW: u32 = 8 << 20;
+pub(crate) const STREAM_WINDOW: u32 = 2 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 8 << 20;
 
 /// Serves requests until the connection ends, or until `stop` resolves (then gracefully: no
 /// new streams, those in flight finish). `serve` answers one request.
@@ -63,6 +63,7 @@ where
     }
     tokio::pin!(stop);
     let mut stopping = false;
+    let mut watching = true;
     loop {
         tokio::select! {
             accepted = conn.accept() => match accepted {
@@ -79,10 +80,14 @@ where
                 stopping = true;
                 conn.graceful_shutdown();
             }
-            _ = &mut dead_rx => {
-                tracing::debug!(%peer, "HTTP/2 peer stopped answering pings; closed");
-                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                return;
+            // Polled until it answers once: Ok is a missed pong; Err, the pinger ended.
+            dead = &mut dead_rx, if watching => {
+                watching = false;
+                if dead.is_ok() {
+                    tracing::debug!(%peer, "HTTP/2 peer stopped answering pings; closed");
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    return;
+                }
             }
         }
     }
@@ -90,7 +95,7 @@ where
 
 /// Pings every `KEEP_ALIVE`; tells `dead` when a pong does not come in time. Ends with the
 /// connection.
-async fn keep_alive(mut pings: h2::PingPong, dead: oneshot::Sender<()>) {
+pub(crate) async fn keep_alive(mut pings: h2::PingPong, dead: oneshot::Sender<()>) {
     loop {
         tokio::time::sleep(KEEP_ALIVE).await;
         match tokio::time::timeout(KEEP_ALIVE, pings.ping(h2::Ping::opaque())).await {
@@ -155,12 +160,13 @@ where
         }
     };
     if !end {
-        send_body(body, send).await;
+        send_body(body, send, h2::Reason::INTERNAL_ERROR).await;
     }
 }
 
-/// Streams a response body: data as the peer's window allows, then trailers or end of stream.
-async fn send_body(mut body: Body, mut send: SendStream<Bytes>) {
+/// Streams a body: data as the peer's window allows, then trailers or end of stream. A body
+/// that fails resets the stream with `on_error`.
+pub(crate) async fn send_body(mut body: Body, mut send: SendStream<Bytes>, on_error: h2::Reason) {
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
@@ -172,8 +178,8 @@ async fn send_body(mut body: Body, mut send: SendStream<Bytes>) {
                 return;
             }
             Some(Err(e)) => {
-                tracing::debug!(error = %e, "response body failed; stream reset");
-                send.send_reset(h2::Reason::INTERNAL_ERROR);
+                tracing::debug!(error = %e, "body failed; stream reset");
+                send.send_reset(on_error);
                 return;
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -209,12 +215,24 @@ async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), 
     Ok(())
 }
 
-/// A request body read from an h2 stream, giving flow-control capacity back as it is read,
-/// and asking for `100 Continue` the first time it is read.
-struct RequestBody {
+/// A body read from an h2 stream (a request's here, a response's in the client), giving
+/// flow-control capacity back as it is read, and asking for `100 Continue` the first time it
+/// is read when the client asked for one.
+pub(crate) struct RequestBody {
     recv: RecvStream,
     data_done: bool,
     wants_continue: Option<oneshot::Sender<()>>,
+}
+
+impl RequestBody {
+    /// A response body, as the client side reads it.
+    pub(crate) fn response(recv: RecvStream) -> Body {
+        body::boxed(RequestBody {
+            recv,
+            data_done: false,
+            wants_continue: None,
+        })
+    }
 }
 
 impl HttpBody for RequestBody {

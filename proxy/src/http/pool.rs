@@ -1,18 +1,25 @@
 //! Connections to one endpoint: one multiplexed HTTP/2 connection, and a pool of idle HTTP/1.1
 //! connections. Requests that provably never reached the peer (the connection was found dead
 //! before the request was written) are sent again on a fresh connection.
+//!
+//! HTTP/2 is spoken with the `h2` crate directly: the request's own task sends the headers and
+//! awaits the response. (hyper's HTTP/2 client hands every request to the connection's task
+//! over a channel and spawns a task per request to await its response: two task hops and a
+//! spawn per request, the largest cost left on the proxy's request path.)
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use http_body::Body as _;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::http::body::Body;
+use crate::http::body::{self, Body};
 use crate::http::errors::ProxyError;
+use crate::http::h2_server;
 
 /// HTTP/1.1 connections kept per endpoint (busy or idle), and how long an idle one is kept.
 const MAX_IDLE: usize = 64;
@@ -24,7 +31,7 @@ type IdleH1 = (http1::SendRequest<Body>, Instant);
 /// A connection checked out for one request.
 pub enum Sender {
     H1(http1::SendRequest<Body>),
-    H2(http2::SendRequest<Body>),
+    H2(h2::client::SendRequest<Bytes>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +64,7 @@ pub struct Conns {
     connect_timeout: Duration,
     tls: Option<TlsTarget>,
     /// Held across the handshake so that concurrent requests share one new connection.
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    h2: tokio::sync::Mutex<Option<h2::client::SendRequest<Bytes>>>,
     h1_idle: Arc<Mutex<Vec<IdleH1>>>,
 }
 
@@ -118,58 +125,100 @@ impl Conns {
         &self,
         sender: Sender,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
+    ) -> Result<http::Response<Body>, ProxyError> {
+        match sender {
+            Sender::H2(s) => self.send_h2(s, req).await,
+            Sender::H1(s) => self.send_h1(s, req).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        sender: http1::SendRequest<Body>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, ProxyError> {
         let (mut sender, mut req) = (sender, req);
         for attempt in 0..2 {
-            let result = match &mut sender {
-                Sender::H2(s) => s.try_send_request(req).await,
-                Sender::H1(s) => s.try_send_request(req).await,
-            };
-            match result {
+            match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    if let Sender::H1(s) = sender {
-                        self.release_h1(s);
-                    }
-                    return Ok(resp);
+                    self.release_h1(sender);
+                    return Ok(resp.map(body::boxed::<hyper::body::Incoming>));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if attempt == 0 => {
                         tracing::debug!(addr = %self.addr, error = %e.error(), "connection was dead before the request was sent; retrying");
                         req = r;
-                        sender = match sender {
-                            Sender::H2(_) => Sender::H2(self.h2_sender(true).await?),
-                            Sender::H1(_) => Sender::H1(self.h1_sender(true).await?),
-                        };
+                        sender = self.h1_sender(true).await?;
                     }
-                    _ => return Err(ProxyError::Upstream(e.into_error())),
+                    _ => return Err(ProxyError::Upstream(e.into_error().into())),
                 },
             }
         }
         Err(ProxyError::Unavailable("retry budget exhausted"))
     }
 
-    async fn h2_sender(&self, fresh: bool) -> Result<http2::SendRequest<Body>, ProxyError> {
+    async fn send_h2(
+        &self,
+        sender: h2::client::SendRequest<Bytes>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, ProxyError> {
+        // Waits for a stream slot under the peer's limit. A connection found closed here has
+        // not seen the request: once more on a new one.
+        let mut ready = match sender.ready().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
+                self.h2_sender(true)
+                    .await?
+                    .ready()
+                    .await
+                    .map_err(|e| ProxyError::Upstream(e.into()))?
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let end = body.is_end_stream();
+        let (response, stream) = ready
+            .send_request(http::Request::from_parts(parts, ()), end)
+            .map_err(|e| ProxyError::Upstream(e.into()))?;
+        if !end {
+            // The body goes up beside the wait for the response (a server may answer first).
+            let mut pipe = Box::pin(h2_server::send_body(body, stream, h2::Reason::CANCEL));
+            if futures_util::poll!(pipe.as_mut()).is_pending() {
+                tokio::spawn(pipe);
+            }
+        }
+        let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
+        let (parts, recv) = resp.into_parts();
+        Ok(http::Response::from_parts(
+            parts,
+            h2_server::RequestBody::response(recv),
+        ))
+    }
+
+    async fn h2_sender(&self, fresh: bool) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
         let mut slot = self.h2.lock().await;
-        if !fresh
-            && let Some(s) = slot.as_ref()
-            && !s.is_closed()
-        {
+        if !fresh && let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
         let io = self.connect(Protocol::Http2).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .handshake(io)
+        let (sender, mut conn) = h2::client::Builder::new()
+            .initial_window_size(h2_server::STREAM_WINDOW)
+            .initial_connection_window_size(h2_server::CONNECTION_WINDOW)
+            .handshake::<_, Bytes>(io.into_inner())
             .await
-            .map_err(ProxyError::Upstream)?;
+            .map_err(|e| ProxyError::Upstream(e.into()))?;
         let addr = self.addr;
+        // The connection is driven by its own task; pings find a peer that stopped answering.
+        let (dead_tx, dead_rx) = tokio::sync::oneshot::channel();
+        if let Some(pings) = conn.ping_pong() {
+            tokio::spawn(h2_server::keep_alive(pings, dead_tx));
+        }
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
+            tokio::select! {
+                result = &mut conn => if let Err(e) = result {
+                    tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
+                },
+                Ok(()) = dead_rx => tracing::debug!(%addr, "HTTP/2 peer stopped answering pings; closed"),
             }
         });
         *slot = Some(sender.clone());
@@ -200,7 +249,7 @@ impl Conns {
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(ProxyError::Upstream)?;
+            .map_err(|e| ProxyError::Upstream(e.into()))?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
