@@ -5,3 +5,4 @@ pub mod duration;
 pub mod logging;
 pub mod metrics_doc;
 pub mod process;
+pub mod yaml;

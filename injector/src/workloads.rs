@@ -99,15 +99,16 @@ pub fn inject_yaml(
             out.push_str(doc);
             continue;
         }
-        let mut value: Value = match serde_saphyr::from_str(body) {
-            Ok(v) => v,
-            Err(e) => {
-                ctx.errors
-                    .push(InjectError(format!("{where_}: not valid YAML: {e}")));
-                out.push_str(doc);
-                continue;
-            }
-        };
+        let mut value: Value =
+            match serde_saphyr::from_str_with_options(body, pillion_core::yaml::options()) {
+                Ok(v) => v,
+                Err(e) => {
+                    ctx.errors
+                        .push(InjectError(format!("{where_}: not valid YAML: {e}")));
+                    out.push_str(doc);
+                    continue;
+                }
+            };
         if visit(&mut value, &where_, &mut ctx) {
             out.push_str(leading_separator(doc));
             // The comments heading the document stay with it; those inside are lost with

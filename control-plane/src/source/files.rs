@@ -200,7 +200,10 @@ fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
             return;
         }
     };
-    let docs: Vec<Value> = match serde_saphyr::from_multiple(&text) {
+    let docs: Vec<Value> = match serde_saphyr::from_multiple_with_options(
+        &text,
+        pillion_core::yaml::options(),
+    ) {
         Ok(docs) => docs,
         Err(e) => {
             let error = ConfigError {
@@ -320,6 +323,20 @@ mod tests {
     fn settle(store: &mut Store) {
         store.scan().unwrap();
         store.scan().unwrap();
+    }
+
+    #[test]
+    fn a_file_of_thousands_of_documents_is_read() {
+        // serde-saphyr's default budget refused more than 1,024 documents in one input.
+        let dir = tempfile::tempdir().unwrap();
+        let text: String = (0..3_000)
+            .map(|i| format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec: {{ports: [{{port: 80}}]}}\n"))
+            .collect();
+        write(&dir.path().join("many.yaml"), &text);
+        let mut store = Store::new(dir.path());
+        settle(&mut store);
+        assert!(store.errors().is_empty(), "{:?}", store.errors());
+        assert_eq!(store.objects().len(), 3_000);
     }
 
     #[test]
