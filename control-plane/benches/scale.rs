@@ -82,6 +82,9 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Per proxy, each version of `web` it received and when.
+type Arrivals = Arc<Mutex<Vec<Vec<(String, SystemTime)>>>>;
+
 /// When the control plane published each generation (from its JSON log), by generation.
 type Published = Arc<Mutex<Vec<(u64, SystemTime)>>>;
 
@@ -156,8 +159,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     // Each proxy: its own connection; `web` and watches-1 other services. The time each new
     // version of `web` arrived goes into its slot.
-    let arrivals: Arc<Mutex<Vec<Vec<(String, SystemTime)>>>> =
-        Arc::new(Mutex::new(vec![Vec::new(); proxies]));
+    let arrivals: Arrivals = Arc::new(Mutex::new(vec![Vec::new(); proxies]));
     let connect_started = Instant::now();
     runtime.block_on(async {
         let mut tasks = Vec::new();
