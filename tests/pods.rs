@@ -36,11 +36,6 @@ fn pod(node: &Netns, tag: &str, ip: &str, veth: &str) -> Netns {
     pod
 }
 
-fn port_of(p: &Process) -> u16 {
-    let line = p.wait_text("listening on");
-    line.rsplit(':').next().unwrap().trim().parse().unwrap()
-}
-
 /// `pillion-init` inside `ns`; its exit code, stdout and stderr.
 fn pillion_init(ns: &Netns, run_as: Option<u32>, args: &[&str]) -> (i32, String, String) {
     let init = bin("pillion-init");
@@ -103,17 +98,11 @@ fn a_pod_calls_another_by_ip_through_both_proxies_over_mtls() {
         ],
         &[],
     );
-    let app_port = port_of(&app);
+    let app_port = printed_port(&app);
 
     // The control plane on the node; it knows pod B's address as a meshed endpoint (in
     // Kubernetes mode the endpoint's own port: iptables takes the connection to the proxy).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
-    for (sa, token) in [("web", "token-web"), ("client", "token-client")] {
-        std::fs::write(dir.path().join(format!("token-{sa}")), token).unwrap();
-    }
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config).unwrap();
+    let (dir, config) = mtls_dir();
     write_config(
         &config.join("mesh.yaml"),
         &format!(

@@ -25,19 +25,14 @@ fn demo_app_in(ns: &Netns, name: &str, listen: &str, version: &str) -> Process {
     Process::spawn_in(Some(ns), name, &bin("pillion"), &args, &[])
 }
 
-fn listening_port(p: &Process) -> u16 {
-    let line = p.wait_text("listening on");
-    line.rsplit(':').next().unwrap().trim().parse().unwrap()
-}
-
 #[test]
 fn redirected_connections_are_routed_or_passed_through() {
     let ns = Netns::new("transparent");
     let app = demo_app_in(&ns, "app", "127.0.0.1:0", "mesh-v1");
-    let app_port = listening_port(&app);
+    let app_port = printed_port(&app);
     ns.exec(&["ip", "addr", "add", "127.0.0.43/32", "dev", "lo"]);
     let egress = demo_app_in(&ns, "egress", "127.0.0.43:9999", "outside");
-    listening_port(&egress);
+    printed_port(&egress);
 
     let dir = tempfile::tempdir().unwrap();
     write_config(&dir.path().join("web.yaml"), SERVICE);
@@ -123,14 +118,8 @@ fn redirected_connections_are_routed_or_passed_through() {
 fn cluster_ips_route_and_opaque_tcp_crosses_mtls() {
     let ns = Netns::new("clusterip");
     let app = demo_app_in(&ns, "app", "127.0.0.1:0", "meshed");
-    let app_port = listening_port(&app);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
-    for (sa, token) in [("web", "token-web"), ("client", "token-client")] {
-        std::fs::write(dir.path().join(format!("token-{sa}")), token).unwrap();
-    }
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config).unwrap();
+    let app_port = printed_port(&app);
+    let (dir, config) = mtls_dir();
     let ca = dir.path().join("ca").display().to_string();
     let tokens = dir.path().join("tokens").display().to_string();
     let cp = start_control_plane_in(

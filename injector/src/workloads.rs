@@ -38,6 +38,11 @@ fn template_pointer(kind: &str) -> Option<&'static str> {
     })
 }
 
+/// A `---` line (possibly followed by a comment or content) starts a document.
+fn is_separator(line: &str) -> bool {
+    line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
+}
+
 /// Splits a YAML stream into its documents, separators kept with the document they open, so
 /// that joining the pieces gives the input back exactly.
 fn split_documents(text: &str) -> Vec<&str> {
@@ -46,8 +51,7 @@ fn split_documents(text: &str) -> Vec<&str> {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let bare = line.trim_end_matches(['\n', '\r']);
-        let separator = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
-        if separator && offset > start {
+        if is_separator(bare) && offset > start {
             docs.push(&text[start..offset]);
             start = offset;
         }
@@ -63,11 +67,7 @@ fn split_documents(text: &str) -> Vec<&str> {
 fn leading_separator(doc: &str) -> &str {
     let first = doc.split_inclusive('\n').next().unwrap_or_default();
     let bare = first.trim_end_matches(['\n', '\r']);
-    if bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t") {
-        first
-    } else {
-        ""
-    }
+    if is_separator(bare) { first } else { "" }
 }
 
 struct Ctx<'a> {

@@ -915,3 +915,22 @@ pub fn yaml_documents(yaml: &str) -> Vec<Value> {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The port a demo app printed it listens on (`… listening on ADDR:PORT`).
+pub fn printed_port(p: &Process) -> u16 {
+    let line = p.wait_text("listening on");
+    line.rsplit(':').next().unwrap().trim().parse().unwrap()
+}
+
+/// A test directory for an mTLS mesh: the bootstrap tokens file (`TOKENS`), each account's
+/// token file (`token-web`, `token-client`), and an empty `config/` directory, returned.
+pub fn mtls_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
+    for (sa, token) in [("web", "token-web"), ("client", "token-client")] {
+        std::fs::write(dir.path().join(format!("token-{sa}")), token).unwrap();
+    }
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    (dir, config)
+}
