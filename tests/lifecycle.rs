@@ -1,5 +1,5 @@
 //! The mesh through failures and shutdowns: the control plane killed and restarted under
-//! load, and SIGTERM while requests are in flight.
+//! load, SIGTERM while requests are in flight, and a watching proxy going away.
 
 mod common;
 
@@ -105,4 +105,81 @@ async fn sigterm_lets_every_in_flight_request_finish() {
         assert!(String::from_utf8_lossy(&a.body).starts_with("slow hello"));
     }
     assert_eq!(mesh.client.proc.wait_exit(), Some(0));
+}
+
+/// The value of one unlabelled or fully labelled series in a metrics text, if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls the control plane's metrics until `series` reads `want`.
+async fn wait_metric(admin: std::net::SocketAddr, series: &str, want: f64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, text) = admin_get(admin, "/metrics").await;
+        if metric(&text, series) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {want}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_gets_each_change_and_is_forgotten_when_its_proxy_goes() {
+    use pillion_proto::discovery::v1::WatchRequest;
+    use pillion_proto::discovery::v1::discovery_client::DiscoveryClient;
+
+    let mesh = Mesh::start(50, 50).await;
+    // The mesh's own client proxy holds one discovery watch (`web`).
+    wait_metric(
+        mesh.cp.admin,
+        "pillion_control_plane_watches{kind=\"discovery\"}",
+        1.0,
+    )
+    .await;
+    let mut client = DiscoveryClient::connect(format!("http://{}", mesh.cp.addr))
+        .await
+        .unwrap();
+    let mut updates = client
+        .watch(WatchRequest {
+            authority: "web".into(),
+            source_namespace: "default".into(),
+            source_workload: "default/test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = updates.message().await.unwrap().unwrap();
+    wait_metric(
+        mesh.cp.admin,
+        "pillion_control_plane_watches{kind=\"discovery\"}",
+        2.0,
+    )
+    .await;
+    wait_metric(mesh.cp.admin, "pillion_control_plane_proxies", 2.0).await;
+
+    // A change the watch's answer depends on: sent, with a new version.
+    write_config(&mesh.path("split.yaml"), &split_yaml(90, 10));
+    let second = tokio::time::timeout(DEADLINE, updates.message())
+        .await
+        .expect("no update after the split changed")
+        .unwrap()
+        .unwrap();
+    assert_ne!(first.version, second.version);
+
+    // The caller goes away: its watch and its connection are no longer counted.
+    drop(updates);
+    drop(client);
+    wait_metric(
+        mesh.cp.admin,
+        "pillion_control_plane_watches{kind=\"discovery\"}",
+        1.0,
+    )
+    .await;
+    wait_metric(mesh.cp.admin, "pillion_control_plane_proxies", 1.0).await;
 }

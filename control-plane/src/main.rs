@@ -1,5 +1,10 @@
 use clap::Parser;
 
+/// jemalloc, with its background thread returning freed memory to the system (see
+/// `pillion_core::memory`; `cargo bench -p pillion-control-plane --bench scale` measures it).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pillion-control-plane",
@@ -18,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("pillion-control-plane: bad configuration: {e}");
         std::process::exit(2);
     }
+    pillion_core::memory::return_freed_memory_in_background();
     let shutdown = async {
         shutdown_signal().await;
         tracing::info!("shutting down");

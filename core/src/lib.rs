@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod logging;
+pub mod memory;
 pub mod metrics_doc;
 pub mod process;
 pub mod yaml;

@@ -23,4 +23,5 @@ pub mod demo {
         tonic::include_proto!("pillion.demo.v1");
     }
 }
+pub mod codec;
 pub mod names;

@@ -1,8 +1,7 @@
 use pillion_proxy::{Config, Proxy, config::ProcessEnv};
 
-/// jemalloc, with its background thread returning freed memory to the system: under glibc's
-/// malloc a proxy that held 10,000 idle connections kept its 280 MB after they closed; under
-/// jemalloc it is back to 16 MB within about 15 s (`python3 benches/idle_connections.py`).
+/// jemalloc, with its background thread returning freed memory to the system (see
+/// `pillion_core::memory`; `python3 benches/idle_connections.py` measures it).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -48,9 +47,7 @@ async fn main() {
         eprintln!("pillion-proxy: bad configuration: {e}");
         std::process::exit(2);
     }
-    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        tracing::warn!(error = %e, "jemalloc's background thread is off: freed memory returns to the system more slowly");
-    }
+    pillion_core::memory::return_freed_memory_in_background();
     let config = match Config::from_env(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
