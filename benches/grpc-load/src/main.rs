@@ -115,7 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let request = HelloRequest {
         name: "bench".into(),
-        payload: vec![b'x'; args.payload].into(),
+        payload: vec![b'x'; args.payload],
         ..Default::default()
     };
     let started = Instant::now();
