@@ -5,6 +5,7 @@
     python3 benches/compare.py                 # 5 interleaved rounds, 10 s runs
     python3 benches/compare.py --rounds 8 --json out.json
     python3 benches/compare.py --smoke         # CI: debug binaries, 1 round, 1 s runs
+    python3 benches/compare.py --paths pillion,haproxy --baseline /tmp/old-pillion-proxy   # A/B a change
 
 Paths, each with the same 90/10 split over two backends where the path has a split:
   direct          h2load -> backend (the limit)
@@ -296,7 +297,7 @@ http {{
 
 # ---------------------------------------------------------------- the mesh under test
 
-def pillion(d, bins, proxy_cores, load_cores, v1, v2):
+def pillion(d, bins, proxy_cores, load_cores, v1, v2, baseline=None):
     """A control plane with a CA; the hop proxy (split 90/10 to plain backends); the mTLS pair.
     Returns {path: (url authority, host header, [pids])}."""
     cfg = f"{d}/mesh"
@@ -325,10 +326,10 @@ endpoints: [{{addresses: ["127.0.0.1"]}}]
            "--ca-dir", f"{d}/ca", "--identity-tokens", f"{d}/tokens"], load_cores, "control plane", log_env, f"{d}/cp.log")
     cp = log_field(f"{d}/cp.log", "addr")
 
-    def proxy(name, extra):
+    def proxy(name, extra, binary=f"{bins}/pillion-proxy"):
         env = dict(log_env, PILLION_CONTROL_PLANE_ADDR=cp, PILLION_OUTBOUND_LISTEN="127.0.0.1:0",
                    PILLION_INBOUND_LISTEN="127.0.0.1:0", PILLION_ADMIN_LISTEN="127.0.0.1:0", **extra)
-        p = start([f"{bins}/pillion-proxy"], proxy_cores, name, env, f"{d}/{name}.log")
+        p = start([binary], proxy_cores, name, env, f"{d}/{name}.log")
         return p, log_field(f"{d}/{name}.log", "outbound_addr"), log_field(f"{d}/{name}.log", "inbound_addr")
 
     hop, hop_out, _ = proxy("pillion", {"PILLION_WORKLOAD": "default/bench"})
@@ -354,8 +355,12 @@ addressType: IPv4
 ports: [{{name: http, port: {v1}}}]
 endpoints: [{{addresses: ["127.0.0.1"]}}]
 """)
-    return {"pillion": (hop_out, "web", [hop.pid]),
-            "pillion-mtls": (client_out, "web-tls", [client.pid, server.pid])}
+    paths = {"pillion": (hop_out, "web", [hop.pid]),
+             "pillion-mtls": (client_out, "web-tls", [client.pid, server.pid])}
+    if baseline:
+        base, base_out, _ = proxy("baseline", {"PILLION_WORKLOAD": "default/bench"}, binary=baseline)
+        paths["baseline"] = (base_out, "web", [base.pid])
+    return paths
 
 
 def peers(d, envoy, proxy_cores, v1, v2):
@@ -517,6 +522,8 @@ def main():
     ap.add_argument("--paths", default="direct,pillion,envoy,haproxy,nginx,pillion-mtls,envoy-mtls")
     ap.add_argument("--modes", default=MODES, help=f"what to measure (default {MODES})")
     ap.add_argument("--json", help="also write every figure here")
+    ap.add_argument("--baseline", metavar="BIN", help="also measure this pillion-proxy binary as path 'baseline' "
+                                                      "(one hop, like 'pillion'): an A/B of a change")
     args = ap.parse_args()
     modes = set(args.modes.split(","))
     if args.smoke:
@@ -549,9 +556,9 @@ def main():
             else:
                 sys.exit(f"backend {v} did not start")
         paths = {"direct": (f"127.0.0.1:{backends['v1']}", "web", [])}
-        paths.update(pillion(d, bins, proxy_cores, load_cores, backends["v1"], backends["v2"]))
+        paths.update(pillion(d, bins, proxy_cores, load_cores, backends["v1"], backends["v2"], args.baseline))
         paths.update(peers(d, envoy, proxy_cores, backends["v1"], backends["v2"]))
-        wanted = [p for p in args.paths.split(",") if p in paths]
+        wanted = [p for p in args.paths.split(",") + (["baseline"] if args.baseline else []) if p in paths]
         # Every path answers before anything is measured (the mesh paths wait for discovery).
         for name in wanted:
             addr, host, _ = paths[name]
@@ -644,7 +651,9 @@ def report(args, results, idle, peak, streams):
             return None
         return [x[k] / y[k] for x, y in zip(results[a], results[b]) if x.get(k) and y.get(k)]
     print()
-    for a, b, k, what in [("pillion", "haproxy", "cpu_us", "CPU/request, one hop, vs HAProxy"),
+    for a, b, k, what in [("pillion", "baseline", "cpu_us", "CPU/request, one hop, vs the baseline binary"),
+                          ("pillion", "baseline", "grpc_cpu_us", "gRPC CPU/call, one hop, vs the baseline binary"),
+                          ("pillion", "haproxy", "cpu_us", "CPU/request, one hop, vs HAProxy"),
                           ("pillion", "nginx", "cpu_us", "CPU/request, one hop, vs nginx"),
                           ("pillion", "envoy", "cpu_us", "CPU/request, one hop, vs Envoy"),
                           ("pillion-mtls", "envoy-mtls", "cpu_us", "CPU/request, mTLS pair, vs Envoy's pair"),

@@ -333,7 +333,8 @@ async fn serve_http<I: Io, H: Handler>(
                 }
             }
         };
-        crate::http::h2_server::serve(io, peer, serve, stop).await;
+        crate::http::batch::Batched::new(crate::http::h2_server::serve(io, peer, serve, stop))
+            .await;
     } else {
         let svc = service_fn(move |req| {
             let handler = handler.clone();

@@ -29,9 +29,24 @@ const HOP_BY_HOP: [&str; 6] = [
     "trailer",
 ];
 
+/// Whether any header needs removing. Most requests have none (HTTP/2 forbids them) or only
+/// the `te: trailers` that stays: one pass over the names costs ~20 ns where removing each
+/// hop-by-hop name in turn cost ~400 (`cargo bench -p pillion-proxy --bench headers`).
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.iter().any(|(name, value)| {
+        if name == header::TE {
+            return !value.as_bytes().eq_ignore_ascii_case(b"trailers");
+        }
+        name == header::CONNECTION || HOP_BY_HOP.contains(&name.as_str())
+    })
+}
+
 /// Removes hop-by-hop headers, keeping `te: trailers` (gRPC needs it at every hop) and, for
 /// an upgrade, the `Upgrade` header with `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    if !has_hop_by_hop(headers) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -621,6 +636,37 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["x-kept"], "1");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for (name, value) in [
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("trailer", "grpc-status"),
+            ("te", "deflate"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            h.insert(name, HeaderValue::from_static(value));
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+        }
+        // `te: trailers` alone (any case) is what gRPC needs at every hop: kept as it is.
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("Trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::TE], "Trailers");
+        // With a second `te` value the whole field is rewritten to `trailers`.
+        h.append(header::TE, HeaderValue::from_static("deflate"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.get_all(header::TE).iter().collect::<Vec<_>>(),
+            ["trailers"]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! pooled connections, bodies, and the errors the proxy answers. No control-plane types.
 
 pub mod app_protocol;
+pub mod batch;
 pub mod body;
 pub mod errors;
 pub mod forward;

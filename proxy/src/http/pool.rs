@@ -213,6 +213,7 @@ impl Conns {
         if let Some(pings) = conn.ping_pong() {
             tokio::spawn(h2_server::keep_alive(pings, dead_tx));
         }
+        let mut conn = super::batch::Batched::new(conn);
         tokio::spawn(async move {
             tokio::select! {
                 result = &mut conn => if let Err(e) = result {
