@@ -129,6 +129,17 @@ async fn wait_metric(admin: std::net::SocketAddr, series: &str, want: f64) {
     }
 }
 
+/// Polls until the control plane counts `n` discovery watches on `n` proxy connections.
+async fn wait_watching(admin: std::net::SocketAddr, n: f64) {
+    wait_metric(
+        admin,
+        "pillion_control_plane_watches{kind=\"discovery\"}",
+        n,
+    )
+    .await;
+    wait_metric(admin, "pillion_control_plane_proxies", n).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_gets_each_change_and_is_forgotten_when_its_proxy_goes() {
     use pillion_proto::discovery::v1::WatchRequest;
@@ -155,13 +166,7 @@ async fn a_watch_gets_each_change_and_is_forgotten_when_its_proxy_goes() {
         .unwrap()
         .into_inner();
     let first = updates.message().await.unwrap().unwrap();
-    wait_metric(
-        mesh.cp.admin,
-        "pillion_control_plane_watches{kind=\"discovery\"}",
-        2.0,
-    )
-    .await;
-    wait_metric(mesh.cp.admin, "pillion_control_plane_proxies", 2.0).await;
+    wait_watching(mesh.cp.admin, 2.0).await;
 
     // A change the watch's answer depends on: sent, with a new version.
     write_config(&mesh.path("split.yaml"), &split_yaml(90, 10));
@@ -175,11 +180,5 @@ async fn a_watch_gets_each_change_and_is_forgotten_when_its_proxy_goes() {
     // The caller goes away: its watch and its connection are no longer counted.
     drop(updates);
     drop(client);
-    wait_metric(
-        mesh.cp.admin,
-        "pillion_control_plane_watches{kind=\"discovery\"}",
-        1.0,
-    )
-    .await;
-    wait_metric(mesh.cp.admin, "pillion_control_plane_proxies", 1.0).await;
+    wait_watching(mesh.cp.admin, 1.0).await;
 }

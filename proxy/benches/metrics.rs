@@ -9,6 +9,27 @@ use pillion_proxy::telemetry::metrics::{
     Classification, Direction, Label, LatencyLabels, Metrics, RequestLabels, ResponseLabels,
 };
 
+/// The request and latency label sets of one outbound request.
+fn request_labels(
+    authority: &Label,
+    route: &Label,
+    backend: &Label,
+) -> (RequestLabels, LatencyLabels) {
+    (
+        RequestLabels {
+            direction: Direction::outbound,
+            authority: authority.clone(),
+            route: route.clone(),
+            backend: backend.clone(),
+        },
+        LatencyLabels {
+            direction: Direction::outbound,
+            authority: authority.clone(),
+            backend: backend.clone(),
+        },
+    )
+}
+
 fn metrics(c: &mut Criterion) {
     let metrics = Metrics::new();
     let authority = Label::from("web.default.svc.cluster.local:80");
@@ -17,20 +38,8 @@ fn metrics(c: &mut Criterion) {
     let empty = Label::from("");
     let record = || {
         let authority = metrics.authority_label(&authority);
-        metrics.count_request(
-            RequestLabels {
-                direction: Direction::outbound,
-                authority: authority.clone(),
-                route: route.clone(),
-                backend: backend.clone(),
-            },
-            LatencyLabels {
-                direction: Direction::outbound,
-                authority: authority.clone(),
-                backend: backend.clone(),
-            },
-            black_box(0.000_412),
-        );
+        let (req, latency) = request_labels(&authority, &route, &backend);
+        metrics.count_request(req, latency, black_box(0.000_412));
         metrics.count_response(ResponseLabels {
             direction: Direction::outbound,
             authority,
@@ -51,20 +60,8 @@ fn metrics(c: &mut Criterion) {
     for i in 0..100 {
         let authority =
             metrics.authority_label(&Label::from(format!("svc-{i}.default:80").as_str()));
-        metrics.count_request(
-            RequestLabels {
-                direction: Direction::outbound,
-                authority: authority.clone(),
-                route: route.clone(),
-                backend: backend.clone(),
-            },
-            LatencyLabels {
-                direction: Direction::outbound,
-                authority,
-                backend: backend.clone(),
-            },
-            0.001,
-        );
+        let (req, latency) = request_labels(&authority, &route, &backend);
+        metrics.count_request(req, latency, 0.001);
     }
     c.bench_function("encode /metrics (100 authorities)", |b| {
         b.iter(|| black_box(metrics.encode()))
