@@ -306,12 +306,14 @@ def pillion(d, bins, proxy_cores, load_cores, v1, v2, baseline=None):
         services = f.read()
     with open(os.path.join(ROOT, "examples/demo/traffic-split.yaml")) as f:
         split = f.read()
+    # appProtocol h2c: Pillion speaks h2c to the backends whatever its clients speak, as the
+    # peers are configured to (without it, HTTP/1.1 clients were forwarded as HTTP/1.1).
     slices = "".join(f"""---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: {svc}-bench, labels: {{kubernetes.io/service-name: {svc}}}}}
 addressType: IPv4
-ports: [{{name: http, port: {port}}}]
+ports: [{{name: http, port: {port}, appProtocol: kubernetes.io/h2c}}]
 endpoints: [{{addresses: ["127.0.0.1"]}}]
 """ for svc, port in [("web-v1", v1), ("web-v2", v2)])
     with open(f"{cfg}/mesh.yaml", "w") as f:
@@ -352,7 +354,7 @@ metadata:
   labels: {{kubernetes.io/service-name: web-tls}}
   annotations: {{pillion.dev/identity: "spiffe://cluster.local/ns/default/sa/web-tls", pillion.dev/proxy-port: "{server_in.rsplit(':', 1)[1]}"}}
 addressType: IPv4
-ports: [{{name: http, port: {v1}}}]
+ports: [{{name: http, port: {v1}, appProtocol: kubernetes.io/h2c}}]
 endpoints: [{{addresses: ["127.0.0.1"]}}]
 """)
     paths = {"pillion": (hop_out, "web", [hop.pid]),
