@@ -46,6 +46,21 @@ fn headers(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // What an HTTP/2 or gRPC client sends: nothing to strip but `te: trailers`, which stays.
+    let mut clean = base.clone();
+    for name in ["connection", "x-hop", "keep-alive"] {
+        clean.remove(name);
+    }
+    c.bench_function("strip hop-by-hop (none to strip)", |b| {
+        b.iter_batched(
+            || clean.clone(),
+            |mut h| {
+                forward::strip_hop_by_hop(&mut h, false);
+                h
+            },
+            BatchSize::SmallInput,
+        )
+    });
     c.bench_function("grpc-timeout parse", |b| {
         b.iter(|| forward::grpc_timeout(black_box(&base)))
     });
