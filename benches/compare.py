@@ -2,7 +2,7 @@
 """Pillion side by side with Envoy, HAProxy and nginx, in one run on this machine.
 
     cargo build --release --locked --workspace --bins
-    python3 benches/compare.py                 # 5 interleaved rounds, 10 s runs
+    python3 benches/compare.py                 # 5 interleaved rounds, 5 s runs
     python3 benches/compare.py --rounds 8 --json out.json
     python3 benches/compare.py --smoke         # CI: debug binaries, 1 round, 1 s runs
     python3 benches/compare.py --paths pillion,haproxy --baseline /tmp/old-pillion-proxy   # A/B a change
