@@ -34,7 +34,7 @@ fn snapshot() -> Snapshot {
         rules.push(pb::Rule {
             name: format!("rule-{i}"),
             backends: vec![backend("other", 1, 9000)],
-            timeouts: None,
+            ..Default::default()
         });
         matches.push(pb::RouteMatch {
             rule_index: i,
@@ -52,7 +52,7 @@ fn snapshot() -> Snapshot {
     rules.push(pb::Rule {
         name: "split".into(),
         backends: vec![backend("web-v1", 90, 8080), backend("web-v2", 10, 8081)],
-        timeouts: None,
+        ..Default::default()
     });
     matches.push(pb::RouteMatch {
         rule_index: 4,

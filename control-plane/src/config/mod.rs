@@ -11,6 +11,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod resilience;
+pub use resilience::{FaultInjection, RetryPolicy, Target as PolicyTarget};
+
 /// Where an object lives and who it is: `kind namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectId {
@@ -365,6 +368,8 @@ pub enum Resource {
     TrafficSplit(TrafficSplit),
     HttpRouteGroup(HttpRouteGroup),
     HttpRoute(HttpRoute),
+    RetryPolicy(RetryPolicy),
+    FaultInjection(FaultInjection),
 }
 
 /// What reading one YAML document gave.
@@ -418,7 +423,11 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
             | ("split.smi-spec.io", "v1alpha2" | "v1alpha4", "TrafficSplit")
             | ("specs.smi-spec.io", "v1alpha4", "HTTPRouteGroup")
             | ("gateway.networking.k8s.io", "v1", "HTTPRoute")
-            | ("pillion.dev", "v1alpha1", "AuthorizationPolicy")
+            | (
+                "pillion.dev",
+                "v1alpha1",
+                "AuthorizationPolicy" | "RetryPolicy" | "FaultInjection"
+            )
     );
     if !known {
         // A kind we read under a version we do not (`split.smi-spec.io/v1alpha3`), or a kind
@@ -431,6 +440,8 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
                 | "HTTPRouteGroup"
                 | "HTTPRoute"
                 | "AuthorizationPolicy"
+                | "RetryPolicy"
+                | "FaultInjection"
         );
         let our_group = matches!(group, "split.smi-spec.io" | "pillion.dev");
         if ours || our_group {
@@ -444,7 +455,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
                          discovery.k8s.io/v1 EndpointSlice, split.smi-spec.io/v1alpha2 and \
                          v1alpha4 TrafficSplit, specs.smi-spec.io/v1alpha4 HTTPRouteGroup, \
                          gateway.networking.k8s.io/v1 HTTPRoute, pillion.dev/v1alpha1 \
-                         AuthorizationPolicy)"
+                         AuthorizationPolicy, RetryPolicy and FaultInjection)"
                     ),
                 ),
             });
@@ -471,6 +482,8 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
         }
         "HTTPRouteGroup" => Resource::HttpRouteGroup(typed(doc).map_err(reject)?),
         "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(doc).map_err(reject)?),
+        "RetryPolicy" => Resource::RetryPolicy(typed(doc).map_err(reject)?),
+        "FaultInjection" => Resource::FaultInjection(typed(doc).map_err(reject)?),
         _ => Resource::HttpRoute(typed(doc).map_err(reject)?),
     };
     validate(&resource).map_err(reject)?;
@@ -519,6 +532,8 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
         Resource::HttpRouteGroup(g) => validate_route_group(g),
         Resource::HttpRoute(r) => validate_route(r),
         Resource::AuthorizationPolicy(p) => validate_policy(p),
+        Resource::RetryPolicy(p) => p.to_pb().map(|_| ()),
+        Resource::FaultInjection(f) => f.to_pb().map(|_| ()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Configuration that is valid but almost surely a mistake, reported as warnings.
 
 use super::{Model, parse_authority};
-use crate::config::namespace_of;
+use crate::config::{PolicyTarget, namespace_of};
 
 impl Model {
     /// Configuration that is valid but almost surely not what its author meant: an
@@ -38,6 +38,37 @@ impl Model {
                         split.metadata.name
                     ));
                 }
+            }
+        }
+        let attached = self
+            .retries
+            .iter()
+            .map(|p| (p.target(), "RetryPolicy", &p.metadata))
+            .chain(
+                self.faults
+                    .iter()
+                    .map(|f| (f.target(), "FaultInjection", &f.metadata)),
+            );
+        for (target, kind, meta) in attached {
+            let (what, exists) = match &target {
+                PolicyTarget::Service { namespace, name } => (
+                    format!("Service {namespace}/{name}"),
+                    self.services
+                        .contains_key(&(namespace.clone(), name.clone())),
+                ),
+                PolicyTarget::HttpRoute { namespace, name } => (
+                    format!("HTTPRoute {namespace}/{name}"),
+                    self.routes.iter().any(|r| {
+                        namespace_of(&r.metadata) == namespace && r.metadata.name == *name
+                    }),
+                ),
+            };
+            if !exists {
+                out.push(format!(
+                    "{kind} {}/{}: field `spec.targetRef`: there is no {what}; it applies to nothing",
+                    namespace_of(meta),
+                    meta.name
+                ));
             }
         }
         out

@@ -35,6 +35,9 @@ pub struct Model {
     route_groups: HashMap<(String, String), HttpRouteGroup>,
     routes: Vec<HttpRoute>,
     policies: Vec<config::AuthorizationPolicy>,
+    /// Oldest first: of several policies on one target, the oldest applies.
+    retries: Vec<config::RetryPolicy>,
+    faults: Vec<config::FaultInjection>,
     pub generation: u64,
     /// When this model was built (push latency is measured from here).
     pub published: Published,
@@ -82,6 +85,8 @@ impl Model {
                 }
                 Resource::HttpRoute(r) => model.routes.push(r),
                 Resource::AuthorizationPolicy(p) => model.policies.push(p),
+                Resource::RetryPolicy(p) => model.retries.push(p),
+                Resource::FaultInjection(f) => model.faults.push(f),
             }
         }
         // Oldest first, then by namespace/name: the Gateway API's tie-break, used for splits too.
@@ -94,6 +99,8 @@ impl Model {
         };
         model.routes.sort_by_key(|r| age(&r.metadata));
         model.splits.sort_by_key(|s| age(&s.metadata));
+        model.retries.sort_by_key(|p| age(&p.metadata));
+        model.faults.sort_by_key(|f| age(&f.metadata));
         model
     }
 
@@ -190,7 +197,7 @@ impl Model {
                                         endpoints: vec![ep],
                                     })),
                                 }],
-                                timeouts: None,
+                                ..Default::default()
                             }],
                             matches: vec![match_all(0)],
                             source: format!("endpoint of Service {ns}/{name}"),
@@ -202,7 +209,45 @@ impl Model {
         None
     }
 
+    /// The destination's routing, with the Service's RetryPolicy and FaultInjection on every
+    /// rule that its HTTPRoute's own policies do not cover.
     fn destination(&self, target: &Target, source_ns: &str) -> pb::Destination {
+        let mut dest = self.routing(target, source_ns);
+        let service = config::PolicyTarget::Service {
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+        };
+        let (retry, fault) = self.policies_for(&service);
+        for rule in &mut dest.rules {
+            if rule.retry.is_none() {
+                rule.retry = retry.clone();
+            }
+            if rule.fault.is_none() {
+                rule.fault = fault.clone();
+            }
+        }
+        dest
+    }
+
+    /// The oldest RetryPolicy and FaultInjection attached to `target`.
+    fn policies_for(
+        &self,
+        target: &config::PolicyTarget,
+    ) -> (Option<pb::RetryPolicy>, Option<pb::Fault>) {
+        let retry = self
+            .retries
+            .iter()
+            .find(|p| p.target() == *target)
+            .and_then(|p| p.to_pb().ok());
+        let fault = self
+            .faults
+            .iter()
+            .find(|f| f.target() == *target)
+            .and_then(|f| f.to_pb().ok());
+        (retry, fault)
+    }
+
+    fn routing(&self, target: &Target, source_ns: &str) -> pb::Destination {
         let routes = self.routes_for(target, source_ns);
         if !routes.is_empty() {
             return self.destination_from_routes(target, &routes);
@@ -232,7 +277,7 @@ impl Model {
             rules: vec![pb::Rule {
                 name: format!("{}/{}", target.namespace, target.name),
                 backends: vec![self.backend(&target.namespace, &target.name, target.port, 1)],
-                timeouts: None,
+                ..Default::default()
             }],
             matches: vec![match_all(0)],
             source: format!("Service {}/{}", target.namespace, target.name),
@@ -283,6 +328,10 @@ impl Model {
         let mut keyed = Vec::new();
         for (route_idx, route) in routes.iter().enumerate() {
             let ns = namespace_of(&route.metadata);
+            let (retry, fault) = self.policies_for(&config::PolicyTarget::HttpRoute {
+                namespace: ns.to_string(),
+                name: route.metadata.name.clone(),
+            });
             for (rule_idx, rule) in route.spec.rules.iter().enumerate() {
                 let index = rules.len() as u32;
                 let name = rule
@@ -338,6 +387,8 @@ impl Model {
                     name: format!("{ns}/{}/{name}", route.metadata.name),
                     backends,
                     timeouts,
+                    retry: retry.clone(),
+                    fault: fault.clone(),
                 });
                 let default_match = [HttpRouteMatch {
                     path: None,
@@ -400,12 +451,12 @@ impl Model {
         let root = pb::Rule {
             name: format!("{}/{}", target.namespace, target.name),
             backends: vec![self.backend(&target.namespace, &target.name, target.port, 1)],
-            timeouts: None,
+            ..Default::default()
         };
         let weighted = pb::Rule {
             name: split_name.clone(),
             backends,
-            timeouts: None,
+            ..Default::default()
         };
         let groups: Vec<&HttpRouteGroup> = split
             .spec
@@ -878,5 +929,48 @@ spec:
         );
         assert_eq!(d.matches[1].headers[0].name, "x-v");
         assert_eq!(d.rules[1].timeouts.unwrap().request_ms, 2000);
+    }
+
+    #[test]
+    fn a_route_policy_wins_over_its_services_and_a_service_policy_covers_the_rest() {
+        let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\n\
+             spec:\n  parentRefs: [{kind: Service, name: web, port: 80}]\n  rules:\n\
+             \x20 - backendRefs: [{name: web-v1, port: 80}]\n";
+        let policies = "---\napiVersion: pillion.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {name: on-service}\n\
+             spec:\n  targetRef: {kind: Service, name: web}\n  maxRetries: 1\n\
+             ---\napiVersion: pillion.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {name: on-route}\n\
+             spec:\n  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}\n  maxRetries: 3\n\
+             ---\napiVersion: pillion.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: chaos}\n\
+             spec:\n  targetRef: {kind: Service, name: web-v1}\n  abort: {percent: 10}\n\
+             ---\napiVersion: pillion.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: stray}\n\
+             spec:\n  targetRef: {kind: Service, name: nothing}\n  delay: {percent: 10, fixedDelay: 1s}\n";
+        let m = model(&format!("{SERVICES}{route}{policies}"));
+        let rule = &dest(&m, "web").rules[0];
+        let retry = rule.retry.as_ref().expect("the route's policy");
+        assert_eq!(
+            (retry.max_retries, retry.source.as_str()),
+            (3, "RetryPolicy default/on-route")
+        );
+        assert!(rule.fault.is_none());
+        // Without the route, the Service's own policy applies.
+        let m = model(&format!("{SERVICES}{policies}"));
+        assert_eq!(
+            dest(&m, "web").rules[0]
+                .retry
+                .as_ref()
+                .map(|r| r.max_retries),
+            Some(1)
+        );
+        let v1 = &dest(&m, "web-v1").rules[0];
+        assert_eq!(v1.fault.as_ref().map(|f| f.abort_ppm), Some(100_000));
+        assert!(v1.retry.is_none());
+        let warnings = m.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("FaultInjection default/stray")
+                    && w.contains("no Service default/nothing")),
+            "{warnings:?}"
+        );
     }
 }

@@ -44,6 +44,13 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
         "AuthorizationPolicy",
         "authorizationpolicies",
     ),
+    ("pillion.dev", "v1alpha1", "RetryPolicy", "retrypolicies"),
+    (
+        "pillion.dev",
+        "v1alpha1",
+        "FaultInjection",
+        "faultinjections",
+    ),
 ];
 
 /// Changes arriving together are published as one generation.
