@@ -88,6 +88,10 @@ pub struct Config {
     /// An HTTP connection with no request in flight for this long is closed
     /// (`PILLION_IDLE_TIMEOUT`, 5 minutes).
     pub idle_timeout: Duration,
+    /// Outlier ejection (`PILLION_OUTLIER_CONSECUTIVE_FAILURES`, 5, `off` or 0 to turn it off;
+    /// `PILLION_OUTLIER_BASE_EJECTION`, 2 s, doubling per ejection in a row up to
+    /// `PILLION_OUTLIER_MAX_EJECTION`, 60 s).
+    pub outlier: crate::balance::outlier::Settings,
 }
 
 /// Who may call the local application when no authorization says more.
@@ -190,6 +194,15 @@ impl Config {
                 n => n,
             },
             idle_timeout: duration(env, "PILLION_IDLE_TIMEOUT", "5m")?,
+            outlier: crate::balance::outlier::Settings {
+                consecutive_failures: match env.get("PILLION_OUTLIER_CONSECUTIVE_FAILURES") {
+                    Some(v) if v.trim() == "off" || v.trim() == "0" => 0,
+                    _ => u32::try_from(count(env, "PILLION_OUTLIER_CONSECUTIVE_FAILURES", 5)?)
+                        .unwrap_or(u32::MAX),
+                },
+                base_ejection: duration(env, "PILLION_OUTLIER_BASE_EJECTION", "2s")?,
+                max_ejection: duration(env, "PILLION_OUTLIER_MAX_EJECTION", "60s")?,
+            },
             max_destinations: count(
                 env,
                 "PILLION_MAX_DESTINATIONS",

@@ -119,6 +119,7 @@ impl Proxy {
             }),
         );
         dests.set_max_watches(config.max_destinations);
+        balance::outlier::configure(config.outlier);
         let policies = match &identity {
             Some(i) => policy::Policies::watch(
                 channel.clone(),

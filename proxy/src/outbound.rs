@@ -16,8 +16,12 @@ use crate::http::errors::{ProxyError, is_grpc};
 use crate::http::forward::{self, ForwardError, Observation, authority_of};
 use crate::http::pool::Io;
 use crate::listener::{ConnMeta, Handler};
-use crate::route::snapshot::{BackendTarget, RequestInfo, Routes};
-use crate::telemetry::metrics::{Direction, Label, Metrics};
+use crate::http::replay::Replay;
+use crate::route::snapshot::{BackendTarget, RequestInfo, Routes, Rule};
+use crate::telemetry::metrics::{Direction, FaultLabels, Label, Metrics, RetryLabels};
+use http_body_util::combinators::UnsyncBoxBody;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Endpoints a request may try when connecting fails (connect errors are quick; a connect
 /// timeout costs `PILLION_CONNECT_TIMEOUT` each).
@@ -95,73 +99,192 @@ impl Outbound {
         };
         let rule = snapshot.route(&info)?;
         obs.route = Label(rule.name.clone());
-        let backend = rule.split.pick().ok_or(ProxyError::NoEndpoints)?;
-        match &backend.target {
-            BackendTarget::Failure { status, reason } => Err(ProxyError::BackendFailure {
-                status: *status,
-                reason: reason.clone(),
-            }),
-            BackendTarget::Service { name, endpoints } => {
-                obs.backend = Label(name.clone());
-                let endpoint = balance::pick(endpoints)
-                    .ok_or(ProxyError::NoEndpoints)?
-                    .clone();
-                obs.tls = endpoint.conns.is_tls();
-                let remote = endpoint
-                    .meshed
-                    .as_ref()
-                    .map_or(endpoint.addr, |m| m.proxy_addr);
-                obs.remote(remote, Some(name.clone()));
-                if let Some(m) = &endpoint.meshed {
-                    obs.peer_identity = Label(m.identity.clone());
-                }
-                // Before our first certificate, a handshake would fail: wait for it (bounded).
-                if endpoint.meshed.is_some()
-                    && let Some(id) = &self.identity
-                    && !id.is_ready()
-                    && tokio::time::timeout(self.discovery_timeout, id.ready())
-                        .await
-                        .is_err()
-                {
-                    return Err(ProxyError::Unavailable("no certificate yet"));
-                }
-                // The route's own timeouts (and the caller's deadline) win over the default.
-                let timeout =
-                    forward::shortest([rule.request_timeout, rule.backend_timeout, grpc_timeout])
-                        .or(self.request_timeout);
-                let authority = authority.unwrap_or_default();
-                let opts = || forward::ForwardOpts {
-                    authority: &authority,
-                    timeout,
-                    protocol: None,
-                };
-                // Nothing reached an endpoint that failed to connect: the request goes to another
-                // endpoint of the same backend, up to MAX_CONNECT_ATTEMPTS in all.
-                let mut tried = vec![endpoint.clone()];
-                let mut req = req;
-                loop {
-                    let current = tried.last().cloned().ok_or(ProxyError::NoEndpoints)?;
-                    match forward::forward(&current, req, opts()).await {
-                        Ok(resp) => return Ok(resp),
-                        Err(ForwardError::Failed(e)) => return Err(e),
-                        Err(ForwardError::NotSent(e, back)) => {
-                            let others: Vec<_> = endpoints
-                                .iter()
-                                .filter(|ep| !tried.iter().any(|t| Arc::ptr_eq(t, ep)))
-                                .cloned()
-                                .collect();
-                            let next = match balance::pick(&others) {
-                                Some(next) if tried.len() < MAX_CONNECT_ATTEMPTS => next.clone(),
-                                _ => return Err(e),
-                            };
-                            tracing::debug!(failed = %current.addr, error = %e, next = %next.addr, "endpoint unreachable; trying another");
-                            tried.push(next);
-                            req = *back;
-                        }
-                    }
-                }
+        // The whole request's deadline (the route's, or the caller's, else the default) covers
+        // every attempt and the waits between them; the backend request timeout and the retry
+        // policy's per-try timeout bound each attempt.
+        let overall =
+            forward::shortest([rule.request_timeout, grpc_timeout]).or(self.request_timeout);
+        let per_try = forward::shortest([
+            rule.backend_timeout,
+            rule.retry.as_ref().and_then(|r| r.per_try_timeout),
+        ]);
+        let authority = authority.unwrap_or_default();
+        let work = self.send(rule, req, obs, &authority, per_try);
+        match overall {
+            Some(t) => tokio::time::timeout(t, work)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+            None => work.await,
+        }
+    }
+
+    /// Injects the rule's faults, picks a backend, and sends the request to it (with retries
+    /// when the rule has a policy).
+    async fn send(
+        &self,
+        rule: &Rule,
+        req: Request<Body>,
+        obs: &mut Observation,
+        authority: &str,
+        per_try: Option<Duration>,
+    ) -> Result<Response<Body>, ProxyError> {
+        if let Some(fault) = &rule.fault {
+            let decision = fault.decide();
+            if let Some(delay) = decision.delay {
+                self.count_fault(obs, "delay");
+                tokio::time::sleep(delay).await;
+            }
+            if decision.abort {
+                self.count_fault(obs, "abort");
+                return Err(ProxyError::FaultInjected {
+                    status: fault.abort_status,
+                    grpc: fault.abort_grpc,
+                    source_name: fault.source.clone(),
+                });
             }
         }
+        let backend = rule.split.pick().ok_or(ProxyError::NoEndpoints)?;
+        let (name, endpoints) = match &backend.target {
+            BackendTarget::Failure { status, reason } => {
+                return Err(ProxyError::BackendFailure {
+                    status: *status,
+                    reason: reason.clone(),
+                });
+            }
+            BackendTarget::Service { name, endpoints } => (name, endpoints),
+        };
+        obs.backend = Label(name.clone());
+        if endpoints.is_empty() {
+            return Err(ProxyError::NoEndpoints);
+        }
+        let policy = rule
+            .retry
+            .as_ref()
+            .filter(|p| p.max_retries > 0 && !forward::wants_upgrade(&req));
+        let idempotent = matches!(
+            *req.method(),
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::PUT
+                | http::Method::DELETE
+                | http::Method::TRACE
+        );
+        let mut attempts = match policy {
+            Some(p) => {
+                p.budget.deposit();
+                Attempts::replay(req, p.max_body_bytes)
+            }
+            None => Attempts::Once(Some(req)),
+        };
+        let opts = || forward::ForwardOpts {
+            authority,
+            timeout: per_try,
+            protocol: None,
+        };
+        let mut tried: Vec<Arc<balance::Endpoint>> = Vec::new();
+        let (mut retries, mut unreachable) = (0u32, 0usize);
+        loop {
+            let endpoint = pick_untried(endpoints, &tried).ok_or(ProxyError::NoEndpoints)?;
+            self.prepare(&endpoint, name, obs).await?;
+            tried.push(endpoint.clone());
+            let req = attempts.next().ok_or(ProxyError::NoEndpoints)?;
+            let result = forward::forward(&endpoint, req, opts()).await;
+            let reason = match &result {
+                Ok(resp) => policy.and_then(|p| p.retryable_response(resp)),
+                // Nothing reached an endpoint that failed to connect: the request goes to
+                // another endpoint, up to MAX_CONNECT_ATTEMPTS in all, policy or not.
+                Err(ForwardError::NotSent(e, _)) => {
+                    unreachable += 1;
+                    if unreachable >= MAX_CONNECT_ATTEMPTS || tried.len() >= endpoints.len() {
+                        return result.map_err(ForwardError::into_error);
+                    }
+                    tracing::debug!(failed = %endpoint.addr, error = %e, "endpoint unreachable; trying another");
+                    if let Err(ForwardError::NotSent(_, back)) = result {
+                        attempts.give_back(*back);
+                    }
+                    continue;
+                }
+                // A request that reached the endpoint and got no answer may have been acted on:
+                // sent again only when its method is idempotent.
+                Err(ForwardError::Failed(e)) => policy
+                    .filter(|_| idempotent)
+                    .and_then(|p| p.retryable_error(e)),
+            };
+            let (Some(policy), Some(reason)) = (policy, reason) else {
+                return result.map_err(ForwardError::into_error);
+            };
+            if retries >= policy.max_retries {
+                return result.map_err(ForwardError::into_error);
+            }
+            let skipped = if !attempts.can_replay() {
+                Some("body too large")
+            } else if !policy.budget.withdraw() {
+                Some("budget")
+            } else {
+                None
+            };
+            let count = |family: &Family<RetryLabels, Counter>, reason: String| {
+                family
+                    .get_or_create(&RetryLabels {
+                        authority: self.metrics.authority_label(&obs.authority),
+                        route: obs.route.clone(),
+                        reason: Label::from(reason.as_str()),
+                    })
+                    .inc();
+            };
+            if let Some(why) = skipped {
+                count(&self.metrics.retries_skipped, why.to_string());
+                return result.map_err(ForwardError::into_error);
+            }
+            count(&self.metrics.retries, reason.label());
+            retries += 1;
+            obs.tag("pillion.retries", retries.to_string());
+            tracing::debug!(endpoint = %endpoint.addr, reason = %reason.label(), retries, "retrying");
+            drop(result);
+            tokio::time::sleep(policy.backoff(retries)).await;
+        }
+    }
+
+    /// Before an attempt at `endpoint`: what the metrics and span say of it, and for a meshed
+    /// endpoint this proxy's first certificate (a handshake without one would fail).
+    async fn prepare(
+        &self,
+        endpoint: &balance::Endpoint,
+        backend: &Arc<str>,
+        obs: &mut Observation,
+    ) -> Result<(), ProxyError> {
+        obs.tls = endpoint.conns.is_tls();
+        let remote = endpoint
+            .meshed
+            .as_ref()
+            .map_or(endpoint.addr, |m| m.proxy_addr);
+        obs.remote(remote, Some(backend.clone()));
+        if let Some(m) = &endpoint.meshed {
+            obs.peer_identity = Label(m.identity.clone());
+        }
+        if endpoint.meshed.is_some()
+            && let Some(id) = &self.identity
+            && !id.is_ready()
+            && tokio::time::timeout(self.discovery_timeout, id.ready())
+                .await
+                .is_err()
+        {
+            return Err(ProxyError::Unavailable("no certificate yet"));
+        }
+        Ok(())
+    }
+
+    fn count_fault(&self, obs: &mut Observation, fault: &'static str) {
+        self.metrics
+            .faults
+            .get_or_create(&FaultLabels {
+                authority: self.metrics.authority_label(&obs.authority),
+                route: obs.route.clone(),
+                fault: Label::from(fault),
+            })
+            .inc();
+        obs.tag("pillion.fault", fault);
     }
 
     /// `CONNECT host:port` to a mesh destination (an `http_proxy` client such as grpc-js, or
@@ -278,6 +401,85 @@ impl Outbound {
                 tracing::info!(addr = %meshed.proxy_addr, error = %e, "opaque mTLS connect failed")
             }
             Err(_) => tracing::info!(addr = %meshed.proxy_addr, "opaque mTLS connect timed out"),
+        }
+    }
+}
+
+/// An endpoint not tried yet for this request (a retry goes elsewhere where it can), or any
+/// endpoint once all have been tried.
+fn pick_untried(
+    endpoints: &[Arc<balance::Endpoint>],
+    tried: &[Arc<balance::Endpoint>],
+) -> Option<Arc<balance::Endpoint>> {
+    if tried.is_empty() {
+        return balance::pick(endpoints).cloned();
+    }
+    let others: Vec<Arc<balance::Endpoint>> = endpoints
+        .iter()
+        .filter(|ep| !tried.iter().any(|t| Arc::ptr_eq(t, ep)))
+        .cloned()
+        .collect();
+    balance::pick(&others)
+        .or_else(|| balance::pick(endpoints))
+        .cloned()
+}
+
+/// Where each attempt's request comes from: the request itself, once (no retry policy), or a
+/// copy of its head with a replay of its body.
+enum Attempts {
+    Once(Option<Request<Body>>),
+    Replay {
+        method: http::Method,
+        uri: http::Uri,
+        version: http::Version,
+        headers: http::HeaderMap,
+        body: Replay,
+    },
+}
+
+impl Attempts {
+    fn replay(req: Request<Body>, max_body: usize) -> Attempts {
+        let (parts, body) = req.into_parts();
+        Attempts::Replay {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            body: Replay::new(body, max_body),
+        }
+    }
+
+    fn next(&mut self) -> Option<Request<Body>> {
+        match self {
+            Attempts::Once(req) => req.take(),
+            Attempts::Replay {
+                method,
+                uri,
+                version,
+                headers,
+                body,
+            } => {
+                let mut req = Request::new(UnsyncBoxBody::new(body.attempt()));
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = uri.clone();
+                *req.version_mut() = *version;
+                *req.headers_mut() = headers.clone();
+                Some(req)
+            }
+        }
+    }
+
+    /// A request that reached no endpoint, for the next attempt.
+    fn give_back(&mut self, req: Request<Body>) {
+        if let Attempts::Once(slot) = self {
+            *slot = Some(req);
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        match self {
+            Attempts::Once(_) => false,
+            Attempts::Replay { body, .. } => body.can_replay(),
         }
     }
 }

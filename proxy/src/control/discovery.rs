@@ -3,7 +3,6 @@
 //! waiting. A lost control plane leaves every snapshot in force; watches reconnect with backoff.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -14,9 +13,8 @@ use rand::Rng;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::balance::Endpoint;
 use crate::http::errors::ProxyError;
-use crate::route::snapshot::Snapshot;
+use crate::route::snapshot::{Carried, Snapshot};
 use crate::telemetry::metrics::{Label, Metrics, VersionLabels};
 
 /// A destination nobody asked for in this long is forgotten (its watch closed).
@@ -305,7 +303,7 @@ impl Destinations {
         id: u64,
         tx: watch::Sender<Option<Arc<Snapshot>>>,
     ) {
-        let mut endpoints: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
+        let mut carried = Carried::default();
         // The version series this watch shows, removed when it changes or the watch ends.
         let mut shown = VersionShown {
             metrics: self.metrics.clone(),
@@ -330,7 +328,7 @@ impl Destinations {
                                 let version = update.version.clone();
                                 match Snapshot::compile(
                                     update,
-                                    &mut endpoints,
+                                    &mut carried,
                                     self.connect_timeout,
                                     self.tls.as_ref(),
                                 ) {

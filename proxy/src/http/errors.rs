@@ -42,6 +42,13 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("connection loops back to the proxy")]
     Loop,
+    /// A FaultInjection's abort: `grpc` 0 means the status matching `status`.
+    #[error("fault injected by {source_name}")]
+    FaultInjected {
+        status: u16,
+        grpc: u8,
+        source_name: String,
+    },
 }
 
 impl ProxyError {
@@ -63,6 +70,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
+            ProxyError::FaultInjected { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
         }
     }
 
@@ -84,11 +94,17 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "bad request body",
             ProxyError::MethodNotAllowed(_) => "method not allowed",
             ProxyError::Loop => "loop detected",
+            ProxyError::FaultInjected { .. } => "fault injected",
         }
     }
 
     /// The gRPC status a gRPC caller gets instead of the HTTP status.
     pub fn grpc_code(&self) -> u8 {
+        if let ProxyError::FaultInjected { grpc, .. } = self
+            && *grpc != 0
+        {
+            return *grpc;
+        }
         match self.status() {
             StatusCode::NOT_FOUND => 12,      // UNIMPLEMENTED
             StatusCode::GATEWAY_TIMEOUT => 4, // DEADLINE_EXCEEDED

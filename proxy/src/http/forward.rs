@@ -224,6 +224,7 @@ pub async fn forward(
         Err(e) => {
             // A failing endpoint looks slow, so the balancer steers away from it.
             endpoint.observe(Duration::from_secs(1));
+            endpoint.outlier.failure();
             return Err(ForwardError::NotSent(e, Box::new(req)));
         }
     };
@@ -301,6 +302,11 @@ pub async fn forward(
     let mut resp = match result {
         Ok(resp) => {
             endpoint.observe(started.elapsed());
+            if resp.status().is_server_error() {
+                endpoint.outlier.failure();
+            } else {
+                endpoint.outlier.success();
+            }
             resp
         }
         Err(e) => {
@@ -315,6 +321,7 @@ pub async fn forward(
             if !matches!(e, ProxyError::Timeout) {
                 endpoint.observe(Duration::from_secs(1));
             }
+            endpoint.outlier.failure();
             return Err(ForwardError::Failed(e));
         }
     };
@@ -424,6 +431,17 @@ impl Observation {
             started: Instant::now(),
             span: None,
             access: None,
+        }
+    }
+
+    /// Tags the span, when the request is sampled.
+    pub fn tag(
+        &mut self,
+        key: &'static str,
+        value: impl Into<crate::telemetry::trace::TagValue>,
+    ) {
+        if let Some((_, span)) = &mut self.span {
+            span.tag(key, value);
         }
     }
 

@@ -8,3 +8,4 @@ pub mod errors;
 pub mod forward;
 pub mod h2_server;
 pub mod pool;
+pub mod replay;

@@ -16,6 +16,8 @@ use regex::Regex;
 use crate::balance::{Endpoint, Meshed};
 use crate::http::errors::ProxyError;
 use crate::http::pool::{MeshTls, TlsTarget};
+use crate::route::fault::Fault;
+use crate::route::retry::{Budget, RetryPolicy};
 pub use crate::route::split::{Backend, BackendTarget, Split};
 use rustls_pki_types::ServerName;
 
@@ -49,6 +51,16 @@ pub struct Rule {
     pub split: Split,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub fault: Option<Fault>,
+}
+
+/// What one destination's snapshots hand on to the next: balancer state and connections by
+/// endpoint address, retry budgets by rule name.
+#[derive(Default)]
+pub struct Carried {
+    pub endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+    pub budgets: HashMap<Arc<str>, Arc<Budget>>,
 }
 
 pub struct Match {
@@ -179,12 +191,12 @@ fn anchored(re: &str) -> Result<Regex, String> {
 }
 
 impl Snapshot {
-    /// Compiles an update. `endpoints` is the balancer state of the previous snapshot, by
-    /// address; endpoints that stay keep their state.
+    /// Compiles an update. `carried` is the state of the previous snapshot: endpoints that
+    /// stay keep their balancer state and connections, rules that stay keep their retry budget.
     /// `tls` is the client configuration for meshed endpoints (when this proxy has an identity).
     pub fn compile(
         update: pb::DestinationUpdate,
-        endpoints: &mut HashMap<SocketAddr, Arc<Endpoint>>,
+        carried: &mut Carried,
         connect_timeout: Duration,
         tls: Option<&MeshTls>,
     ) -> Result<Snapshot, String> {
@@ -203,7 +215,9 @@ impl Snapshot {
             }
             pb::destination_update::State::Destination(d) => d,
         };
+        let endpoints = &carried.endpoints;
         let mut live: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
+        let mut budgets: HashMap<Arc<str>, Arc<Budget>> = HashMap::new();
         let mut rules = Vec::with_capacity(dest.rules.len());
         for rule in dest.rules {
             let mut backends = Vec::with_capacity(rule.backends.len());
@@ -260,11 +274,22 @@ impl Snapshot {
             }
             let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
             let timeouts = rule.timeouts.unwrap_or_default();
+            let name: Arc<str> = Arc::from(rule.name);
+            let retry = rule.retry.as_ref().map(|p| {
+                let budget = match carried.budgets.get(&name) {
+                    Some(b) if b.same_settings(p) => b.clone(),
+                    _ => Arc::new(Budget::from_pb(p)),
+                };
+                budgets.insert(name.clone(), budget.clone());
+                RetryPolicy::from_pb(p, budget)
+            });
             rules.push(Rule {
-                name: Arc::from(rule.name),
+                name,
                 split: Split::new(backends),
                 request_timeout: ms(timeouts.request_ms),
                 backend_timeout: ms(timeouts.backend_request_ms),
+                retry,
+                fault: rule.fault.as_ref().map(Fault::from_pb),
             });
         }
         let mut matches = Vec::with_capacity(dest.matches.len());
@@ -318,7 +343,8 @@ impl Snapshot {
                 method,
             });
         }
-        *endpoints = live;
+        carried.endpoints = live;
+        carried.budgets = budgets;
         Ok(Snapshot {
             version,
             fqdn: Arc::from(dest.fqdn),
@@ -360,6 +386,9 @@ impl Snapshot {
                 "rules": rules.iter().map(|r| serde_json::json!({
                     "name": &*r.name,
                     "requestTimeoutMs": r.request_timeout.map(|d| d.as_millis() as u64),
+                    "backendRequestTimeoutMs": r.backend_timeout.map(|d| d.as_millis() as u64),
+                    "retry": r.retry.as_ref().map(|p| p.source.clone()),
+                    "fault": r.fault.as_ref().map(|f| f.source.clone()),
                     "backends": r.split.backends.iter().map(|b| match &b.target {
                         BackendTarget::Service { name, endpoints } => serde_json::json!({
                             "service": &**name,

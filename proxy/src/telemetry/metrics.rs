@@ -110,6 +110,28 @@ pub struct ConnLabels {
     pub protocol: Label,
 }
 
+/// A retry sent, or one not sent, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub authority: Label,
+    pub route: Label,
+    /// Sent: what failed (`503`, `grpc-14`, `reset`). Not sent: `budget` or `body too large`.
+    pub reason: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub authority: Label,
+    pub route: Label,
+    /// `abort` or `delay`.
+    pub fault: Label,
+}
+
+/// Endpoints ejected by outlier detection since the proxy started. A process-wide counter:
+/// the balancer that ejects knows no `Metrics`.
+pub static OUTLIER_EJECTIONS: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 /// Distinct authority label values at once; requests for more are counted as `unknown`, so
@@ -149,6 +171,9 @@ pub struct Metrics {
     pub tcp_write_bytes: Family<DirectionLabel, Counter>,
     pub destination_version: Family<VersionLabels, Gauge<i64, AtomicI64>>,
     pub certificate_expiry: Gauge<i64, AtomicI64>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retries_skipped: Family<RetryLabels, Counter>,
+    pub faults: Family<FaultLabels, Counter>,
     series: RwLock<HashMap<Arc<str>, AuthoritySeries>>,
     unknown: Label,
 }
@@ -270,8 +295,34 @@ impl Metrics {
             "When the proxy's workload certificate expires (Unix seconds; 0 without one)",
             certificate_expiry.clone(),
         );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Attempts sent again, by authority, route and what failed",
+            retries.clone(),
+        );
+        let retries_skipped = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "retries_skipped",
+            "Retries a policy asked for but not sent: the budget was spent or the body too large",
+            retries_skipped.clone(),
+        );
+        let faults = Family::<FaultLabels, Counter>::default();
+        registry.register(
+            "faults_injected",
+            "Requests aborted or delayed by a FaultInjection",
+            faults.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected after failing several times in a row",
+            OUTLIER_EJECTIONS.clone(),
+        );
         registry.register_collector(Box::new(pillion_core::process::ProcessCollector::default()));
         Metrics {
+            retries,
+            retries_skipped,
+            faults,
             proxy_errors,
             tcp_open,
             tcp_close,
@@ -564,6 +615,20 @@ mod tests {
                 version: Label::from("v"),
             })
             .set(1);
+        let retry = RetryLabels {
+            authority: Label::from("a"),
+            route: Label::from("r"),
+            reason: Label::from("503"),
+        };
+        m.retries.get_or_create(&retry).inc();
+        m.retries_skipped.get_or_create(&retry).inc();
+        m.faults
+            .get_or_create(&FaultLabels {
+                authority: Label::from("a"),
+                route: Label::from("r"),
+                fault: Label::from("abort"),
+            })
+            .inc();
         let text = m.encode();
         let all = include_str!("../../../docs/metrics.md");
         let docs = &all[..all.find("## Control-plane metrics").unwrap_or(all.len())];

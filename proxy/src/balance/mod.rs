@@ -13,6 +13,9 @@ use rand::Rng;
 
 use crate::http::pool::Conns;
 
+pub mod outlier;
+use outlier::Outlier;
+
 /// The estimate a new endpoint starts with: optimistic enough to get tried, not so low that it
 /// takes everything before its first answer.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -29,6 +32,8 @@ pub struct Endpoint {
     /// Requests sent and not yet finished (until the response body ends).
     pending: AtomicU32,
     ewma: Mutex<Ewma>,
+    /// Failures in a row, and the ejection they led to.
+    pub outlier: Outlier,
 }
 
 struct Ewma {
@@ -70,6 +75,7 @@ impl Endpoint {
                 rtt_ns: DEFAULT_RTT.as_nanos() as f64,
                 stamp: Instant::now(),
             }),
+            outlier: Outlier::default(),
         }
     }
 
@@ -126,6 +132,7 @@ impl Endpoint {
             "tls": self.conns.is_tls(),
             "pending": self.pending.load(Ordering::Relaxed),
             "ewmaMs": self.ewma().rtt_ns / 1e6,
+            "ejectedForMs": self.outlier.ejected_for_ms(),
         })
     }
 }
@@ -177,7 +184,8 @@ impl EndpointCache {
     }
 }
 
-/// Two endpoints at random; the one with the lower load.
+/// Two endpoints at random; the one with the lower load. Ejected endpoints are passed over
+/// while any other is left.
 pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
     match endpoints.len() {
         0 => None,
@@ -190,8 +198,27 @@ pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
                 b += 1;
             }
             let (ea, eb) = (&endpoints[a], &endpoints[b]);
-            Some(if ea.load() <= eb.load() { ea } else { eb })
+            let lower = if ea.load() <= eb.load() { ea } else { eb };
+            Some(match (ea.outlier.is_ejected(), eb.outlier.is_ejected()) {
+                (false, false) => lower,
+                (false, true) => ea,
+                (true, false) => eb,
+                (true, true) => pick_live(endpoints).unwrap_or(lower),
+            })
         }
+    }
+}
+
+/// Both random picks were ejected: a live endpoint at random, if there is one.
+#[cold]
+fn pick_live(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    let live: Vec<&Arc<Endpoint>> = endpoints
+        .iter()
+        .filter(|e| !e.outlier.is_ejected())
+        .collect();
+    match live.len() {
+        0 => None,
+        n => Some(live[rand::rng().random_range(0..n)]),
     }
 }
 
@@ -205,6 +232,24 @@ mod tests {
             ProtocolHint::Unspecified,
             Duration::from_secs(1),
         ))
+    }
+
+    #[test]
+    fn ejected_endpoints_get_no_traffic_unless_all_are() {
+        let eps: Vec<_> = (1..=3).map(ep).collect();
+        for _ in 0..outlier::Settings::default().consecutive_failures {
+            eps[0].outlier.failure();
+            eps[1].outlier.failure();
+        }
+        assert!(eps[0].outlier.is_ejected() && eps[1].outlier.is_ejected());
+        assert!((0..200).all(|_| Arc::ptr_eq(pick(&eps).unwrap(), &eps[2])));
+        for _ in 0..outlier::Settings::default().consecutive_failures {
+            eps[2].outlier.failure();
+        }
+        // Never the last: with every endpoint ejected, p2c picks among all of them again.
+        let picked: std::collections::HashSet<u16> =
+            (0..200).map(|_| pick(&eps).unwrap().addr.port()).collect();
+        assert!(picked.len() >= 2, "{picked:?}");
     }
 
     #[test]

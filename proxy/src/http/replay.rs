@@ -1,0 +1,246 @@
+//! A request body that can be sent more than once, for retries. The client's body is streamed
+//! to the first attempt as it arrives (nothing waits for the whole body), and what was read is
+//! kept, up to a limit, so that a later attempt sends it again and then goes on reading the
+//! client's body where the earlier attempt left off. Past the limit nothing is kept and the
+//! request can no longer be retried.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::http::body::{Body, BoxError};
+
+/// The client's body and what has been read from it, shared by the attempts.
+pub struct Replay {
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct Shared {
+    /// The client's body, until it has ended.
+    source: Option<Body>,
+    /// What was read, in order (empty once `capped`).
+    chunks: Vec<Bytes>,
+    kept: usize,
+    trailers: Option<HeaderMap>,
+    /// More than `max` bytes were read: nothing is kept, no new attempt can start.
+    capped: bool,
+    /// Reading the client's body failed: no new attempt either.
+    failed: bool,
+    max: usize,
+    /// The attempt whose body may read from the client; older ones stop.
+    current: u32,
+    hint: SizeHint,
+}
+
+impl Replay {
+    /// Wraps the client's body, keeping at most `max` bytes.
+    pub fn new(source: Body, max: usize) -> Replay {
+        let hint = source.size_hint();
+        let ended = source.is_end_stream();
+        Replay {
+            shared: Arc::new(Mutex::new(Shared {
+                source: (!ended).then_some(source),
+                chunks: Vec::new(),
+                kept: 0,
+                trailers: None,
+                capped: false,
+                failed: false,
+                max,
+                current: 0,
+                hint,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        lock(&self.shared)
+    }
+
+    /// Whether another attempt can still send the whole body.
+    pub fn can_replay(&self) -> bool {
+        let s = self.lock();
+        !s.capped && !s.failed
+    }
+
+    /// The body for a new attempt; earlier attempts' bodies stop reading from the client.
+    pub fn attempt(&self) -> ReplayBody {
+        let mut s = self.lock();
+        s.current = s.current.wrapping_add(1);
+        ReplayBody {
+            shared: self.shared.clone(),
+            attempt: s.current,
+            pos: 0,
+            trailers_sent: false,
+        }
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// One attempt's view of the body.
+pub struct ReplayBody {
+    shared: Arc<Mutex<Shared>>,
+    attempt: u32,
+    /// The next kept chunk to send.
+    pos: usize,
+    trailers_sent: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body superseded by a retry")]
+struct Superseded;
+
+impl HttpBody for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut s = lock(&this.shared);
+        if s.current != this.attempt {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if let Some(chunk) = s.chunks.get(this.pos) {
+            this.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+        }
+        let Some(source) = s.source.as_mut() else {
+            // The client's body has ended: its trailers, if any, then the end.
+            if !this.trailers_sent
+                && let Some(t) = &s.trailers
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+            }
+            return Poll::Ready(None);
+        };
+        match Pin::new(source).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                s.source = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                s.failed = true;
+                s.source = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_data() {
+                    Ok(data) => {
+                        if !s.capped {
+                            s.kept += data.len();
+                            if s.kept > s.max {
+                                s.capped = true;
+                                s.chunks = Vec::new();
+                            } else {
+                                s.chunks.push(data.clone());
+                                this.pos = s.chunks.len();
+                            }
+                        }
+                        Frame::data(data)
+                    }
+                    Err(frame) => {
+                        if let Some(t) = frame.trailers_ref() {
+                            s.trailers = Some(t.clone());
+                            s.source = None;
+                            this.trailers_sent = true;
+                        }
+                        frame
+                    }
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = lock(&self.shared);
+        s.source.is_none()
+            && self.pos >= s.chunks.len()
+            && (s.trailers.is_none() || self.trailers_sent)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock(&self.shared).hint.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A client body that sends `parts` one frame at a time, then trailers.
+    fn client(parts: &[&'static str], trailers: bool) -> Body {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from(*p))))
+            .collect();
+        if trailers {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        crate::http::body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    async fn read(body: ReplayBody) -> (Vec<u8>, Option<HeaderMap>) {
+        let collected = body.collect().await.expect("body");
+        let trailers = collected.trailers().cloned();
+        (collected.to_bytes().to_vec(), trailers)
+    }
+
+    #[tokio::test]
+    async fn a_retry_sends_the_same_bytes_and_trailers() {
+        let replay = Replay::new(client(&["he", "llo"], true), 1024);
+        let first = read(replay.attempt()).await;
+        assert_eq!(first.0, b"hello");
+        assert!(replay.can_replay());
+        let second = read(replay.attempt()).await;
+        assert_eq!(second, first);
+        assert!(second.1.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_partial_read_goes_on_from_the_client() {
+        let replay = Replay::new(client(&["a", "b", "c"], false), 1024);
+        let mut first = replay.attempt();
+        let frame = first.frame().await.expect("frame").expect("ok");
+        assert_eq!(frame.into_data().ok().as_deref(), Some(&b"a"[..]));
+        let second = replay.attempt();
+        // The superseded attempt stops; the new one gets everything.
+        assert!(first.frame().await.expect("frame").is_err());
+        assert_eq!(read(second).await.0, b"abc");
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_nothing_is_kept_but_the_body_still_streams() {
+        let replay = Replay::new(client(&["0123", "4567"], false), 6);
+        assert_eq!(read(replay.attempt()).await.0, b"01234567");
+        assert!(!replay.can_replay());
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_ends_at_once() {
+        let replay = Replay::new(crate::http::body::empty(), 0);
+        let body = replay.attempt();
+        assert!(body.is_end_stream());
+        assert_eq!(read(body).await.0, b"");
+        assert!(replay.can_replay());
+    }
+}
