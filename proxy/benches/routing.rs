@@ -73,7 +73,13 @@ fn snapshot() -> Snapshot {
             },
         )),
     };
-    Snapshot::compile(update, &mut Default::default(), Duration::from_secs(1), None).expect("compiles")
+    Snapshot::compile(
+        update,
+        &mut Default::default(),
+        Duration::from_secs(1),
+        None,
+    )
+    .expect("compiles")
 }
 
 fn routing(c: &mut Criterion) {

@@ -222,8 +222,8 @@ pub async fn forward(
     let sender = match endpoint.conns.checkout(protocol).await {
         Ok(s) => s,
         Err(e) => {
-            // A failing endpoint looks slow, so the balancer steers away from it.
-            endpoint.observe(Duration::from_secs(1));
+            // Failures are not latency: they count towards ejecting the endpoint (a penalty
+            // in the estimate would keep a recovered endpoint idle long after it came back).
             endpoint.outlier.failure();
             return Err(ForwardError::NotSent(e, Box::new(req)));
         }
@@ -316,10 +316,6 @@ pub async fn forward(
                 && let ProxyError::Upstream(e) = e
             {
                 return Err(ForwardError::Failed(ProxyError::ClientBody(e)));
-            }
-            // A failing endpoint looks slow, so the balancer steers away from it.
-            if !matches!(e, ProxyError::Timeout) {
-                endpoint.observe(Duration::from_secs(1));
             }
             endpoint.outlier.failure();
             return Err(ForwardError::Failed(e));
@@ -435,11 +431,7 @@ impl Observation {
     }
 
     /// Tags the span, when the request is sampled.
-    pub fn tag(
-        &mut self,
-        key: &'static str,
-        value: impl Into<crate::telemetry::trace::TagValue>,
-    ) {
+    pub fn tag(&mut self, key: &'static str, value: impl Into<crate::telemetry::trace::TagValue>) {
         if let Some((_, span)) = &mut self.span {
             span.tag(key, value);
         }

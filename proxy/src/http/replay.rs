@@ -174,7 +174,7 @@ impl HttpBody for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        lock(&self.shared).hint.clone()
+        lock(&self.shared).hint
     }
 }
 

@@ -70,7 +70,12 @@ mod tests {
         let delays = decisions.iter().filter(|d| d.delay.is_some()).count();
         assert!((9_000..11_000).contains(&aborts), "{aborts}");
         assert!((48_000..52_000).contains(&delays), "{delays}");
-        assert!(decisions.iter().flat_map(|d| d.delay).all(|d| d == Duration::from_millis(7)));
+        assert!(
+            decisions
+                .iter()
+                .flat_map(|d| d.delay)
+                .all(|d| d == Duration::from_millis(7))
+        );
         let none = Fault::from_pb(&pb::Fault::default());
         assert!((0..1000).all(|_| none.decide() == Decision::default()));
     }

@@ -147,7 +147,8 @@ impl Budget {
 
     /// Whether the budget was built from the same settings (else an update replaces it).
     pub fn same_settings(&self, p: &pb::RetryPolicy) -> bool {
-        self.ratio == p.budget_ratio.clamp(0.0, 1.0) && self.min_per_second == p.budget_min_per_second
+        self.ratio == p.budget_ratio.clamp(0.0, 1.0)
+            && self.min_per_second == p.budget_min_per_second
     }
 
     /// Runs `f` on the window at `now`, with the index of the current second's bucket.
@@ -233,13 +234,22 @@ mod tests {
             }
             r.body(()).unwrap()
         };
-        assert_eq!(p.retryable_response(&resp(503, None)), Some(RetryReason::Status(503)));
+        assert_eq!(
+            p.retryable_response(&resp(503, None)),
+            Some(RetryReason::Status(503))
+        );
         assert_eq!(p.retryable_response(&resp(500, None)), None);
-        assert_eq!(p.retryable_response(&resp(200, Some("14"))), Some(RetryReason::Grpc(14)));
+        assert_eq!(
+            p.retryable_response(&resp(200, Some("14"))),
+            Some(RetryReason::Grpc(14))
+        );
         assert_eq!(p.retryable_response(&resp(200, Some("13"))), None);
         assert_eq!(p.retryable_error(&ProxyError::Timeout), None);
         let p = policy(&[], &[], true);
-        assert_eq!(p.retryable_error(&ProxyError::Timeout), Some(RetryReason::Reset));
+        assert_eq!(
+            p.retryable_error(&ProxyError::Timeout),
+            Some(RetryReason::Reset)
+        );
         assert_eq!(p.retryable_error(&ProxyError::NoEndpoints), None);
     }
 

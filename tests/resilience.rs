@@ -1,0 +1,410 @@
+//! Resilience end to end: retries (with body replay and the budget), outlier ejection through
+//! an endpoint kill under load, and fault injection, through a real client proxy to real
+//! HTTP servers on loopback.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A test endpoint: answers 200 with the request body echoed, or 503 while `failing` (every
+/// request, or with `every_other` every second one); counts what it received. `stop` closes it (listener and every connection); `start` reopens it on
+/// the same port.
+struct Endpoint {
+    addr: SocketAddr,
+    failing: Arc<AtomicBool>,
+    every_other: bool,
+    hits: Arc<AtomicUsize>,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl Endpoint {
+    /// Fails every second request.
+    async fn flaky() -> Endpoint {
+        let mut e = Endpoint::new(true).await;
+        e.stop().await;
+        e.every_other = true;
+        e.start().await;
+        e
+    }
+
+    async fn new(failing: bool) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut e = Endpoint {
+            addr: listener.local_addr().unwrap(),
+            failing: Arc::new(AtomicBool::new(failing)),
+            every_other: false,
+            hits: Arc::new(AtomicUsize::new(0)),
+            tasks: None,
+        };
+        e.serve(listener);
+        e
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let mut tasks = JoinSet::new();
+        let (failing, hits) = (self.failing.clone(), self.hits.clone());
+        let every_other = self.every_other;
+        // Owned by the accept task: aborting it drops (and so aborts) every connection.
+        let conns = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        tasks.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (failing, hits) = (failing.clone(), hits.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (failing, hits) = (failing.clone(), hits.clone());
+                    async move {
+                        let n = hits.fetch_add(1, Ordering::SeqCst);
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        let mut resp = Response::new(Full::new(body.unwrap_or_default()));
+                        if failing.load(Ordering::SeqCst) && (!every_other || n % 2 == 1) {
+                            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                conns.lock().unwrap().spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(tcp);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, service)
+                    .await;
+                });
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    /// Closes the listener and resets every connection, as a killed process would.
+    async fn stop(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.shutdown().await;
+        }
+    }
+
+    async fn start(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Service `web` (port 80) over `endpoints`, one EndpointSlice each.
+fn mesh_yaml(endpoints: &[&Endpoint]) -> String {
+    let mut yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80}]\n".to_string();
+    for (i, e) in endpoints.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{i}\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n",
+            e.addr.port()
+        ));
+    }
+    yaml
+}
+
+fn retry_yaml(spec: &str) -> String {
+    format!(
+        "apiVersion: pillion.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {{name: web-retries}}\nspec:\n  targetRef: {{kind: Service, name: web}}\n{spec}"
+    )
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    _cp: ControlPlaneProc,
+    client: ProxyProc,
+}
+
+fn start(files: &[(&str, String)], client_env: &[(&str, String)]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        write_config(&dir.path().join(name), text);
+    }
+    let cp = start_control_plane(dir.path(), "127.0.0.1:0");
+    let client = start_proxy("proxy-client", cp.addr, "default/client", None, client_env);
+    Setup {
+        dir,
+        _cp: cp,
+        client,
+    }
+}
+
+/// The sum of every series of `family` whose labels contain `labels`.
+async fn metric_sum(admin: SocketAddr, family: &str, labels: &str) -> f64 {
+    let (_, text) = admin_get(admin, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn post(client: &H1Client, proxy: SocketAddr, body: String) -> Answer {
+    request(
+        client,
+        proxy,
+        http::Request::post("/"),
+        "web",
+        "/",
+        Bytes::from(body),
+    )
+    .await
+    .unwrap()
+}
+
+/// Sends GETs until the destination answers 200 (the proxy has its configuration).
+async fn wait_ready(client: &H1Client, proxy: SocketAddr) {
+    let deadline = Instant::now() + DEADLINE;
+    while get(client, proxy, "web", "/").await.map(|a| a.status).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "web never answered 200");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_policy_sends_a_503_again_with_its_body() {
+    let flaky = Endpoint::flaky().await;
+    let s = start(
+        &[
+            ("mesh.yaml", mesh_yaml(&[&flaky])),
+            // Half the attempts fail: the budget must allow a retry per request.
+            (
+                "retry.yaml",
+                retry_yaml("  maxRetries: 2\n  budget: {ratio: 1}\n"),
+            ),
+        ],
+        &[],
+    );
+    let client = http1_client();
+    wait_ready(&client, s.client.outbound).await;
+    let before = flaky.hits();
+    let n = 200;
+    for i in 0..n {
+        let body = format!("payload-{i}-{}", "x".repeat(i * 10));
+        let a = post(&client, s.client.outbound, body.clone()).await;
+        if a.status != 200 {
+            let (_, m) = admin_get(s.client.admin, "/metrics").await;
+            let retries: Vec<&str> = m.lines().filter(|l| l.contains("retries")).collect();
+            panic!("request {i}: {} {:?}\n{retries:#?}", a.status, a.error);
+        }
+        assert_eq!(
+            a.body,
+            body.as_bytes(),
+            "request {i}: the body replayed whole"
+        );
+    }
+    // Every second attempt failed and was sent again.
+    let attempts = flaky.hits() - before;
+    assert!(
+        (2 * n - 1..=2 * n + 1).contains(&attempts),
+        "{attempts} attempts"
+    );
+    let retried = metric_sum(s.client.admin, "pillion_retries_total", "reason=\"503\"").await;
+    assert!(retried >= n as f64, "retries counted: {retried}");
+
+    // Without the policy, the failures reach the caller.
+    std::fs::remove_file(s.dir.path().join("retry.yaml")).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let a = post(&client, s.client.outbound, "x".into()).await;
+        if a.status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "503s never reached the caller");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_everything_fails_retries_stay_within_the_budget() {
+    let a = Endpoint::new(true).await;
+    let b = Endpoint::new(true).await;
+    let s = start(
+        &[
+            ("mesh.yaml", mesh_yaml(&[&a, &b])),
+            (
+                "retry.yaml",
+                retry_yaml(
+                    "  maxRetries: 3\n  backoff: {base: 1ms, max: 2ms}\n  budget: {ratio: 0.2, minRetriesPerSecond: 1}\n",
+                ),
+            ),
+        ],
+        &[],
+    );
+    let client = http1_client();
+    // The configuration is in force once a retry is counted.
+    let deadline = Instant::now() + DEADLINE;
+    while metric_sum(s.client.admin, "pillion_retries_total", "").await == 0.0 {
+        assert!(Instant::now() < deadline, "no retry ever sent");
+        get(&client, s.client.outbound, "web", "/").await.unwrap();
+    }
+    let before = a.hits() + b.hits();
+    let n = 300;
+    for _ in 0..n {
+        let r = get(&client, s.client.outbound, "web", "/").await.unwrap();
+        assert_eq!(r.status, 503);
+    }
+    let sent = a.hits() + b.hits() - before;
+    // Unbudgeted, 3 retries each would be 1,200 attempts; the budget allows 20 % of the
+    // requests plus 1/s over its 10 s window.
+    let allowed = n + n / 5 + 10 + 5;
+    eprintln!("{n} failing requests took {sent} attempts (at most {allowed} allowed)");
+    assert!(sent > n, "some retries were sent: {sent}");
+    assert!(sent <= allowed, "{sent} attempts for {n} requests");
+    let skipped = metric_sum(
+        s.client.admin,
+        "pillion_retries_skipped_total",
+        "reason=\"budget\"",
+    )
+    .await;
+    assert!(skipped > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_killed_under_load_fails_no_request_and_is_ejected_until_it_returns() {
+    let mut eps = Vec::new();
+    for _ in 0..3 {
+        eps.push(Endpoint::new(false).await);
+    }
+    let s = start(
+        &[
+            ("mesh.yaml", mesh_yaml(&eps.iter().collect::<Vec<_>>())),
+            ("retry.yaml", retry_yaml("  maxRetries: 2\n")),
+        ],
+        &[
+            ("PILLION_OUTLIER_BASE_EJECTION", "300ms".to_string()),
+            ("PILLION_OUTLIER_MAX_EJECTION", "2s".to_string()),
+        ],
+    );
+    let client = http1_client();
+    wait_ready(&client, s.client.outbound).await;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = JoinSet::new();
+    for _ in 0..4 {
+        let (client, proxy) = (client.clone(), s.client.outbound);
+        let (failures, done, stop) = (failures.clone(), done.clone(), stop.clone());
+        load.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match get(&client, proxy, "web", "/").await {
+                    Ok(a) if a.status == 200 => {}
+                    other => {
+                        eprintln!("failed: {:?}", other.map(|a| (a.status, a.error)));
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let wait_done = |n: usize| {
+        let done = done.clone();
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            while done.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < deadline, "load stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_done(200).await;
+    eps[1].stop().await;
+    let killed_at = done.load(Ordering::SeqCst);
+    wait_done(killed_at + 600).await;
+    let hits_while_dead = eps[1].hits();
+    assert!(
+        metric_sum(s.client.admin, "pillion_outlier_ejections_total", "").await >= 1.0,
+        "the dead endpoint was ejected"
+    );
+    // Back: after its ejection a probe finds it, and it takes traffic again.
+    eps[1].start().await;
+    let deadline = Instant::now() + DEADLINE;
+    while eps[1].hits() <= hits_while_dead + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted endpoint got no traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    while load.join_next().await.is_some() {}
+    let total = done.load(Ordering::SeqCst);
+    eprintln!("{total} requests through an endpoint kill and return");
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "failed requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_aborts_and_delays_its_shares_until_removed() {
+    let e = Endpoint::new(false).await;
+    let fault = "apiVersion: pillion.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: chaos}\nspec:\n  targetRef: {kind: Service, name: web}\n  abort: {percent: 10, httpStatus: 502}\n  delay: {percent: 10, fixedDelay: 5ms}\n";
+    let s = start(
+        &[
+            ("mesh.yaml", mesh_yaml(&[&e])),
+            ("fault.yaml", fault.to_string()),
+        ],
+        &[],
+    );
+    let client = http1_client();
+    // In force once the first abort is seen.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let a = get(&client, s.client.outbound, "web", "/").await.unwrap();
+        if a.status == 502 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fault ever injected");
+    }
+    let delays_before = metric_sum(
+        s.client.admin,
+        "pillion_faults_injected_total",
+        "fault=\"delay\"",
+    )
+    .await;
+    let n = 1000;
+    let mut aborted = 0;
+    for _ in 0..n {
+        let a = get(&client, s.client.outbound, "web", "/").await.unwrap();
+        if a.status == 502 {
+            assert_eq!(a.error.as_deref(), Some("fault injected"));
+            aborted += 1;
+        } else {
+            assert_eq!(a.status, 200);
+        }
+    }
+    let delayed = metric_sum(
+        s.client.admin,
+        "pillion_faults_injected_total",
+        "fault=\"delay\"",
+    )
+    .await
+        - delays_before;
+    eprintln!("of {n} requests: {aborted} aborted, {delayed} delayed (10 % each configured)");
+    assert!((70..=130).contains(&aborted), "aborted {aborted} of {n}");
+    assert!(
+        (70.0..=130.0).contains(&delayed),
+        "delayed {delayed} of {n}"
+    );
+
+    // Removing the file ends the experiment.
+    std::fs::remove_file(s.dir.path().join("fault.yaml")).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut clean = 0;
+    while clean < 300 {
+        let a = get(&client, s.client.outbound, "web", "/").await.unwrap();
+        clean = if a.status == 200 { clean + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "faults went on after removal");
+    }
+}
