@@ -174,12 +174,25 @@ fn the_chart_lints_renders_and_validates() {
             "{name}"
         );
     }
-    let crd = find(
-        &docs,
-        "CustomResourceDefinition",
-        "authorizationpolicies.pillion.dev",
-    );
-    assert_eq!(crd["spec"]["versions"][0]["name"], "v1alpha1");
+    // Each of Pillion's kinds has its CRD, and the control plane may read it.
+    let rules = find(&docs, "ClusterRole", "pillion-control-plane-pillion")["rules"].clone();
+    for plural in ["authorizationpolicies", "retrypolicies", "faultinjections"] {
+        let crd = find(
+            &docs,
+            "CustomResourceDefinition",
+            &format!("{plural}.pillion.dev"),
+        );
+        assert_eq!(crd["spec"]["versions"][0]["name"], "v1alpha1");
+        let readable = rules.as_array().unwrap().iter().any(|r| {
+            r["apiGroups"] == serde_json::json!(["pillion.dev"])
+                && r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == plural)
+        });
+        assert!(readable, "the control plane may not read {plural}");
+    }
 }
 
 /// Every flag the chart passes is one the binary takes: started with the rendered arguments

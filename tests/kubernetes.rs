@@ -49,6 +49,8 @@ const COLLECTIONS: &[&str] = &[
     "/apis/split.smi-spec.io/v1alpha4/trafficsplits",
     "/apis/gateway.networking.k8s.io/v1/httproutes",
     "/apis/pillion.dev/v1alpha1/authorizationpolicies",
+    "/apis/pillion.dev/v1alpha1/retrypolicies",
+    "/apis/pillion.dev/v1alpha1/faultinjections",
     // No HTTPRouteGroup: as in a cluster without that CRD (404).
 ];
 
