@@ -408,3 +408,104 @@ async fn fault_injection_aborts_and_delays_its_shares_until_removed() {
         assert!(Instant::now() < deadline, "faults went on after removal");
     }
 }
+
+/// A gRPC Echo server whose every second call fails at once with UNAVAILABLE (a trailers-only
+/// response), the way a server shedding load answers.
+#[derive(Clone, Default)]
+struct FlakyEcho {
+    calls: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl pillion_proto::demo::v1::echo_server::Echo for FlakyEcho {
+    async fn hello(
+        &self,
+        request: tonic::Request<pillion_proto::demo::v1::HelloRequest>,
+    ) -> Result<tonic::Response<pillion_proto::demo::v1::HelloReply>, tonic::Status> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+            return Err(tonic::Status::unavailable("shedding load"));
+        }
+        let req = request.into_inner();
+        Ok(tonic::Response::new(pillion_proto::demo::v1::HelloReply {
+            message: format!("hello {}", req.name),
+            version: "v1".into(),
+            payload: req.payload,
+        }))
+    }
+
+    type ChatStream = std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<pillion_proto::demo::v1::HelloReply, tonic::Status>,
+                > + Send,
+        >,
+    >;
+
+    async fn chat(
+        &self,
+        _: tonic::Request<tonic::Streaming<pillion_proto::demo::v1::HelloRequest>>,
+    ) -> Result<tonic::Response<Self::ChatStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unavailable_is_retried_with_the_call_message() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = FlakyEcho::default();
+    let calls = echo.calls.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pillion_proto::demo::v1::echo_server::EchoServer::new(echo))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  ports: [{{name: grpc, port: 80, appProtocol: kubernetes.io/h2c}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-0\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: grpc, port: {}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n",
+        addr.port()
+    );
+    let s = start(
+        &[
+            ("mesh.yaml", yaml),
+            (
+                "retry.yaml",
+                retry_yaml("  retryOn: [unavailable]\n  budget: {ratio: 1}\n"),
+            ),
+        ],
+        &[],
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.client.outbound))
+        .unwrap()
+        .origin("http://web.default.svc.cluster.local:80".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pillion_proto::demo::v1::echo_client::EchoClient::new(channel);
+    // The first call may come before the proxy has the policy: wait for a retried call.
+    let deadline = Instant::now() + DEADLINE;
+    while metric_sum(s.client.admin, "pillion_retries_total", "").await == 0.0 {
+        assert!(Instant::now() < deadline, "no gRPC call was retried");
+        let _ = client
+            .hello(pillion_proto::demo::v1::HelloRequest::default())
+            .await;
+    }
+    let before = calls.load(Ordering::SeqCst);
+    for i in 0..50 {
+        let payload = vec![i as u8; 1000 + i];
+        let reply = client
+            .hello(pillion_proto::demo::v1::HelloRequest {
+                name: format!("call-{i}"),
+                payload: payload.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"))
+            .into_inner();
+        assert_eq!(reply.message, format!("hello call-{i}"));
+        assert_eq!(reply.payload, payload, "the message was replayed whole");
+    }
+    let attempts = calls.load(Ordering::SeqCst) - before;
+    assert!((99..=101).contains(&attempts), "{attempts} attempts for 50 calls");
+    let retried = metric_sum(s.client.admin, "pillion_retries_total", "reason=\"grpc-14\"").await;
+    assert!(retried >= 50.0, "{retried}");
+}
