@@ -125,3 +125,79 @@ async fn each_listener_holds_at_most_its_connection_limit() {
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
+
+/// A request whose headers outgrow `PILLION_MAX_HEADER_BYTES` is answered 431 over HTTP/1.1
+/// and HTTP/2, and the connection's other requests are unaffected; a request under it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431_over_both_protocols() {
+    let mesh = Mesh::start_with(1, 1, &[("PILLION_MAX_HEADER_BYTES", "16384".to_string())]).await;
+    let big = "x".repeat(20_000);
+    let small = "x".repeat(4_000);
+    let client = http1_client();
+    for (value, want) in [(&small, 200), (&big, 431), (&small, 200)] {
+        let a = request(
+            &client,
+            mesh.client.outbound,
+            http::Request::get("/").header("x-big", value.as_str()),
+            "web",
+            "/",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.status, want, "HTTP/1.1: {:?}", a.error);
+    }
+    // HTTP/2 on one connection: the refusal ends only its stream.
+    let tcp = tokio::net::TcpStream::connect(mesh.client.outbound)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (value, want) in [(&small, 200), (&big, 431), (&small, 200)] {
+        let req = http::Request::get("http://web/")
+            .header("x-big", value.as_str())
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "HTTP/2");
+    }
+}
+
+/// An HTTP/1.1 client that sends part of its headers and stalls is disconnected after
+/// `PILLION_HEADER_READ_TIMEOUT`, holding nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_in_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start_with(1, 1, &[("PILLION_HEADER_READ_TIMEOUT", "1s".to_string())]).await;
+    let mut tcp = tokio::net::TcpStream::connect(mesh.client.outbound)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The proxy ends the connection (with or without a 408); reading returns at its end.
+    let read = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the stalled connection was never closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "closed after {waited:?}, before the timeout"
+    );
+    // Far sooner than the 30 s default: the setting took effect.
+    assert!(
+        waited < std::time::Duration::from_secs(15),
+        "closed only after {waited:?}"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}

@@ -505,7 +505,15 @@ async fn grpc_unavailable_is_retried_with_the_call_message() {
         assert_eq!(reply.payload, payload, "the message was replayed whole");
     }
     let attempts = calls.load(Ordering::SeqCst) - before;
-    assert!((99..=101).contains(&attempts), "{attempts} attempts for 50 calls");
-    let retried = metric_sum(s.client.admin, "pillion_retries_total", "reason=\"grpc-14\"").await;
+    assert!(
+        (99..=101).contains(&attempts),
+        "{attempts} attempts for 50 calls"
+    );
+    let retried = metric_sum(
+        s.client.admin,
+        "pillion_retries_total",
+        "reason=\"grpc-14\"",
+    )
+    .await;
     assert!(retried >= 50.0, "{retried}");
 }

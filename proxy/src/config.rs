@@ -92,6 +92,10 @@ pub struct Config {
     /// `PILLION_OUTLIER_BASE_EJECTION`, 2 s, doubling per ejection in a row up to
     /// `PILLION_OUTLIER_MAX_EJECTION`, 60 s).
     pub outlier: crate::balance::outlier::Settings,
+    /// Header size (`PILLION_MAX_HEADER_BYTES`, 64 KiB), HTTP/2 streams per connection
+    /// (`PILLION_MAX_CONCURRENT_STREAMS`, 2,048) and the HTTP/1.1 header read timeout
+    /// (`PILLION_HEADER_READ_TIMEOUT`, 30 s) of client connections.
+    pub limits: crate::http::h2_server::Limits,
 }
 
 /// Who may call the local application when no authorization says more.
@@ -194,6 +198,17 @@ impl Config {
                 n => n,
             },
             idle_timeout: duration(env, "PILLION_IDLE_TIMEOUT", "5m")?,
+            limits: crate::http::h2_server::Limits {
+                max_header_bytes: bounded(
+                    env,
+                    "PILLION_MAX_HEADER_BYTES",
+                    64 * 1024,
+                    1024,
+                    16 << 20,
+                )?,
+                max_streams: bounded(env, "PILLION_MAX_CONCURRENT_STREAMS", 2048, 1, 1 << 20)?,
+                header_read_timeout: duration(env, "PILLION_HEADER_READ_TIMEOUT", "30s")?,
+            },
             outlier: crate::balance::outlier::Settings {
                 consecutive_failures: match env.get("PILLION_OUTLIER_CONSECUTIVE_FAILURES") {
                     Some(v) if v.trim() == "off" || v.trim() == "0" => 0,
@@ -372,6 +387,25 @@ fn count(env: &dyn Env, var: &'static str, default: usize) -> Result<usize, Conf
                 reason: "expected a positive number".into(),
             }),
         },
+    }
+}
+
+/// A number within `min..=max`.
+fn bounded(
+    env: &dyn Env,
+    var: &'static str,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let n = count(env, var, default as usize)?;
+    match u32::try_from(n) {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError {
+            var,
+            value: n.to_string(),
+            reason: format!("expected a number from {min} to {max}"),
+        }),
     }
 }
 

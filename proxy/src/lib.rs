@@ -136,6 +136,7 @@ impl Proxy {
             opaque_ports: config.opaque_ports.clone(),
             max_connections: config.max_connections,
             idle_timeout: config.idle_timeout,
+            limits: config.limits,
         });
         let tracker = listener::Tracker::default();
 

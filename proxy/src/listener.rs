@@ -59,6 +59,7 @@ pub struct ListenerConfig {
     /// An HTTP connection with no new request for this long is closed gracefully (HTTP/2
     /// pings keep dead peers out; this keeps live but unused ones from piling up).
     pub idle_timeout: Duration,
+    pub limits: crate::http::h2_server::Limits,
 }
 
 /// Counts live connections; shutdown waits for the count to reach zero.
@@ -333,22 +334,34 @@ async fn serve_http<I: Io, H: Handler>(
                 }
             }
         };
-        crate::http::batch::Batched::new(crate::http::h2_server::serve(io, peer, serve, stop))
-            .await;
+        crate::http::batch::Batched::new(crate::http::h2_server::serve(
+            io, peer, cfg.limits, serve, stop,
+        ))
+        .await;
     } else {
-        let svc = service_fn(move |req| {
+        let max_header_bytes = cfg.limits.max_header_bytes as usize;
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let handler = handler.clone();
             let conn = conn.clone();
             let seen = seen.clone();
             async move {
                 let _busy = seen.start();
+                // hyper's own bound is its read buffer, which a head read in one piece (as
+                // detection hands it over) passes unchecked: the proxy's bound is checked here.
+                if header_bytes(req.headers()) > max_header_bytes {
+                    tracing::debug!(%peer, "request headers too large; answered 431");
+                    let grpc = crate::http::errors::is_grpc(req.headers());
+                    return Ok(crate::http::errors::ProxyError::HeadersTooLarge.into_response(grpc));
+                }
                 let req = req.map(crate::http::body::boxed::<hyper::body::Incoming>);
                 Ok::<_, Infallible>(handler.http(req, conn).await)
             }
         });
+        // hyper answers 431 to a header section past its read buffer (at least 8 KiB).
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(cfg.limits.header_read_timeout)
+            .max_buf_size((cfg.limits.max_header_bytes as usize).max(8192))
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         let graceful = |c: std::pin::Pin<&mut _>| {
@@ -356,6 +369,15 @@ async fn serve_http<I: Io, H: Handler>(
         };
         drive(conn, graceful, peer, activity, cfg.idle_timeout, shutdown).await;
     }
+}
+
+/// A header section's size as HTTP/2 counts it (RFC 9113 §6.5.2): names and values plus 32
+/// bytes each.
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 /// Runs a connection until it ends, closing it gracefully on shutdown or when idle.

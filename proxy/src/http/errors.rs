@@ -42,6 +42,8 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("connection loops back to the proxy")]
     Loop,
+    #[error("request header section larger than PILLION_MAX_HEADER_BYTES")]
+    HeadersTooLarge,
     /// A FaultInjection's abort: `grpc` 0 means the status matching `status`.
     #[error("fault injected by {source_name}")]
     FaultInjected {
@@ -70,6 +72,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::FaultInjected { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -94,6 +97,7 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "bad request body",
             ProxyError::MethodNotAllowed(_) => "method not allowed",
             ProxyError::Loop => "loop detected",
+            ProxyError::HeadersTooLarge => "request headers too large",
             ProxyError::FaultInjected { .. } => "fault injected",
         }
     }
@@ -109,7 +113,7 @@ impl ProxyError {
             StatusCode::NOT_FOUND => 12,      // UNIMPLEMENTED
             StatusCode::GATEWAY_TIMEOUT => 4, // DEADLINE_EXCEEDED
             StatusCode::FORBIDDEN => 7,       // PERMISSION_DENIED
-            StatusCode::BAD_REQUEST => 13,    // INTERNAL
+            StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => 13, // INTERNAL
             StatusCode::INTERNAL_SERVER_ERROR => 13,
             _ => 14, // UNAVAILABLE
         }

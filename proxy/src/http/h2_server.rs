@@ -29,16 +29,40 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// connection, and every request on it, closed). Still bounded against rapid reset
 /// (CVE-2023-44487), which needs far more.
 pub const MAX_PENDING_RESETS: usize = 1024;
-/// Concurrent streams per connection (a peer proxy multiplexes all its callers on one).
-const MAX_STREAMS: u32 = 2048;
+/// What one client connection may ask of the proxy (`PILLION_MAX_HEADER_BYTES`,
+/// `PILLION_MAX_CONCURRENT_STREAMS`, `PILLION_HEADER_READ_TIMEOUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A request's header section, in bytes; larger ones are answered 431.
+    pub max_header_bytes: u32,
+    /// Concurrent HTTP/2 streams per connection (a peer proxy multiplexes all its callers on one).
+    pub max_streams: u32,
+    /// An HTTP/1.1 client must send a request's whole header section within this.
+    pub header_read_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_streams: 2048,
+            header_read_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
 /// Flow-control windows: large enough that one stream fills a loopback or data-centre path.
 pub(crate) const STREAM_WINDOW: u32 = 2 << 20;
 pub(crate) const CONNECTION_WINDOW: u32 = 8 << 20;
 
 /// Serves requests until the connection ends, or until `stop` resolves (then gracefully: no
 /// new streams, those in flight finish). `serve` answers one request.
-pub async fn serve<I, S, F>(io: I, peer: SocketAddr, serve: S, stop: impl Future<Output = ()>)
-where
+pub async fn serve<I, S, F>(
+    io: I,
+    peer: SocketAddr,
+    limits: Limits,
+    serve: S,
+    stop: impl Future<Output = ()>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     S: Fn(Request<Body>) -> F + Clone + Send + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -46,7 +70,8 @@ where
     let mut builder = h2::server::Builder::new();
     builder
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-        .max_concurrent_streams(MAX_STREAMS)
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(limits.max_header_bytes)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
     let mut conn = match builder.handshake::<_, Bytes>(io).await {
