@@ -201,3 +201,50 @@ async fn a_client_stalling_in_its_headers_is_disconnected() {
         "{text}"
     );
 }
+
+/// With every endpoint of a backend at `PILLION_MAX_REQUESTS_PER_ENDPOINT`, the next request
+/// fails at once with 503 instead of queueing behind them; once they finish, requests pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_at_its_request_limit_sheds_load_at_once() {
+    let mesh = Mesh::start_with(
+        1,
+        1,
+        &[("PILLION_MAX_REQUESTS_PER_ENDPOINT", "2".to_string())],
+    )
+    .await;
+    let client = http1_client();
+    let before = pillion::demo_app::slow_in_flight();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let (client, proxy) = (client.clone(), mesh.client.outbound);
+        slow.push(tokio::spawn(async move {
+            get(&client, proxy, "web-v1", "/slow?ms=4000").await
+        }));
+    }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while pillion::demo_app::slow_in_flight() < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slow requests never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let a = get(&client, mesh.client.outbound, "web-v1", "/")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 503);
+    assert_eq!(a.error.as_deref(), Some("endpoints at their request limit"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "shed only after {:?}",
+        started.elapsed()
+    );
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().status, 200);
+    }
+    let a = get(&client, mesh.client.outbound, "web-v1", "/")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.error);
+}

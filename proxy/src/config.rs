@@ -96,6 +96,9 @@ pub struct Config {
     /// (`PILLION_MAX_CONCURRENT_STREAMS`, 2,048) and the HTTP/1.1 header read timeout
     /// (`PILLION_HEADER_READ_TIMEOUT`, 30 s) of client connections.
     pub limits: crate::http::h2_server::Limits,
+    /// Requests in flight per endpoint before the outbound side sheds load
+    /// (`PILLION_MAX_REQUESTS_PER_ENDPOINT`, 10,000).
+    pub max_requests_per_endpoint: u32,
 }
 
 /// Who may call the local application when no authorization says more.
@@ -198,6 +201,13 @@ impl Config {
                 n => n,
             },
             idle_timeout: duration(env, "PILLION_IDLE_TIMEOUT", "5m")?,
+            max_requests_per_endpoint: bounded(
+                env,
+                "PILLION_MAX_REQUESTS_PER_ENDPOINT",
+                10_000,
+                1,
+                u32::MAX,
+            )?,
             limits: crate::http::h2_server::Limits {
                 max_header_bytes: bounded(
                     env,

@@ -149,6 +149,7 @@ impl Proxy {
             passthrough: balance::EndpointCache::new(config.connect_timeout),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            max_requests_per_endpoint: config.max_requests_per_endpoint,
             access_log: config.access_log,
             tracer: tracer.clone(),
             own_ports: vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()],

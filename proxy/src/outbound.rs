@@ -45,6 +45,9 @@ pub struct Outbound {
     /// for its first certificate rather than fail the handshake without one.
     pub identity: Option<Arc<crate::identity::LocalIdentity>>,
     pub discovery_timeout: Duration,
+    /// Requests in flight per endpoint (`PILLION_MAX_REQUESTS_PER_ENDPOINT`): past it on every
+    /// endpoint of a backend, requests fail at once instead of piling up.
+    pub max_requests_per_endpoint: u32,
     /// Client configuration for opaque TCP over mTLS (ALPN `pillion.tcp/1`).
     pub tcp_tls: Option<Arc<rustls::ClientConfig>>,
     /// Where the inside of an accepted CONNECT tunnel goes to be served (see `lib.rs`: a
@@ -185,7 +188,11 @@ impl Outbound {
         let mut tried: Vec<Arc<balance::Endpoint>> = Vec::new();
         let (mut retries, mut unreachable) = (0u32, 0usize);
         loop {
-            let endpoint = pick_untried(endpoints, &tried).ok_or(ProxyError::NoEndpoints)?;
+            let mut endpoint = pick_untried(endpoints, &tried).ok_or(ProxyError::NoEndpoints)?;
+            if endpoint.pending() >= self.max_requests_per_endpoint {
+                endpoint = below_limit(endpoints, self.max_requests_per_endpoint)
+                    .ok_or(ProxyError::Unavailable("endpoints at their request limit"))?;
+            }
             self.prepare(&endpoint, name, obs).await?;
             tried.push(endpoint.clone());
             let req = attempts.next().ok_or(ProxyError::NoEndpoints)?;
@@ -422,6 +429,17 @@ fn pick_untried(
     balance::pick(&others)
         .or_else(|| balance::pick(endpoints))
         .cloned()
+}
+
+/// Shedding load: an endpoint with room for one more request, if any has.
+#[cold]
+fn below_limit(endpoints: &[Arc<balance::Endpoint>], limit: u32) -> Option<Arc<balance::Endpoint>> {
+    let room: Vec<Arc<balance::Endpoint>> = endpoints
+        .iter()
+        .filter(|e| e.pending() < limit)
+        .cloned()
+        .collect();
+    balance::pick(&room).cloned()
 }
 
 /// Where each attempt's request comes from: the request itself, once (no retry policy), or a

@@ -117,6 +117,11 @@ impl Endpoint {
         e.stamp = now;
     }
 
+    /// Requests sent here and not finished.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// Counts a request as outstanding until the guard drops.
     pub fn start(self: &Arc<Self>) -> PendingGuard {
         self.pending.fetch_add(1, Ordering::Relaxed);
