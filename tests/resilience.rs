@@ -39,7 +39,13 @@ impl Endpoint {
     }
 
     async fn new(failing: bool) -> Endpoint {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Endpoint::at("127.0.0.1:0".parse().unwrap(), failing)
+            .await
+            .unwrap()
+    }
+
+    async fn at(addr: SocketAddr, failing: bool) -> std::io::Result<Endpoint> {
+        let listener = TcpListener::bind(addr).await?;
         let mut e = Endpoint {
             addr: listener.local_addr().unwrap(),
             failing: Arc::new(AtomicBool::new(failing)),
@@ -48,7 +54,7 @@ impl Endpoint {
             tasks: None,
         };
         e.serve(listener);
-        e
+        Ok(e)
     }
 
     fn serve(&mut self, listener: TcpListener) {
@@ -516,4 +522,170 @@ async fn grpc_unavailable_is_retried_with_the_call_message() {
     )
     .await;
     assert!(retried >= 50.0, "{retried}");
+}
+
+/// A small DNS server on loopback (UDP): A records from `records`, SRV records from `srv`
+/// (name → (port, target)), NXDOMAIN for anything else; counts the A queries per name.
+struct DnsServer {
+    addr: SocketAddr,
+    a_queries: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl DnsServer {
+    async fn start(
+        records: Vec<(&'static str, Vec<std::net::Ipv4Addr>)>,
+        srv: Vec<(&'static str, u16, &'static str)>,
+    ) -> DnsServer {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let a_queries = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let counts = a_queries.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let q = &buf[..n];
+                // The question: labels, then type and class.
+                let mut i = 12;
+                let mut labels = Vec::new();
+                while i < q.len() && q[i] != 0 {
+                    let len = q[i] as usize;
+                    labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + len]).to_lowercase());
+                    i += 1 + len;
+                }
+                let name = labels.join(".");
+                let question_end = i + 5;
+                let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+                let mut answers: Vec<Vec<u8>> = Vec::new();
+                let mut known = false;
+                let answer = |rtype: u16, rdata: &[u8]| {
+                    let mut a = vec![0xc0, 12];
+                    a.extend(rtype.to_be_bytes());
+                    a.extend(1u16.to_be_bytes());
+                    a.extend(1u32.to_be_bytes()); // TTL 1 s
+                    a.extend((rdata.len() as u16).to_be_bytes());
+                    a.extend(rdata);
+                    a
+                };
+                if let Some((_, ips)) = records.iter().find(|(n, _)| *n == name) {
+                    known = true;
+                    if qtype == 1 {
+                        *counts.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
+                        answers.extend(ips.iter().map(|ip| answer(1, &ip.octets())));
+                    }
+                }
+                if let Some((_, port, target)) = srv.iter().find(|(n, _, _)| *n == name) {
+                    known = true;
+                    if qtype == 33 {
+                        let mut rdata = vec![0, 0, 0, 0];
+                        rdata.extend(port.to_be_bytes());
+                        for label in target.split('.') {
+                            rdata.push(label.len() as u8);
+                            rdata.extend(label.as_bytes());
+                        }
+                        rdata.push(0);
+                        answers.push(answer(33, &rdata));
+                    }
+                }
+                let mut resp = Vec::new();
+                resp.extend(&q[0..2]);
+                resp.extend([0x81, if known { 0x80 } else { 0x83 }]);
+                resp.extend(1u16.to_be_bytes());
+                resp.extend((answers.len() as u16).to_be_bytes());
+                resp.extend([0, 0, 0, 0]);
+                resp.extend(&q[12..question_end]);
+                for a in answers {
+                    resp.extend(a);
+                }
+                let _ = socket.send_to(&resp, peer).await;
+            }
+        });
+        DnsServer { addr, a_queries }
+    }
+
+    fn a_queries(&self, name: &str) -> usize {
+        self.a_queries
+            .lock()
+            .unwrap()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_outside_the_mesh_are_resolved_by_dns_balanced_and_cached() {
+    // Two servers on one port at two loopback addresses: one name, two A records.
+    let (one, two) = loop {
+        let one = Endpoint::new(false).await;
+        let other = SocketAddr::from(([127, 0, 0, 2], one.addr.port()));
+        if let Ok(two) = Endpoint::at(other, false).await {
+            break (one, two);
+        }
+    };
+    let port = one.addr.port();
+    let dns = DnsServer::start(
+        vec![(
+            "api.example.test",
+            vec![[127, 0, 0, 1].into(), [127, 0, 0, 2].into()],
+        )],
+        vec![("_http._tcp.api.example.test", port, "api.example.test")],
+    )
+    .await;
+    let s = start(
+        &[("mesh.yaml", mesh_yaml(&[&one]))],
+        &[("PILLION_DNS", dns.addr.to_string())],
+    );
+    let client = http1_client();
+    wait_ready(&client, s.client.outbound).await;
+    let authority = format!("api.example.test:{port}");
+    let started = Instant::now();
+    let n = 200;
+    for i in 0..n {
+        let a = get(&client, s.client.outbound, &authority, "/")
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "request {i}: {:?}", a.error);
+    }
+    let elapsed = started.elapsed();
+    eprintln!("{n} requests by DNS in {elapsed:?}");
+    // The mesh's own `web` used `one` too; both addresses took a share of the DNS name's.
+    assert!(two.hits() > 20, "127.0.0.2 got {} of {n}", two.hits());
+    assert!(one.hits() > 20, "127.0.0.1 got {}", one.hits());
+    // Answers live for their TTL (1 s here), not one query per request.
+    let queries = dns.a_queries("api.example.test");
+    let bound = elapsed.as_secs() as usize + 3;
+    assert!(
+        (1..=bound).contains(&queries),
+        "{queries} A queries for {n} requests over {elapsed:?}"
+    );
+
+    // SRV: the name asks for its records; targets and port come from them.
+    let t = Instant::now();
+    let a = get(
+        &client,
+        s.client.outbound,
+        "_http._tcp.api.example.test",
+        "/",
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.error);
+
+    eprintln!("SRV in {:?}", t.elapsed());
+    // A name DNS does not know: 503 with the reason.
+    let t = Instant::now();
+    let a = get(&client, s.client.outbound, "nowhere.example.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 503);
+    assert_eq!(a.error.as_deref(), Some("dns resolution failed"));
+    eprintln!("NXDOMAIN in {:?}", t.elapsed());
+    assert!(
+        String::from_utf8_lossy(&a.body).contains("nowhere.example.test"),
+        "{:?}",
+        a.body
+    );
 }

@@ -99,6 +99,9 @@ pub struct Config {
     /// Requests in flight per endpoint before the outbound side sheds load
     /// (`PILLION_MAX_REQUESTS_PER_ENDPOINT`, 10,000).
     pub max_requests_per_endpoint: u32,
+    /// DNS for destinations outside the mesh in explicit mode (`PILLION_DNS`: `off`, the
+    /// default; `system`; or name servers `ip[:port],...`).
+    pub dns: Option<crate::control::dns::Servers>,
 }
 
 /// Who may call the local application when no authorization says more.
@@ -201,6 +204,10 @@ impl Config {
                 n => n,
             },
             idle_timeout: duration(env, "PILLION_IDLE_TIMEOUT", "5m")?,
+            dns: match env.get("PILLION_DNS") {
+                None => None,
+                Some(v) => dns_servers(&v)?,
+            },
             max_requests_per_endpoint: bounded(
                 env,
                 "PILLION_MAX_REQUESTS_PER_ENDPOINT",
@@ -398,6 +405,34 @@ fn count(env: &dyn Env, var: &'static str, default: usize) -> Result<usize, Conf
             }),
         },
     }
+}
+
+/// `PILLION_DNS`: `off`, `system`, or name servers as `ip[:port]` (port 53 by default).
+fn dns_servers(v: &str) -> Result<Option<crate::control::dns::Servers>, ConfigError> {
+    use crate::control::dns::Servers;
+    match v.trim() {
+        "" | "off" => return Ok(None),
+        "system" => return Ok(Some(Servers::System)),
+        _ => {}
+    }
+    let mut servers = Vec::new();
+    for part in v.split(',').map(str::trim) {
+        let addr = part
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| {
+                part.parse::<std::net::IpAddr>()
+                    .map(|ip| std::net::SocketAddr::new(ip, 53))
+            })
+            .map_err(|_| ConfigError {
+                var: "PILLION_DNS",
+                value: v.to_string(),
+                reason: format!(
+                    "`{part}` is not a name server address (ip or ip:port); use off, system, or a comma-separated list"
+                ),
+            })?;
+        servers.push(addr);
+    }
+    Ok(Some(Servers::Given(servers)))
 }
 
 /// A number within `min..=max`.

@@ -140,6 +140,13 @@ impl Proxy {
         });
         let tracker = listener::Tracker::default();
 
+        let dns = match &config.dns {
+            None => None,
+            Some(servers) => Some(Arc::new(
+                control::dns::Dns::new(servers, config.connect_timeout, config.discovery_timeout)
+                    .map_err(anyhow::Error::msg)?,
+            )),
+        };
         let (tunnel_tx, mut tunnel_rx) = tokio::sync::mpsc::unbounded_channel();
         let out_handler = Arc::new(outbound::Outbound {
             tunnels: tunnel_tx,
@@ -150,6 +157,7 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             max_requests_per_endpoint: config.max_requests_per_endpoint,
+            dns,
             access_log: config.access_log,
             tracer: tracer.clone(),
             own_ports: vec![outbound_addr.port(), inbound_addr.port(), admin_addr.port()],

@@ -17,6 +17,7 @@ use crate::http::forward::{self, ForwardError, Observation, authority_of};
 use crate::http::pool::Io;
 use crate::http::replay::Replay;
 use crate::listener::{ConnMeta, Handler};
+use crate::route::retry::RetryPolicy;
 use crate::route::snapshot::{BackendTarget, RequestInfo, Routes, Rule};
 use crate::telemetry::metrics::{Direction, FaultLabels, Label, Metrics, RetryLabels};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -48,6 +49,9 @@ pub struct Outbound {
     /// Requests in flight per endpoint (`PILLION_MAX_REQUESTS_PER_ENDPOINT`): past it on every
     /// endpoint of a backend, requests fail at once instead of piling up.
     pub max_requests_per_endpoint: u32,
+    /// Resolves destinations outside the mesh in explicit mode (`PILLION_DNS`); `None`: they
+    /// get 503 `not in mesh`.
+    pub dns: Option<Arc<crate::control::dns::Dns>>,
     /// Client configuration for opaque TCP over mTLS (ALPN `pillion.tcp/1`).
     pub tcp_tls: Option<Arc<rustls::ClientConfig>>,
     /// Where the inside of an accepted CONNECT tunnel goes to be served (see `lib.rs`: a
@@ -90,7 +94,7 @@ impl Outbound {
             snapshot = Some(self.dests.get(&dst.to_string()).await?);
         }
         let Some(snapshot) = snapshot.filter(|s| s.in_mesh()) else {
-            return self.passthrough(req, conn, authority).await;
+            return self.passthrough(req, conn, authority, obs).await;
         };
         obs.authority = Label(snapshot.fqdn.clone());
         let grpc_timeout = forward::grpc_timeout(req.headers());
@@ -157,13 +161,35 @@ impl Outbound {
             BackendTarget::Service { name, endpoints } => (name, endpoints),
         };
         obs.backend = Label(name.clone());
+        self.attempts(
+            name,
+            endpoints,
+            rule.retry.as_ref(),
+            req,
+            obs,
+            authority,
+            per_try,
+        )
+        .await
+    }
+
+    /// Sends the request to one of `endpoints`, and again to another when it reached none, or
+    /// when `policy` says its failure is worth a retry.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        name: &Arc<str>,
+        endpoints: &[Arc<balance::Endpoint>],
+        policy: Option<&RetryPolicy>,
+        req: Request<Body>,
+        obs: &mut Observation,
+        authority: &str,
+        per_try: Option<Duration>,
+    ) -> Result<Response<Body>, ProxyError> {
         if endpoints.is_empty() {
             return Err(ProxyError::NoEndpoints);
         }
-        let policy = rule
-            .retry
-            .as_ref()
-            .filter(|p| p.max_retries > 0 && !forward::wants_upgrade(&req));
+        let policy = policy.filter(|p| p.max_retries > 0 && !forward::wants_upgrade(&req));
         let idempotent = matches!(
             *req.method(),
             http::Method::GET
@@ -338,15 +364,17 @@ impl Outbound {
         Ok(Response::new(crate::http::body::empty()))
     }
 
-    /// Outside the mesh: to the original destination if there is one.
+    /// Outside the mesh: to the original destination if there is one, else (explicit mode)
+    /// to what DNS says the authority is, when `PILLION_DNS` is set.
     async fn passthrough(
         &self,
         req: Request<Body>,
         conn: ConnMeta,
         authority: Option<String>,
+        obs: &mut Observation,
     ) -> Result<Response<Body>, ProxyError> {
         let Some(dst) = conn.orig_dst else {
-            return Err(ProxyError::NotInMesh);
+            return self.by_dns(req, obs, authority).await;
         };
         let endpoint = self.passthrough.get(dst);
         let timeout = forward::grpc_timeout(req.headers()).or(self.request_timeout);
@@ -363,6 +391,41 @@ impl Outbound {
 }
 
 impl Outbound {
+    /// A destination outside the mesh, in explicit mode: its authority's addresses by DNS (an
+    /// IP address as it is), balanced, with another address tried when one refuses.
+    async fn by_dns(
+        &self,
+        req: Request<Body>,
+        obs: &mut Observation,
+        authority: Option<String>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (Some(dns), Some(authority)) = (&self.dns, authority) else {
+            return Err(ProxyError::NotInMesh);
+        };
+        let parsed: http::uri::Authority = authority
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+        let port = parsed.port_u16().unwrap_or(80);
+        let host = parsed.host();
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>();
+        let endpoints: Arc<[Arc<balance::Endpoint>]> = match literal {
+            Ok(ip) => Arc::from([self.passthrough.get(SocketAddr::new(ip, port))]),
+            Err(_) => dns.endpoints(host, port).await?,
+        };
+        let timeout = forward::grpc_timeout(req.headers()).or(self.request_timeout);
+        let name: Arc<str> = Arc::from(host);
+        let work = self.attempts(&name, &endpoints, None, req, obs, &authority, None);
+        match timeout {
+            Some(t) => tokio::time::timeout(t, work)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+            None => work.await,
+        }
+    }
+
     /// The mesh endpoint for an opaque connection to `dst`: split and balance as for HTTP,
     /// over the most general rule. `None`: not in the mesh.
     async fn tcp_endpoint(&self, dst: &str) -> Option<Arc<crate::balance::Endpoint>> {

@@ -42,6 +42,8 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("connection loops back to the proxy")]
     Loop,
+    #[error("DNS resolution failed: {0}")]
+    Dns(String),
     #[error("request header section larger than PILLION_MAX_HEADER_BYTES")]
     HeadersTooLarge,
     /// A FaultInjection's abort: `grpc` 0 means the status matching `status`.
@@ -56,9 +58,10 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NotInMesh | ProxyError::NoEndpoints | ProxyError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NotInMesh
+            | ProxyError::NoEndpoints
+            | ProxyError::Unavailable(_)
+            | ProxyError::Dns(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BackendFailure { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -97,6 +100,7 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "bad request body",
             ProxyError::MethodNotAllowed(_) => "method not allowed",
             ProxyError::Loop => "loop detected",
+            ProxyError::Dns(_) => "dns resolution failed",
             ProxyError::HeadersTooLarge => "request headers too large",
             ProxyError::FaultInjected { .. } => "fault injected",
         }
