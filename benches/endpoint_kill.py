@@ -4,7 +4,8 @@
     python3 benches/endpoint_kill.py [--bin-dir target/release] [--seconds 8] [--rate 1000]
 
 Starts three demo-app backends of one Service `web`, a control plane and a client proxy, and
-sends `--rate` HTTP/1.1 requests/s (h2load, open loop, 20 connections) for `--seconds`. A third
+sends `--rate` HTTP/1.1 GETs/s of `--path` (h2load, open loop, 20 connections) for `--seconds`;
+the default path answers after 20 ms, so that requests are in flight when the kill comes. A third
 of the way in one backend is killed (SIGKILL: its connections reset, its port refuses); it is
 started again two thirds of the way in. Run twice: without a policy, and with a RetryPolicy
 (defaults: reset, gateway-error, unavailable; 2 retries; budget 20 %). Prints, per run, the
@@ -12,7 +13,9 @@ requests answered 2xx, the failures, latency percentiles from h2load's log, and 
 retry and ejection counters. Everything listens on loopback on ports the OS picked; every
 process it started is stopped at the end.
 """
-import argparse, json, os, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, os, signal, socket, subprocess, sys, tempfile, time, urllib.request
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import wait_fields  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -21,6 +24,8 @@ ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target/release"))
 ap.add_argument("--seconds", type=float, default=8)
 ap.add_argument("--rate", type=int, default=1000)
+ap.add_argument("--path", default="/slow?ms=20",
+                help="what each request asks for (the default keeps ~20 requests in flight)")
 args = ap.parse_args()
 for tool in ["h2load"]:
     if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
@@ -41,21 +46,6 @@ def start(cmd, env=None):
 
 def wait_field(proc, field):
     return wait_fields(proc, field)[field]
-
-
-def wait_fields(proc, field):
-    while True:
-        line = proc.stderr.readline()
-        if not line:
-            sys.exit(f"{proc.args[0]} ended early")
-        try:
-            f = json.loads(line).get("fields", {})
-        except ValueError:
-            continue
-        if field in f:
-            # Keep draining its log so it never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return f
 
 
 def free_port():
@@ -128,7 +118,7 @@ def run(label, retries, ports, apps):
     conns = 20
     h2load = subprocess.Popen(["h2load", "--h1", "-c", str(conns), "--rps", str(args.rate // conns),
                                "-D", str(int(args.seconds)), "--log-file", log,
-                               "-H", ":authority: web", f"http://{out}/"],
+                               "-H", ":authority: web", f"http://{out}{args.path}"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(args.seconds / 3)
     victim = apps[1]
@@ -169,7 +159,7 @@ try:
     ports = [free_port() for _ in range(3)]
     apps = [demo_app(p) for p in ports]
     results = [run("no retry policy", False, ports, apps), run("RetryPolicy (defaults)", True, ports, apps)]
-    print(f"\n{args.rate} req/s for {args.seconds:.0f} s over 3 endpoints; one killed at "
+    print(f"\n{args.rate} req/s of GET {args.path} for {args.seconds:.0f} s over 3 endpoints; one killed at "
           f"{args.seconds / 3:.1f} s, back at {2 * args.seconds / 3:.1f} s\n")
     print("| run | requests | 2xx | success | failed | p50 ms | p99 ms | p99.9 ms | max ms | retries | ejections |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

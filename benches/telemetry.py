@@ -10,6 +10,8 @@ per run, an in-process Zipkin collector (answers 202), and h2load (HTTP/1.1, 10 
 CPU is the proxy's user + system time from /proc, divided by the requests.
 """
 import http.server, json, os, subprocess, sys, tempfile, threading, time, urllib.request
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import wait_fields  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T = os.path.join(ROOT, "target/release")
@@ -28,21 +30,6 @@ if len(os.sched_getaffinity(0)) >= 2 and os.environ.get("PIN", "1") == "1":
     os.sched_setaffinity(0, cores[1:])
 env = dict(os.environ, PILLION_LOG_FORMAT="json", PILLION_LOG="warn,pillion_proxy=info,pillion_control_plane=info")
 procs = []
-
-
-def wait_fields(proc, field):
-    """The fields of the first log line that has `field`; the rest of the log is drained."""
-    while True:
-        line = proc.stderr.readline()
-        if not line:
-            sys.exit(f"{proc.args[0]} ended early")
-        try:
-            f = json.loads(line).get("fields", {})
-        except ValueError:
-            continue
-        if field in f:
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return f
 
 
 def cpu_seconds(pid):
