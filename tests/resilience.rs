@@ -234,6 +234,36 @@ async fn a_retry_policy_sends_a_503_again_with_its_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_to_another_endpoint() {
+    let good = Endpoint::new(false).await;
+    let bad = Endpoint::new(true).await;
+    // Ejection off, one retry: only a retry sent elsewhere than the failed attempt succeeds.
+    let s = start(
+        &[
+            ("mesh.yaml", mesh_yaml(&[&good, &bad])),
+            (
+                "retry.yaml",
+                retry_yaml("  maxRetries: 1\n  budget: {ratio: 1}\n"),
+            ),
+        ],
+        &[("PILLION_OUTLIER_CONSECUTIVE_FAILURES", "off".to_string())],
+    );
+    let client = http1_client();
+    wait_ready(&client, s.client.outbound).await;
+    let before = bad.hits();
+    for i in 0..200 {
+        let a = get(&client, s.client.outbound, "web", "/").await.unwrap();
+        assert_eq!(a.status, 200, "request {i}: {:?}", a.error);
+    }
+    // The fast 503s keep drawing first attempts; every one of them was retried on `good`.
+    assert!(
+        bad.hits() - before > 20,
+        "{} first attempts at the failing endpoint",
+        bad.hits() - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_everything_fails_retries_stay_within_the_budget() {
     let a = Endpoint::new(true).await;
     let b = Endpoint::new(true).await;

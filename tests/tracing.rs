@@ -341,3 +341,50 @@ async fn grpc_spans_carry_the_status_from_trailers() {
     assert_eq!(span["name"], "post");
     validate(&trace);
 }
+
+/// An injected fault is visible in the caller's span: the `pillion.fault` tag, the status it
+/// answered and the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_abort_is_tagged_in_the_span() {
+    let (zipkin, spans) = collector().await;
+    let env = [
+        (
+            "PILLION_ZIPKIN_URL",
+            format!("http://{zipkin}/api/v2/spans"),
+        ),
+        ("PILLION_TRACE_SAMPLE_RATE", "1".to_string()),
+    ];
+    let mesh = Mesh::start_with(1, 1, &env).await;
+    write_config(
+        &mesh.path("fault.yaml"),
+        "apiVersion: pillion.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: chaos}\nspec:\n  targetRef: {kind: Service, name: web}\n  abort: {percent: 100, httpStatus: 503}\n",
+    );
+    let client = http1_client();
+    let deadline = Instant::now() + DEADLINE;
+    let mut n = 0u32;
+    let trace_id = loop {
+        n += 1;
+        let trace_id = format!("{n:032x}");
+        let a = request(
+            &client,
+            mesh.client.outbound,
+            http::Request::get("/")
+                .header("traceparent", format!("00-{trace_id}-2222222222222222-01")),
+            "web",
+            "/",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        if a.error.as_deref() == Some("fault injected") {
+            break trace_id;
+        }
+        assert!(Instant::now() < deadline, "the fault never took effect");
+    };
+    let trace = spans_of(&spans, &trace_id, 1);
+    let span = by(&trace, "client.default", "CLIENT");
+    assert_eq!(span["tags"]["pillion.fault"], "abort", "{span}");
+    assert_eq!(span["tags"]["http.status_code"], "503", "{span}");
+    assert_eq!(span["tags"]["error"], "fault injected", "{span}");
+    validate(&trace);
+}
