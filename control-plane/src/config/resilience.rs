@@ -462,4 +462,18 @@ mod tests {
         );
         assert_eq!(fault("").unwrap_err().field, "spec");
     }
+
+    #[test]
+    fn the_examples_are_valid() {
+        for yaml in [
+            include_str!("../../../examples/resilience/retry-policy.yaml"),
+            include_str!("../../../examples/resilience/fault-injection.yaml"),
+        ] {
+            let doc: Value = serde_saphyr::from_str(yaml).expect("yaml");
+            match super::super::parse_document(doc) {
+                Ok(super::super::Parsed::Resource(..)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }
