@@ -719,3 +719,80 @@ async fn names_outside_the_mesh_are_resolved_by_dns_balanced_and_cached() {
         a.body
     );
 }
+
+/// Route timeouts: the whole request's (`timeouts.request`) answers 504, or
+/// DEADLINE_EXCEEDED to a gRPC caller, at the configured time; the backend request timeout
+/// bounds each attempt, and a RetryPolicy sends a timed-out idempotent request again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_answer_at_the_configured_time() {
+    let mesh = Mesh::start(1, 1).await;
+    write_config(
+        &mesh.path("route.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web-route}\n\
+         spec:\n  parentRefs: [{kind: Service, name: web, port: 80}]\n  rules:\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /slow}}]\n    backendRefs: [{name: web-v1, port: 80}]\n    timeouts: {request: 3s, backendRequest: 300ms}\n\
+         \x20 - backendRefs: [{name: web-v1, port: 80}]\n    timeouts: {request: 500ms}\n",
+    );
+    write_config(
+        &mesh.path("retry.yaml"),
+        "apiVersion: pillion.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {name: r}\nspec:\n  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: web-route}\n  retryOn: [reset]\n  maxRetries: 2\n  backoff: {base: 1ms, max: 1ms}\n",
+    );
+    let client = http1_client();
+    // In force once web answers only as v1 for a while.
+    let deadline = Instant::now() + DEADLINE;
+    let mut v1_in_a_row = 0;
+    while v1_in_a_row < 20 {
+        let a = get(&client, mesh.client.outbound, "web", "/")
+            .await
+            .unwrap();
+        v1_in_a_row = if a.version == "v1" {
+            v1_in_a_row + 1
+        } else {
+            0
+        };
+        assert!(Instant::now() < deadline, "the route never applied");
+    }
+
+    // The request timeout (the gRPC call's route is the catch-all rule: 500 ms).
+    let mut grpc = grpc_client(&mesh).await;
+    let started = Instant::now();
+    let status = grpc
+        .hello(pillion_proto::demo::v1::HelloRequest {
+            delay_ms: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
+        "DEADLINE_EXCEEDED after {took:?}"
+    );
+
+    // Each attempt bounded to 300 ms, three attempts, then the last attempt's timeout.
+    let retried_before = metric_sum(
+        mesh.client.admin,
+        "pillion_retries_total",
+        "reason=\"reset\"",
+    )
+    .await;
+    let started = Instant::now();
+    let a = get(&client, mesh.client.outbound, "web", "/slow?ms=5000")
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!((a.status, a.error.as_deref()), (504, Some("timeout")));
+    assert!(
+        took >= Duration::from_millis(850) && took < Duration::from_millis(2900),
+        "504 after {took:?}: three attempts of 300 ms"
+    );
+    let retried = metric_sum(
+        mesh.client.admin,
+        "pillion_retries_total",
+        "reason=\"reset\"",
+    )
+    .await
+        - retried_before;
+    assert_eq!(retried, 2.0);
+}
