@@ -1,7 +1,6 @@
 //! The per-request routing work: match the request to a rule, pick a backend by weight, pick an
 //! endpoint by power of two choices. `cargo bench -p pillion-proxy --bench routing`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
