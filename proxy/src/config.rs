@@ -519,6 +519,13 @@ mod tests {
             ("PILLION_MAX_CONNECTIONS", "9999999999999999999"),
             ("PILLION_ZIPKIN_URL", "zipkin:9411"),
             ("PILLION_TRACE_SAMPLE_RATE", "2"),
+            ("PILLION_DNS", "ns1.example"),
+            ("PILLION_MAX_HEADER_BYTES", "10"),
+            ("PILLION_MAX_CONCURRENT_STREAMS", "0"),
+            ("PILLION_MAX_REQUESTS_PER_ENDPOINT", "-1"),
+            ("PILLION_OUTLIER_CONSECUTIVE_FAILURES", "many"),
+            ("PILLION_OUTLIER_BASE_EJECTION", "a while"),
+            ("PILLION_HEADER_READ_TIMEOUT", "later"),
             ("PILLION_OPAQUE_PORTS", "25,smtp"),
         ] {
             let err = Config::from_env(&env(&[
@@ -541,5 +548,33 @@ mod tests {
         .unwrap();
         assert!(c.inbound_listen.is_ipv6());
         assert_eq!(c.namespace, "shop");
+    }
+
+    #[test]
+    fn resilience_settings_parse() {
+        let base = ("PILLION_CONTROL_PLANE_ADDR", "cp:8086");
+        let c = Config::from_env(&env(&[base])).unwrap();
+        assert_eq!(c.dns, None);
+        assert_eq!(c.outlier, crate::balance::outlier::Settings::default());
+        assert_eq!(c.limits, crate::http::h2_server::Limits::default());
+        assert_eq!(c.max_requests_per_endpoint, 10_000);
+        let c = Config::from_env(&env(&[
+            base,
+            ("PILLION_DNS", "10.0.0.10, 127.0.0.1:5353"),
+            ("PILLION_OUTLIER_CONSECUTIVE_FAILURES", "off"),
+            ("PILLION_MAX_HEADER_BYTES", "8192"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.dns,
+            Some(crate::control::dns::Servers::Given(vec![
+                "10.0.0.10:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]))
+        );
+        assert_eq!(c.outlier.consecutive_failures, 0);
+        assert_eq!(c.limits.max_header_bytes, 8192);
+        let c = Config::from_env(&env(&[base, ("PILLION_DNS", "system")])).unwrap();
+        assert_eq!(c.dns, Some(crate::control::dns::Servers::System));
     }
 }
