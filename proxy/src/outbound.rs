@@ -15,12 +15,11 @@ use crate::http::body::Body;
 use crate::http::errors::{ProxyError, is_grpc};
 use crate::http::forward::{self, ForwardError, Observation, authority_of};
 use crate::http::pool::Io;
-use crate::http::replay::Replay;
+use crate::http::replay::Attempts;
 use crate::listener::{ConnMeta, Handler};
 use crate::route::retry::RetryPolicy;
 use crate::route::snapshot::{BackendTarget, RequestInfo, Routes, Rule};
 use crate::telemetry::metrics::{Direction, FaultLabels, Label, Metrics, RetryLabels};
-use http_body_util::combinators::UnsyncBoxBody;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -214,14 +213,15 @@ impl Outbound {
         let mut tried: Vec<Arc<balance::Endpoint>> = Vec::new();
         let (mut retries, mut unreachable) = (0u32, 0usize);
         loop {
-            let mut endpoint = pick_untried(endpoints, &tried).ok_or(ProxyError::NoEndpoints)?;
+            let mut endpoint =
+                balance::pick_untried(endpoints, &tried).ok_or(ProxyError::NoEndpoints)?;
             if endpoint.pending() >= self.max_requests_per_endpoint {
-                endpoint = below_limit(endpoints, self.max_requests_per_endpoint)
+                endpoint = balance::below_limit(endpoints, self.max_requests_per_endpoint)
                     .ok_or(ProxyError::Unavailable("endpoints at their request limit"))?;
             }
             self.prepare(&endpoint, name, obs).await?;
             tried.push(endpoint.clone());
-            let req = attempts.next().ok_or(ProxyError::NoEndpoints)?;
+            let req = attempts.next_request().ok_or(ProxyError::NoEndpoints)?;
             let result = forward::forward(&endpoint, req, opts()).await;
             let reason = match &result {
                 Ok(resp) => policy.and_then(|p| p.retryable_response(resp)),
@@ -471,96 +471,6 @@ impl Outbound {
                 tracing::info!(addr = %meshed.proxy_addr, error = %e, "opaque mTLS connect failed")
             }
             Err(_) => tracing::info!(addr = %meshed.proxy_addr, "opaque mTLS connect timed out"),
-        }
-    }
-}
-
-/// An endpoint not tried yet for this request (a retry goes elsewhere where it can), or any
-/// endpoint once all have been tried.
-fn pick_untried(
-    endpoints: &[Arc<balance::Endpoint>],
-    tried: &[Arc<balance::Endpoint>],
-) -> Option<Arc<balance::Endpoint>> {
-    if tried.is_empty() {
-        return balance::pick(endpoints).cloned();
-    }
-    let others: Vec<Arc<balance::Endpoint>> = endpoints
-        .iter()
-        .filter(|ep| !tried.iter().any(|t| Arc::ptr_eq(t, ep)))
-        .cloned()
-        .collect();
-    balance::pick(&others)
-        .or_else(|| balance::pick(endpoints))
-        .cloned()
-}
-
-/// Shedding load: an endpoint with room for one more request, if any has.
-#[cold]
-fn below_limit(endpoints: &[Arc<balance::Endpoint>], limit: u32) -> Option<Arc<balance::Endpoint>> {
-    let room: Vec<Arc<balance::Endpoint>> = endpoints
-        .iter()
-        .filter(|e| e.pending() < limit)
-        .cloned()
-        .collect();
-    balance::pick(&room).cloned()
-}
-
-/// Where each attempt's request comes from: the request itself, once (no retry policy), or a
-/// copy of its head with a replay of its body.
-enum Attempts {
-    Once(Option<Request<Body>>),
-    Replay {
-        method: http::Method,
-        uri: http::Uri,
-        version: http::Version,
-        headers: http::HeaderMap,
-        body: Replay,
-    },
-}
-
-impl Attempts {
-    fn replay(req: Request<Body>, max_body: usize) -> Attempts {
-        let (parts, body) = req.into_parts();
-        Attempts::Replay {
-            method: parts.method,
-            uri: parts.uri,
-            version: parts.version,
-            headers: parts.headers,
-            body: Replay::new(body, max_body),
-        }
-    }
-
-    fn next(&mut self) -> Option<Request<Body>> {
-        match self {
-            Attempts::Once(req) => req.take(),
-            Attempts::Replay {
-                method,
-                uri,
-                version,
-                headers,
-                body,
-            } => {
-                let mut req = Request::new(UnsyncBoxBody::new(body.attempt()));
-                *req.method_mut() = method.clone();
-                *req.uri_mut() = uri.clone();
-                *req.version_mut() = *version;
-                *req.headers_mut() = headers.clone();
-                Some(req)
-            }
-        }
-    }
-
-    /// A request that reached no endpoint, for the next attempt.
-    fn give_back(&mut self, req: Request<Body>) {
-        if let Attempts::Once(slot) = self {
-            *slot = Some(req);
-        }
-    }
-
-    fn can_replay(&self) -> bool {
-        match self {
-            Attempts::Once(_) => false,
-            Attempts::Replay { body, .. } => body.can_replay(),
         }
     }
 }

@@ -227,6 +227,31 @@ fn pick_live(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
     }
 }
 
+/// An endpoint not tried yet for this request (a retry goes elsewhere where it can), or any
+/// endpoint once all have been tried.
+pub fn pick_untried(endpoints: &[Arc<Endpoint>], tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+    if tried.is_empty() {
+        return pick(endpoints).cloned();
+    }
+    let others: Vec<Arc<Endpoint>> = endpoints
+        .iter()
+        .filter(|ep| !tried.iter().any(|t| Arc::ptr_eq(t, ep)))
+        .cloned()
+        .collect();
+    pick(&others).or_else(|| pick(endpoints)).cloned()
+}
+
+/// Shedding load: an endpoint with room for one more request, if any has.
+#[cold]
+pub fn below_limit(endpoints: &[Arc<Endpoint>], limit: u32) -> Option<Arc<Endpoint>> {
+    let room: Vec<Arc<Endpoint>> = endpoints
+        .iter()
+        .filter(|e| e.pending() < limit)
+        .cloned()
+        .collect();
+    pick(&room).cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,6 +178,69 @@ impl HttpBody for ReplayBody {
     }
 }
 
+/// Where each attempt's request comes from: the request itself, once (no retry policy), or a
+/// copy of its head with a replay of its body.
+pub enum Attempts {
+    Once(Option<http::Request<Body>>),
+    Replay {
+        method: http::Method,
+        uri: http::Uri,
+        version: http::Version,
+        headers: http::HeaderMap,
+        body: Replay,
+    },
+}
+
+impl Attempts {
+    pub fn replay(req: http::Request<Body>, max_body: usize) -> Attempts {
+        let (parts, body) = req.into_parts();
+        Attempts::Replay {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            body: Replay::new(body, max_body),
+        }
+    }
+
+    /// The request for the next attempt; `None` once a request sent once is gone.
+    pub fn next_request(&mut self) -> Option<http::Request<Body>> {
+        match self {
+            Attempts::Once(req) => req.take(),
+            Attempts::Replay {
+                method,
+                uri,
+                version,
+                headers,
+                body,
+            } => {
+                let mut req = http::Request::new(http_body_util::combinators::UnsyncBoxBody::new(
+                    body.attempt(),
+                ));
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = uri.clone();
+                *req.version_mut() = *version;
+                *req.headers_mut() = headers.clone();
+                Some(req)
+            }
+        }
+    }
+
+    /// A request that reached no endpoint, for the next attempt.
+    pub fn give_back(&mut self, req: http::Request<Body>) {
+        if let Attempts::Once(slot) = self {
+            *slot = Some(req);
+        }
+    }
+
+    pub fn can_replay(&self) -> bool {
+        match self {
+            Attempts::Once(_) => false,
+            Attempts::Replay { body, .. } => body.can_replay(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
