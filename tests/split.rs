@@ -210,3 +210,101 @@ async fn one_proxy_watches_hundreds_of_destinations() {
     let (_, m) = admin_get(proxy.admin, "/metrics").await;
     assert!(m.contains(&format!("pillion_destinations {N}")), "{m}");
 }
+
+/// A split with a sticky key: 1,000 users with distinct keys, 10 requests each, each user always
+/// sees one version, the share of users per version follows the weights, and a weight change
+/// moves about the expected fraction of users, all in the one direction it must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_keep_their_version_and_a_weight_change_moves_few() {
+    let sticky_split = |v1: u32, v2: u32| {
+        split_yaml(v1, v2).replace(
+            "  namespace: default\n",
+            "  namespace: default\n  annotations: {pillion.dev/sticky-key: \"header:x-user-id\"}\n",
+        )
+    };
+    let mesh = Mesh::start(90, 10).await;
+    write_config(&mesh.path("split.yaml"), &sticky_split(90, 10));
+    let client = http1_client();
+    let out = mesh.client.outbound;
+    let wait_config = |want: &'static str| {
+        let admin = mesh.client.admin;
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let (_, config) = admin_get(admin, "/config").await;
+                if config.contains(want) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{want} never in /config:\n{config}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_config("header:x-user-id").await;
+    let users = 1000;
+    let versions = |rounds: usize| {
+        let client = client.clone();
+        async move {
+            let mut seen: Vec<Vec<String>> = vec![Vec::new(); users];
+            let mut tasks = tokio::task::JoinSet::new();
+            for chunk in 0..8 {
+                let client = client.clone();
+                tasks.spawn(async move {
+                    let mut got = Vec::new();
+                    for user in (chunk..users).step_by(8) {
+                        for _ in 0..rounds {
+                            let a = request(
+                                &client,
+                                out,
+                                http::Request::get("/").header("x-user-id", format!("user-{user}")),
+                                "web",
+                                "/",
+                                Default::default(),
+                            )
+                            .await
+                            .unwrap();
+                            assert_eq!(a.status, 200, "{:?}", a.error);
+                            got.push((user, a.version));
+                        }
+                    }
+                    got
+                });
+            }
+            while let Some(got) = tasks.join_next().await {
+                for (user, version) in got.unwrap() {
+                    seen[user].push(version);
+                }
+            }
+            seen
+        }
+    };
+    let before = versions(10).await;
+    for (user, seen) in before.iter().enumerate() {
+        assert!(
+            seen.iter().all(|v| *v == seen[0]),
+            "user {user} saw {seen:?}"
+        );
+    }
+    let on_v2 = before.iter().filter(|s| s[0] == "v2").count();
+    eprintln!("sticky 90/10: {on_v2} of {users} users on v2");
+    assert!((60..=140).contains(&on_v2), "{on_v2} users on v2");
+
+    write_config(&mesh.path("split.yaml"), &sticky_split(50, 50));
+    wait_config("\"weight\": 50").await;
+    let after = versions(1).await;
+    let moved: Vec<(&String, &String)> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (&b[0], &a[0]))
+        .filter(|(b, a)| b != a)
+        .collect();
+    eprintln!("90/10 -> 50/50: {} of {users} users moved", moved.len());
+    assert!(
+        moved.iter().all(|(b, a)| *b == "v1" && *a == "v2"),
+        "{moved:?}"
+    );
+    assert!((350..=450).contains(&moved.len()), "{} moved", moved.len());
+}

@@ -149,7 +149,12 @@ impl Outbound {
                 });
             }
         }
-        let backend = rule.split.pick().ok_or(ProxyError::NoEndpoints)?;
+        let sticky = rule.sticky.as_ref().and_then(|k| k.of(req.headers()));
+        let backend = match sticky {
+            Some(key) => rule.split.pick_sticky(key),
+            None => rule.split.pick(),
+        }
+        .ok_or(ProxyError::NoEndpoints)?;
         let (name, endpoints) = match &backend.target {
             BackendTarget::Failure { status, reason } => {
                 return Err(ProxyError::BackendFailure {

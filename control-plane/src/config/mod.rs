@@ -690,7 +690,52 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const IDENTITY_ANNOTATION: &str = "pillion.dev/identity";
 pub const PROXY_PORT_ANNOTATION: &str = "pillion.dev/proxy-port";
 
+/// Annotation on a TrafficSplit or HTTPRoute: requests with the same key go to the same
+/// backend (`header:<name>` or `cookie:<name>`).
+pub const STICKY_ANNOTATION: &str = "pillion.dev/sticky-key";
+
+/// The sticky key an object's annotation names, or why it is not one.
+pub fn sticky_key(
+    meta: &Metadata,
+) -> Result<Option<pillion_proto::discovery::v1::StickyKey>, FieldError> {
+    use pillion_proto::discovery::v1::{StickyKey, sticky_key::Source};
+    let Some(value) = meta.annotations.get(STICKY_ANNOTATION) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        FieldError::new(
+            format!("metadata.annotations.{STICKY_ANNOTATION}"),
+            format!("`{value}` {why}; use header:<name> or cookie:<name>"),
+        )
+    };
+    let (kind, name) = value
+        .split_once(':')
+        .ok_or_else(|| bad("names no source"))?;
+    let name = name.trim();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+    {
+        return Err(bad("has no valid name"));
+    }
+    let source = match kind.trim() {
+        "header" => {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(bad("is not a header name"));
+            }
+            Source::Header(name.to_ascii_lowercase())
+        }
+        "cookie" => Source::Cookie(name.to_string()),
+        _ => return Err(bad("is neither header nor cookie")),
+    };
+    Ok(Some(StickyKey {
+        source: Some(source),
+    }))
+}
+
 fn validate_split(s: &TrafficSplit) -> Result<(), FieldError> {
+    sticky_key(&s.metadata)?;
     if s.spec.service.is_empty() {
         return Err(FieldError::new(
             "spec.service",
@@ -756,6 +801,7 @@ fn http_header_name_ok(name: &str) -> bool {
 }
 
 fn validate_route(r: &HttpRoute) -> Result<(), FieldError> {
+    sticky_key(&r.metadata)?;
     if r.spec.parent_refs.is_empty() {
         return Err(FieldError::new(
             "spec.parentRefs",

@@ -332,6 +332,7 @@ impl Model {
                 namespace: ns.to_string(),
                 name: route.metadata.name.clone(),
             });
+            let sticky = config::sticky_key(&route.metadata).ok().flatten();
             for (rule_idx, rule) in route.spec.rules.iter().enumerate() {
                 let index = rules.len() as u32;
                 let name = rule
@@ -389,6 +390,7 @@ impl Model {
                     timeouts,
                     retry: retry.clone(),
                     fault: fault.clone(),
+                    sticky: sticky.clone(),
                 });
                 let default_match = [HttpRouteMatch {
                     path: None,
@@ -456,6 +458,7 @@ impl Model {
         let weighted = pb::Rule {
             name: split_name.clone(),
             backends,
+            sticky: config::sticky_key(&split.metadata).ok().flatten(),
             ..Default::default()
         };
         let groups: Vec<&HttpRouteGroup> = split

@@ -53,6 +53,35 @@ pub struct Rule {
     pub backend_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub fault: Option<Fault>,
+    /// Where a request's sticky key is read, when the split is sticky.
+    pub sticky: Option<StickyKey>,
+}
+
+/// Where a request carries the key that keeps it on one backend.
+pub enum StickyKey {
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl StickyKey {
+    /// The request's key, if it has one.
+    pub fn of<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a [u8]> {
+        match self {
+            StickyKey::Header(name) => headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .filter(|v| !v.is_empty()),
+            StickyKey::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name && !v.is_empty()).then_some(v.as_bytes())
+                }),
+        }
+    }
 }
 
 /// What one destination's snapshots hand on to the next: balancer state and connections by
@@ -290,6 +319,14 @@ impl Snapshot {
                 backend_timeout: ms(timeouts.backend_request_ms),
                 retry,
                 fault: rule.fault.as_ref().map(Fault::from_pb),
+                sticky: match rule.sticky.and_then(|k| k.source) {
+                    Some(pb::sticky_key::Source::Header(h)) => Some(StickyKey::Header(
+                        http::HeaderName::from_bytes(h.as_bytes())
+                            .map_err(|_| format!("bad sticky header {h}"))?,
+                    )),
+                    Some(pb::sticky_key::Source::Cookie(c)) => Some(StickyKey::Cookie(c)),
+                    None => None,
+                },
             });
         }
         let mut matches = Vec::with_capacity(dest.matches.len());
@@ -389,6 +426,10 @@ impl Snapshot {
                     "backendRequestTimeoutMs": r.backend_timeout.map(|d| d.as_millis() as u64),
                     "retry": r.retry.as_ref().map(|p| p.source.clone()),
                     "fault": r.fault.as_ref().map(|f| f.source.clone()),
+                    "stickyKey": r.sticky.as_ref().map(|k| match k {
+                        StickyKey::Header(h) => format!("header:{h}"),
+                        StickyKey::Cookie(c) => format!("cookie:{c}"),
+                    }),
                     "backends": r.split.backends.iter().map(|b| match &b.target {
                         BackendTarget::Service { name, endpoints } => serde_json::json!({
                             "service": &**name,
@@ -417,6 +458,19 @@ mod tests {
         assert!(prefix_matches("/api", "/api"));
         assert!(prefix_matches("/api/", "/api/v1"));
         assert!(!prefix_matches("/api", "/apiv1"));
+    }
+
+    #[test]
+    fn sticky_keys_are_read_from_a_header_or_a_cookie() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", "alice".parse().unwrap());
+        h.append(http::header::COOKIE, "a=1; uid=bob".parse().unwrap());
+        h.append(http::header::COOKIE, "theme=dark".parse().unwrap());
+        let header = StickyKey::Header(http::HeaderName::from_static("x-user"));
+        assert_eq!(header.of(&h), Some(&b"alice"[..]));
+        assert_eq!(StickyKey::Cookie("uid".into()).of(&h), Some(&b"bob"[..]));
+        assert_eq!(StickyKey::Cookie("theme".into()).of(&h), Some(&b"dark"[..]));
+        assert_eq!(StickyKey::Cookie("none".into()).of(&h), None);
     }
 
     #[test]

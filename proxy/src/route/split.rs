@@ -124,6 +124,45 @@ impl Split {
         };
         self.backends.get(card as usize)
     }
+
+    /// The backend for a sticky key: weighted rendezvous hashing (each backend scores
+    /// `-ln(u) / weight` with `u` a hash of key and backend name; the lowest wins). Every proxy
+    /// makes the same choice for a key, each backend gets its weight's share of keys, and a
+    /// weight change moves only the keys it must.
+    pub fn pick_sticky(&self, key: &[u8]) -> Option<&Backend> {
+        let mut best: Option<(f64, &Backend)> = None;
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.weight == 0 {
+                continue;
+            }
+            let h = match &b.target {
+                BackendTarget::Service { name, .. } => stable_hash(key, name.as_bytes()),
+                BackendTarget::Failure { .. } => stable_hash(key, &(i as u64).to_le_bytes()),
+            };
+            // 53 random bits in (0, 1].
+            let u = ((h >> 11) + 1) as f64 / (1u64 << 53) as f64;
+            let score = -u.ln() / f64::from(b.weight);
+            if best.is_none_or(|(s, _)| score < s) {
+                best = Some((score, b));
+            }
+        }
+        best.map(|(_, b)| b)
+    }
+}
+
+/// A hash that is the same in every proxy and every build: FNV-1a over the key, a separator
+/// and the backend, then a 64-bit finalizer (splitmix64) to spread FNV's weak low bits.
+fn stable_hash(key: &[u8], backend: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key.iter().chain(&[0xff]).chain(backend) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 #[cfg(test)]
@@ -218,5 +257,69 @@ mod tests {
         }
         // 100 small picks in all; a fixed order would put all or none of them on odd requests.
         assert!((20..=80).contains(&small_on_odd), "{small_on_odd}");
+    }
+
+    fn service(name: &str, weight: u32) -> Backend {
+        Backend {
+            weight,
+            target: BackendTarget::Service {
+                name: Arc::from(name),
+                endpoints: Vec::new(),
+            },
+        }
+    }
+
+    fn sticky_choices(split: &Split, users: usize) -> Vec<Arc<str>> {
+        (0..users)
+            .map(|u| {
+                split
+                    .pick_sticky(format!("user-{u}").as_bytes())
+                    .unwrap()
+                    .target
+                    .name()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sticky_keys_follow_the_weights_and_a_change_moves_few() {
+        let before = Split::new(vec![service("v1", 90), service("v2", 10)]);
+        let users = 20_000;
+        let a = sticky_choices(&before, users);
+        // The same key, the same backend.
+        assert_eq!(a, sticky_choices(&before, users));
+        let v2 = a.iter().filter(|n| &***n == "v2").count();
+        assert!((1_700..2_300).contains(&v2), "v2 got {v2} of {users}");
+        let after = Split::new(vec![service("v1", 50), service("v2", 50)]);
+        let b = sticky_choices(&after, users);
+        let moved: Vec<_> = a.iter().zip(&b).filter(|(x, y)| x != y).collect();
+        // 40 % of users must move to v2; none moves the other way.
+        assert!(moved.iter().all(|(x, y)| &***x == "v1" && &***y == "v2"));
+        let share = moved.len() as f64 / users as f64;
+        assert!((0.37..0.43).contains(&share), "{share}");
+        // A backend at weight 0 gets no key.
+        let off = Split::new(vec![service("v1", 1), service("v2", 0)]);
+        assert!(sticky_choices(&off, 1000).iter().all(|n| &**n == "v1"));
+    }
+
+    const PINNED: u64 = 0xd3bd_072d_d08a_3889;
+
+    #[test]
+    fn the_hash_is_fixed() {
+        // Other proxies (and other builds) must choose alike: the function may never change.
+        assert_eq!(
+            stable_hash(b"user-1", b"web-v1"),
+            stable_hash(b"user-1", b"web-v1")
+        );
+        assert_ne!(
+            stable_hash(b"user-1", b"web-v1"),
+            stable_hash(b"user-1", b"web-v2")
+        );
+        assert_eq!(
+            stable_hash(b"user-1", b"web-v1"),
+            PINNED,
+            "{:#x}",
+            stable_hash(b"user-1", b"web-v1")
+        );
     }
 }
