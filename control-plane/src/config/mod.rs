@@ -982,6 +982,24 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_sticky_key_is_refused_by_name() {
+        let split = |key: &str| {
+            parse(&format!(
+                "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata:\n  name: s\n  annotations: {{pillion.dev/sticky-key: \"{key}\"}}\nspec:\n  service: web\n  backends: [{{service: a, weight: 1}}]\n"
+            ))
+        };
+        assert!(split("header:x-user-id").is_ok());
+        assert!(split("cookie:session").is_ok());
+        for bad in ["x-user-id", "query:user", "header:", "header:bad header"] {
+            let e = split(bad).unwrap_err();
+            assert_eq!(
+                e.error.field, "metadata.annotations.pillion.dev/sticky-key",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn durations_follow_gep_2257() {
         assert_eq!(parse_duration("10s"), Ok(10_000));
         assert_eq!(parse_duration("500ms"), Ok(500));
