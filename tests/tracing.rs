@@ -310,10 +310,8 @@ async fn one_request_is_one_trace_across_three_proxies() {
     );
 }
 
-/// A gRPC call's span ends with the stream and carries the status from its trailers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_spans_carry_the_status_from_trailers() {
-    use pillion_proto::demo::v1::HelloRequest;
+/// The two-version mesh, every request sampled, its spans kept by a collector.
+async fn traced_mesh() -> (Mesh, Arc<Mutex<Vec<Value>>>) {
     let (zipkin, spans) = collector().await;
     let env = [
         (
@@ -322,7 +320,14 @@ async fn grpc_spans_carry_the_status_from_trailers() {
         ),
         ("PILLION_TRACE_SAMPLE_RATE", "1".to_string()),
     ];
-    let mesh = Mesh::start_with(1, 1, &env).await;
+    (Mesh::start_with(1, 1, &env).await, spans)
+}
+
+/// A gRPC call's span ends with the stream and carries the status from its trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_spans_carry_the_status_from_trailers() {
+    use pillion_proto::demo::v1::HelloRequest;
+    let (mesh, spans) = traced_mesh().await;
     let mut client = grpc_client(&mesh).await;
     let mut req = tonic::Request::new(HelloRequest {
         name: "traced".into(),
@@ -346,15 +351,7 @@ async fn grpc_spans_carry_the_status_from_trailers() {
 /// answered and the error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_abort_is_tagged_in_the_span() {
-    let (zipkin, spans) = collector().await;
-    let env = [
-        (
-            "PILLION_ZIPKIN_URL",
-            format!("http://{zipkin}/api/v2/spans"),
-        ),
-        ("PILLION_TRACE_SAMPLE_RATE", "1".to_string()),
-    ];
-    let mesh = Mesh::start_with(1, 1, &env).await;
+    let (mesh, spans) = traced_mesh().await;
     write_config(
         &mesh.path("fault.yaml"),
         "apiVersion: pillion.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: chaos}\nspec:\n  targetRef: {kind: Service, name: web}\n  abort: {percent: 100, httpStatus: 503}\n",
