@@ -23,6 +23,78 @@ pub struct Overrides {
     pub resources: Resources,
     pub log_level: Option<String>,
     pub trace_sample_rate: Option<f64>,
+    /// Proxy variables set by [`PROXY_SETTINGS`] annotations, in annotation order.
+    pub proxy_env: Vec<(&'static str, String)>,
+}
+
+/// How a proxy setting's value is checked.
+#[derive(Clone, Copy)]
+enum Check {
+    Duration,
+    /// A positive whole number.
+    Count,
+    /// A positive whole number, or `off`.
+    CountOrOff,
+    /// `off`, `system`, or name servers `ip[:port],...`.
+    Dns,
+}
+
+/// Proxy settings a pod may choose (`config.pillion.dev/<name>`), the variable each sets and
+/// how it is checked (docs/configuration.md describes the variables).
+const PROXY_SETTINGS: &[(&str, &str, Check)] = &[
+    (
+        "request-timeout",
+        "PILLION_REQUEST_TIMEOUT",
+        Check::Duration,
+    ),
+    ("idle-timeout", "PILLION_IDLE_TIMEOUT", Check::Duration),
+    (
+        "outlier-consecutive-failures",
+        "PILLION_OUTLIER_CONSECUTIVE_FAILURES",
+        Check::CountOrOff,
+    ),
+    (
+        "outlier-base-ejection",
+        "PILLION_OUTLIER_BASE_EJECTION",
+        Check::Duration,
+    ),
+    (
+        "outlier-max-ejection",
+        "PILLION_OUTLIER_MAX_EJECTION",
+        Check::Duration,
+    ),
+    ("max-header-bytes", "PILLION_MAX_HEADER_BYTES", Check::Count),
+    (
+        "max-concurrent-streams",
+        "PILLION_MAX_CONCURRENT_STREAMS",
+        Check::Count,
+    ),
+    (
+        "max-requests-per-endpoint",
+        "PILLION_MAX_REQUESTS_PER_ENDPOINT",
+        Check::Count,
+    ),
+    ("dns", "PILLION_DNS", Check::Dns),
+];
+
+fn check(kind: Check, text: &str) -> Result<(), String> {
+    let count = |t: &str| match t.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(()),
+        _ => Err("expected a positive whole number".to_string()),
+    };
+    match kind {
+        Check::Duration => pillion_core::duration::parse(text).map(|_| ()),
+        Check::Count => count(text),
+        Check::CountOrOff if text == "off" => Ok(()),
+        Check::CountOrOff => count(text).map_err(|e| format!("{e}, or off")),
+        Check::Dns if matches!(text, "off" | "system") => Ok(()),
+        Check::Dns => text.split(',').map(str::trim).try_for_each(|part| {
+            let ok = part.parse::<std::net::SocketAddr>().is_ok()
+                || part.parse::<std::net::IpAddr>().is_ok();
+            ok.then_some(())
+                .ok_or_else(|| format!("{part:?} is not off, system or a name server ip[:port]"))
+        }),
+    }
 }
 
 /// One port, or an inclusive range `lo-hi`.
@@ -121,7 +193,20 @@ pub fn parse(annotations: Option<&Map<String, Value>>) -> (Overrides, Vec<Overri
                 }
                 _ => Err("expected a probability from 0 to 1, such as 0.01".into()),
             },
-            _ => Err(format!("unknown annotation; known: {}", KNOWN.join(", "))),
+            _ => match PROXY_SETTINGS.iter().find(|(n, _, _)| *n == name) {
+                Some((_, var, kind)) => {
+                    check(*kind, text).map(|_| out.proxy_env.push((var, text.to_string())))
+                }
+                None => Err(format!(
+                    "unknown annotation; known: {}, {}",
+                    KNOWN.join(", "),
+                    PROXY_SETTINGS
+                        .iter()
+                        .map(|(n, _, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            },
         };
         if let Err(reason) = result {
             errors.push(error(text.to_string(), reason));
@@ -262,6 +347,35 @@ mod tests {
         assert_eq!(o.resources.memory_limit.as_deref(), Some("128Mi"));
         assert_eq!(o.log_level.as_deref(), Some("warn,pillion_proxy=debug"));
         assert_eq!(o.trace_sample_rate, Some(0.5));
+    }
+
+    #[test]
+    fn proxy_settings_become_its_variables() {
+        let (o, errors) = parse_json(json!({
+            "config.pillion.dev/outlier-consecutive-failures": "off",
+            "config.pillion.dev/request-timeout": "5s",
+            "config.pillion.dev/dns": "10.96.0.10:53",
+            "config.pillion.dev/max-header-bytes": "32768",
+        }));
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut env = o.proxy_env.clone();
+        env.sort();
+        assert_eq!(
+            env,
+            vec![
+                ("PILLION_DNS", "10.96.0.10:53".to_string()),
+                ("PILLION_MAX_HEADER_BYTES", "32768".to_string()),
+                ("PILLION_OUTLIER_CONSECUTIVE_FAILURES", "off".to_string()),
+                ("PILLION_REQUEST_TIMEOUT", "5s".to_string()),
+            ]
+        );
+        let (o, errors) = parse_json(json!({
+            "config.pillion.dev/outlier-base-ejection": "a while",
+            "config.pillion.dev/max-requests-per-endpoint": "0",
+            "config.pillion.dev/dns": "dns.example",
+        }));
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(o.proxy_env.is_empty());
     }
 
     #[test]

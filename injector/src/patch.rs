@@ -429,6 +429,9 @@ fn proxy_container(sidecar: &Sidecar, o: &overrides::Overrides, workload: &str) 
     if let Some(rate) = o.trace_sample_rate.or(sidecar.trace_sample_rate) {
         env.push(json!({"name": "PILLION_TRACE_SAMPLE_RATE", "value": rate.to_string()}));
     }
+    for (name, value) in &o.proxy_env {
+        env.push(json!({"name": name, "value": value}));
+    }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
             "httpGet": {"path": path, "port": ADMIN_PORT},

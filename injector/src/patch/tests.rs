@@ -167,6 +167,7 @@ fn overrides_reach_the_containers_and_bad_ones_are_warned() {
             "config.pillion.dev/proxy-memory-limit": "64Mi",
             "config.pillion.dev/proxy-cpu-limit": "lots",
             "config.pillion.dev/trace-sample-rate": "1",
+            "config.pillion.dev/outlier-base-ejection": "10s",
             "prometheus.io/port": "9090",
         }},
         "spec": {"containers": [{"name": "a"}]},
@@ -213,6 +214,10 @@ fn overrides_reach_the_containers_and_bad_ones_are_warned() {
     assert!(
         env.iter()
             .any(|e| e["name"] == "PILLION_TRACE_SAMPLE_RATE" && e["value"] == "1")
+    );
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "PILLION_OUTLIER_BASE_EJECTION" && e["value"] == "10s")
     );
 }
 
