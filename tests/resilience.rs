@@ -149,13 +149,9 @@ fn start(files: &[(&str, String)], client_env: &[(&str, String)]) -> Setup {
     }
 }
 
-/// The sum of every series of `family` whose labels contain `labels`.
-async fn metric_sum(admin: SocketAddr, family: &str, labels: &str) -> f64 {
-    let (_, text) = admin_get(admin, "/metrics").await;
-    text.lines()
-        .filter(|l| l.starts_with(family) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The sum of every series of `family` whose labels contain `labels`, at a proxy's admin port.
+async fn admin_metric(admin: SocketAddr, family: &str, labels: &str) -> f64 {
+    metric_sum(&admin_get(admin, "/metrics").await.1, family, labels)
 }
 
 async fn post(client: &H1Client, proxy: SocketAddr, body: String) -> Answer {
@@ -218,7 +214,7 @@ async fn a_retry_policy_sends_a_503_again_with_its_body() {
         (2 * n - 1..=2 * n + 1).contains(&attempts),
         "{attempts} attempts"
     );
-    let retried = metric_sum(s.client.admin, "pillion_retries_total", "reason=\"503\"").await;
+    let retried = admin_metric(s.client.admin, "pillion_retries_total", "reason=\"503\"").await;
     assert!(retried >= n as f64, "retries counted: {retried}");
 
     // Without the policy, the failures reach the caller.
@@ -282,7 +278,7 @@ async fn when_everything_fails_retries_stay_within_the_budget() {
     let client = http1_client();
     // The configuration is in force once a retry is counted.
     let deadline = Instant::now() + DEADLINE;
-    while metric_sum(s.client.admin, "pillion_retries_total", "").await == 0.0 {
+    while admin_metric(s.client.admin, "pillion_retries_total", "").await == 0.0 {
         assert!(Instant::now() < deadline, "no retry ever sent");
         get(&client, s.client.outbound, "web", "/").await.unwrap();
     }
@@ -299,7 +295,7 @@ async fn when_everything_fails_retries_stay_within_the_budget() {
     eprintln!("{n} failing requests took {sent} attempts (at most {allowed} allowed)");
     assert!(sent > n, "some retries were sent: {sent}");
     assert!(sent <= allowed, "{sent} attempts for {n} requests");
-    let skipped = metric_sum(
+    let skipped = admin_metric(
         s.client.admin,
         "pillion_retries_skipped_total",
         "reason=\"budget\"",
@@ -362,7 +358,7 @@ async fn an_endpoint_killed_under_load_fails_no_request_and_is_ejected_until_it_
     wait_done(killed_at + 600).await;
     let hits_while_dead = eps[1].hits();
     assert!(
-        metric_sum(s.client.admin, "pillion_outlier_ejections_total", "").await >= 1.0,
+        admin_metric(s.client.admin, "pillion_outlier_ejections_total", "").await >= 1.0,
         "the dead endpoint was ejected"
     );
     // Back: after its ejection a probe finds it, and it takes traffic again.
@@ -403,7 +399,7 @@ async fn fault_injection_aborts_and_delays_its_shares_until_removed() {
         }
         assert!(Instant::now() < deadline, "no fault ever injected");
     }
-    let delays_before = metric_sum(
+    let delays_before = admin_metric(
         s.client.admin,
         "pillion_faults_injected_total",
         "fault=\"delay\"",
@@ -420,7 +416,7 @@ async fn fault_injection_aborts_and_delays_its_shares_until_removed() {
             assert_eq!(a.status, 200);
         }
     }
-    let delayed = metric_sum(
+    let delayed = admin_metric(
         s.client.admin,
         "pillion_faults_injected_total",
         "fault=\"delay\"",
@@ -519,7 +515,7 @@ async fn grpc_unavailable_is_retried_with_the_call_message() {
     let mut client = pillion_proto::demo::v1::echo_client::EchoClient::new(channel);
     // The first call may come before the proxy has the policy: wait for a retried call.
     let deadline = Instant::now() + DEADLINE;
-    while metric_sum(s.client.admin, "pillion_retries_total", "").await == 0.0 {
+    while admin_metric(s.client.admin, "pillion_retries_total", "").await == 0.0 {
         assert!(Instant::now() < deadline, "no gRPC call was retried");
         let _ = client
             .hello(pillion_proto::demo::v1::HelloRequest::default())
@@ -545,7 +541,7 @@ async fn grpc_unavailable_is_retried_with_the_call_message() {
         (99..=101).contains(&attempts),
         "{attempts} attempts for 50 calls"
     );
-    let retried = metric_sum(
+    let retried = admin_metric(
         s.client.admin,
         "pillion_retries_total",
         "reason=\"grpc-14\"",
@@ -771,7 +767,7 @@ async fn route_timeouts_answer_at_the_configured_time() {
     );
 
     // Each attempt bounded to 300 ms, three attempts, then the last attempt's timeout.
-    let retried_before = metric_sum(
+    let retried_before = admin_metric(
         mesh.client.admin,
         "pillion_retries_total",
         "reason=\"reset\"",
@@ -787,7 +783,7 @@ async fn route_timeouts_answer_at_the_configured_time() {
         took >= Duration::from_millis(850) && took < Duration::from_millis(2900),
         "504 after {took:?}: three attempts of 300 ms"
     );
-    let retried = metric_sum(
+    let retried = admin_metric(
         mesh.client.admin,
         "pillion_retries_total",
         "reason=\"reset\"",

@@ -115,13 +115,7 @@ impl Outbound {
             rule.retry.as_ref().and_then(|r| r.per_try_timeout),
         ]);
         let authority = authority.unwrap_or_default();
-        let work = self.send(rule, req, obs, &authority, per_try);
-        match overall {
-            Some(t) => tokio::time::timeout(t, work)
-                .await
-                .unwrap_or(Err(ProxyError::Timeout)),
-            None => work.await,
-        }
+        forward::within(overall, self.send(rule, req, obs, &authority, per_try)).await
     }
 
     /// Injects the rule's faults, picks a backend, and sends the request to it (with retries
@@ -423,12 +417,7 @@ impl Outbound {
         let timeout = forward::grpc_timeout(req.headers()).or(self.request_timeout);
         let name: Arc<str> = Arc::from(host);
         let work = self.attempts(&name, &endpoints, None, req, obs, &authority, None);
-        match timeout {
-            Some(t) => tokio::time::timeout(t, work)
-                .await
-                .unwrap_or(Err(ProxyError::Timeout)),
-            None => work.await,
-        }
+        forward::within(timeout, work).await
     }
 
     /// The mesh endpoint for an opaque connection to `dst`: split and balance as for HTTP,

@@ -712,6 +712,15 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// The sum of every series in a metrics text that starts with `prefix` (a family name, or a
+/// family and the start of its labels) and contains `labels`.
+pub fn metric_sum(text: &str, prefix: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Counts answers by version.
 pub fn count(answers: &[String], version: &str) -> usize {
     answers.iter().filter(|v| *v == version).count()

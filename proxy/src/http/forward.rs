@@ -293,12 +293,7 @@ pub async fn forward(
     let guard = endpoint.start();
     let started = Instant::now();
     let send = endpoint.conns.send(sender, upstream_req);
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, send)
-            .await
-            .unwrap_or(Err(ProxyError::Timeout)),
-        None => send.await,
-    };
+    let result = within(timeout, send).await;
     let mut resp = match result {
         Ok(resp) => {
             endpoint.observe(started.elapsed());
@@ -373,6 +368,19 @@ where
     let _ = upstream.set_nodelay(true);
     if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
         tracing::debug!(%addr, error = %e, "opaque connection ended");
+    }
+}
+
+/// Runs `work` within `timeout` (none: without limit); past it, [`ProxyError::Timeout`].
+pub async fn within<T>(
+    timeout: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, work)
+            .await
+            .unwrap_or(Err(ProxyError::Timeout)),
+        None => work.await,
     }
 }
 
