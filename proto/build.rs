@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/pillion/demo/v1/demo.proto",
         "proto/pillion/identity/v1/identity.proto",
         "proto/pillion/policy/v1/policy.proto",
+        "proto/pillion/report/v1/report.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -166,31 +166,34 @@ impl Drop for WatchGuard {
     }
 }
 
-/// Serves the admin port until the process ends.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// What the admin port serves besides metrics.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub fleet: Arc<crate::fleet::Fleet>,
+    pub canaries: crate::canary::controller::Handle,
+    /// When set, commands (POST) need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+type Answer = (http::StatusCode, &'static str, String);
+
+const JSON: &str = "application/json";
+
+/// Serves the admin port until the process ends:
+/// - `GET /metrics`, `/live`, `/ready`;
+/// - `GET /canaries`, `GET /canaries/{namespace}/{name}`: releases and their status;
+/// - `POST /canaries/{namespace}/{name}/{promote|pause|resume|abort}`;
+/// - `GET /proxies`: the proxies that report, with the version of each destination they run.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let metrics = metrics.clone();
+        let admin = admin.clone();
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let metrics = metrics.clone();
+            let admin = admin.clone();
             async move {
-                let (status, content_type, body) = match (req.method(), req.uri().path()) {
-                    (&http::Method::GET, "/metrics") => (
-                        http::StatusCode::OK,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        metrics.encode(),
-                    ),
-                    (&http::Method::GET, "/live" | "/ready") => {
-                        (http::StatusCode::OK, "text/plain", "ok\n".to_string())
-                    }
-                    _ => (
-                        http::StatusCode::NOT_FOUND,
-                        "text/plain",
-                        "not found: /metrics, /live, /ready\n".to_string(),
-                    ),
-                };
+                let (status, content_type, body) = admin.answer(&req).await;
                 let resp = http::Response::builder()
                     .status(status)
                     .header(http::header::CONTENT_TYPE, content_type)
@@ -206,6 +209,100 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 .await;
         });
     }
+}
+
+impl Admin {
+    async fn answer<B>(&self, req: &http::Request<B>) -> Answer {
+        let path = req.uri().path();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (req.method(), parts.as_slice()) {
+            (&http::Method::GET, ["metrics"]) => (
+                http::StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.encode(),
+            ),
+            (&http::Method::GET, ["live" | "ready"]) => {
+                (http::StatusCode::OK, "text/plain", "ok\n".to_string())
+            }
+            (&http::Method::GET, ["proxies"]) => json(http::StatusCode::OK, &self.fleet.proxies()),
+            (&http::Method::GET, ["canaries"]) => {
+                let views = self.canaries.views.borrow().clone();
+                json(http::StatusCode::OK, &*views)
+            }
+            (&http::Method::GET, ["canaries", ns, name]) => {
+                let views = self.canaries.views.borrow().clone();
+                match views.iter().find(|v| v.namespace == *ns && v.name == *name) {
+                    Some(v) => json(http::StatusCode::OK, v),
+                    None => error(http::StatusCode::NOT_FOUND, format!("no Canary {ns}/{name}")),
+                }
+            }
+            (&http::Method::POST, ["canaries", ns, name, command]) => {
+                if let Some(token) = &self.token {
+                    let given = req
+                        .headers()
+                        .get(http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "));
+                    if given != Some(token.as_str()) {
+                        return error(
+                            http::StatusCode::UNAUTHORIZED,
+                            "commands need Authorization: Bearer <PILLION_CONTROL_ADMIN_TOKEN>"
+                                .into(),
+                        );
+                    }
+                }
+                self.command(ns, name, command).await
+            }
+            _ => (
+                http::StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: GET /metrics, /live, /ready, /proxies, /canaries[/NS/NAME]; \
+                 POST /canaries/NS/NAME/{promote,pause,resume,abort}\n"
+                    .to_string(),
+            ),
+        }
+    }
+
+    async fn command(&self, ns: &str, name: &str, command: &str) -> Answer {
+        let command = match command.parse() {
+            Ok(c) => c,
+            Err(e) => return error(http::StatusCode::BAD_REQUEST, e),
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = crate::canary::controller::Request {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            command,
+            reply,
+        };
+        if self.canaries.commands.send(request).await.is_err() {
+            return error(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "the canary controller is not running".into(),
+            );
+        }
+        match answer.await {
+            Ok(Ok(view)) => json(http::StatusCode::OK, &view),
+            Ok(Err(e)) if e.starts_with("no Canary") => error(http::StatusCode::NOT_FOUND, e),
+            Ok(Err(e)) => error(http::StatusCode::CONFLICT, e),
+            Err(_) => error(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "the canary controller stopped".into(),
+            ),
+        }
+    }
+}
+
+fn json<T: serde::Serialize + ?Sized>(status: http::StatusCode, value: &T) -> Answer {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => (status, JSON, body + "\n"),
+        Err(e) => error(http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn error(status: http::StatusCode, message: String) -> Answer {
+    let body = serde_json::json!({ "error": message }).to_string() + "\n";
+    (status, JSON, body)
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! Pillion's control plane: reads Kubernetes-shaped YAML from a directory and serves each proxy
 //! the complete, versioned state of every destination it asks about.
 
-//! Modules by layer: `api` and `source` → `model` → `config`, `pki`.
+//! Modules by layer: `api`, `source` and `canary` → `model`, `fleet` → `config`, `pki`.
 
 pub mod admin;
 pub mod api;
+pub mod canary;
 pub mod config;
+pub mod fleet;
 pub mod model;
 pub mod pki;
 pub mod source;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use pillion_proto::discovery::v1::discovery_server::DiscoveryServer;
 use pillion_proto::identity::v1::identity_server::IdentityServer;
 use pillion_proto::policy::v1::inbound_policy_server::InboundPolicyServer;
+use pillion_proto::report::v1::report_server::ReportServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -91,6 +94,13 @@ pub struct Args {
     /// (needs --ca-dir). Proxies then set PILLION_CONTROL_PLANE_IDENTITY to it.
     #[arg(long, env = "PILLION_CONTROL_TLS_IDENTITY")]
     pub tls_identity: Option<String>,
+    /// Canary analysis asks this Prometheus server (PromQL over its HTTP API,
+    /// `http://host:port`) instead of the proxies' own reports.
+    #[arg(long, env = "PILLION_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// When set, canary commands on the admin port need `Authorization: Bearer <token>`.
+    #[arg(long, env = "PILLION_CONTROL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 fn parse_lifetime(s: &str) -> Result<Duration, String> {
@@ -115,6 +125,8 @@ impl Args {
             leaf_lifetime: Duration::from_secs(24 * 3600),
             identity_tokens: None,
             tls_identity: None,
+            prometheus_url: None,
+            admin_token: None,
         }
     }
 }
@@ -169,7 +181,25 @@ impl ControlPlane {
                 (watcher, rx, Some(client), "kubernetes".to_string())
             }
         };
-        let admin_server = tokio::spawn(admin::serve(admin_listener, metrics.clone()));
+        // The canary controller stands between the source and the proxies: what they are
+        // served is the source's objects with each release's routing laid over them.
+        let fleet = Arc::new(fleet::Fleet::default());
+        let source = match &args.prometheus_url {
+            Some(url) => canary::metrics::Source::Prometheus(Box::new(
+                canary::metrics::Prometheus::new(url).map_err(anyhow::Error::msg)?,
+            )),
+            None => canary::metrics::Source::Proxies(fleet.clone()),
+        };
+        let (rx, canaries, controller) = canary::controller::start(rx, source, fleet.clone());
+        let admin_server = tokio::spawn(admin::serve(
+            admin_listener,
+            Arc::new(admin::Admin {
+                metrics: metrics.clone(),
+                fleet: fleet.clone(),
+                canaries,
+                token: args.admin_token.clone(),
+            }),
+        ));
         let service = discovery::DiscoveryService::new(rx.clone(), metrics.clone());
         let policy = policy::PolicyService::new(rx.clone(), metrics.clone());
         let ca = match &args.ca_dir {
@@ -219,7 +249,8 @@ impl ControlPlane {
                 .max_concurrent_streams(MAX_STREAMS_PER_PROXY)
                 .add_service(DiscoveryServer::new(service))
                 .add_optional_service(identity)
-                .add_service(InboundPolicyServer::new(policy));
+                .add_service(InboundPolicyServer::new(policy))
+                .add_service(ReportServer::new(api::report::ReportService { fleet }));
             let result = match tls {
                 Some(config) => {
                     router
@@ -234,6 +265,7 @@ impl ControlPlane {
                 }
             };
             watcher.abort();
+            controller.abort();
             admin_server.abort();
             result.map_err(anyhow::Error::from)
         };

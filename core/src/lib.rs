@@ -2,6 +2,7 @@
 //! grammar for every flag and variable, one way to set up logs, and the process metrics.
 
 pub mod duration;
+pub mod exposition;
 pub mod logging;
 pub mod memory;
 pub mod metrics_doc;

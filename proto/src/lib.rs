@@ -18,6 +18,12 @@ pub mod policy {
     }
 }
 
+pub mod report {
+    pub mod v1 {
+        tonic::include_proto!("pillion.report.v1");
+    }
+}
+
 pub mod demo {
     pub mod v1 {
         tonic::include_proto!("pillion.demo.v1");

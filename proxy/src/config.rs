@@ -102,6 +102,12 @@ pub struct Config {
     /// DNS for destinations outside the mesh in explicit mode (`PILLION_DNS`: `off`, the
     /// default; `system`; or name servers `ip[:port],...`).
     pub dns: Option<crate::control::dns::Servers>,
+    /// How often the proxy reports to the control plane (`PILLION_REPORT_INTERVAL`, 5 s; `0`
+    /// turns reports off). The control plane may ask for another interval while a canary runs.
+    pub report_interval: Option<Duration>,
+    /// The admin address reported (`PILLION_ADMIN_ADVERTISE`; by default the admin listener's,
+    /// whose unspecified IP the control plane fills in with the proxy's).
+    pub admin_advertise: Option<SocketAddr>,
 }
 
 /// Who may call the local application when no authorization says more.
@@ -204,6 +210,11 @@ impl Config {
                 n => n,
             },
             idle_timeout: duration(env, "PILLION_IDLE_TIMEOUT", "5m")?,
+            report_interval: optional_duration(env, "PILLION_REPORT_INTERVAL", "5s")?,
+            admin_advertise: match env.get("PILLION_ADMIN_ADVERTISE") {
+                Some(v) => Some(parse_addr("PILLION_ADMIN_ADVERTISE", &v)?),
+                None => None,
+            },
             dns: match env.get("PILLION_DNS") {
                 None => None,
                 Some(v) => dns_servers(&v)?,

@@ -198,6 +198,18 @@ impl Proxy {
                 tokio::spawn(dests.clone().sweep()),
                 tokio::spawn(admin_srv.serve(admin)),
             ];
+            if let Some(interval) = config.report_interval {
+                let reporter = control::report::Reporter {
+                    channel: channel.clone(),
+                    metrics: metrics.clone(),
+                    dests: dests.clone(),
+                    workload: config.workload.clone(),
+                    namespace: config.namespace.clone(),
+                    admin: config.admin_advertise.unwrap_or(admin_addr),
+                    interval,
+                };
+                background.push(tokio::spawn(reporter.run()));
+            }
             if let Some(identity) = identity {
                 let expiry = metrics.certificate_expiry.clone();
                 background.push(tokio::spawn(identity.run(bootstrap, expiry)));

@@ -1,6 +1,7 @@
-//! The gRPC services the proxies call: Discovery, InboundPolicy and Identity.
+//! The gRPC services the proxies call: Discovery, InboundPolicy, Identity and Report.
 
 pub mod discovery;
 pub mod identity;
 pub mod policy;
+pub mod report;
 pub mod watch;

@@ -11,7 +11,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub mod canary;
 mod resilience;
+pub use canary::Canary;
 pub use resilience::{FaultInjection, RetryPolicy, Target as PolicyTarget};
 
 /// Where an object lives and who it is: `kind namespace/name`.
@@ -370,6 +372,7 @@ pub enum Resource {
     HttpRoute(HttpRoute),
     RetryPolicy(RetryPolicy),
     FaultInjection(FaultInjection),
+    Canary(Canary),
 }
 
 /// What reading one YAML document gave.
@@ -426,7 +429,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
             | (
                 "pillion.dev",
                 "v1alpha1",
-                "AuthorizationPolicy" | "RetryPolicy" | "FaultInjection"
+                "AuthorizationPolicy" | "RetryPolicy" | "FaultInjection" | "Canary"
             )
     );
     if !known {
@@ -442,6 +445,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
                 | "AuthorizationPolicy"
                 | "RetryPolicy"
                 | "FaultInjection"
+                | "Canary"
         );
         let our_group = matches!(group, "split.smi-spec.io" | "pillion.dev");
         if ours || our_group {
@@ -455,7 +459,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
                          discovery.k8s.io/v1 EndpointSlice, split.smi-spec.io/v1alpha2 and \
                          v1alpha4 TrafficSplit, specs.smi-spec.io/v1alpha4 HTTPRouteGroup, \
                          gateway.networking.k8s.io/v1 HTTPRoute, pillion.dev/v1alpha1 \
-                         AuthorizationPolicy, RetryPolicy and FaultInjection)"
+                         AuthorizationPolicy, RetryPolicy, FaultInjection and Canary)"
                     ),
                 ),
             });
@@ -484,6 +488,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
         "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(doc).map_err(reject)?),
         "RetryPolicy" => Resource::RetryPolicy(typed(doc).map_err(reject)?),
         "FaultInjection" => Resource::FaultInjection(typed(doc).map_err(reject)?),
+        "Canary" => Resource::Canary(typed(doc).map_err(reject)?),
         _ => Resource::HttpRoute(typed(doc).map_err(reject)?),
     };
     validate(&resource).map_err(reject)?;
@@ -534,6 +539,7 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
         Resource::AuthorizationPolicy(p) => validate_policy(p),
         Resource::RetryPolicy(p) => p.to_pb().map(|_| ()),
         Resource::FaultInjection(f) => f.to_pb().map(|_| ()),
+        Resource::Canary(c) => c.plan().map(|_| ()),
     }
 }
 

@@ -25,8 +25,9 @@ mod policy;
 
 pub use pillion_proto::names::{CLUSTER_DOMAIN, Target, parse_authority};
 
-/// The objects in force, indexed for lookups.
-#[derive(Debug, Default)]
+/// The objects in force, indexed for lookups, and the routing the canary controller holds.
+/// Cloned (once per controller decision) to lay new canary routes over the same objects.
+#[derive(Debug, Default, Clone)]
 pub struct Model {
     services: HashMap<(String, String), Service>,
     /// (namespace, service name) → slices.
@@ -38,9 +39,28 @@ pub struct Model {
     /// Oldest first: of several policies on one target, the oldest applies.
     retries: Vec<config::RetryPolicy>,
     faults: Vec<config::FaultInjection>,
+    canaries: Vec<config::Canary>,
+    /// Apex Service (namespace, name) → the routing its running Canary decided. Replaces the
+    /// Service's TrafficSplit or HTTPRoutes while the Canary exists.
+    canary_routes: HashMap<(String, String), CanaryRoute>,
     pub generation: u64,
     /// When this model was built (push latency is measured from here).
     pub published: Published,
+}
+
+/// Where a Canary sends the apex Service's traffic now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryRoute {
+    /// `namespace/name` of the Canary (the rule's name in metrics and spans).
+    pub canary: String,
+    pub stable: String,
+    pub candidate: String,
+    /// The candidate's share, percent.
+    pub weight: u32,
+    /// A/B: requests matching these go to the candidate, the others to stable (the weight is
+    /// then unused).
+    pub ab: Option<Vec<pb::HeaderMatch>>,
+    pub sticky: Option<pb::StickyKey>,
 }
 
 /// An instant that defaults to now.
@@ -87,6 +107,7 @@ impl Model {
                 Resource::AuthorizationPolicy(p) => model.policies.push(p),
                 Resource::RetryPolicy(p) => model.retries.push(p),
                 Resource::FaultInjection(f) => model.faults.push(f),
+                Resource::Canary(c) => model.canaries.push(c),
             }
         }
         // Oldest first, then by namespace/name: the Gateway API's tie-break, used for splits too.
@@ -101,6 +122,26 @@ impl Model {
         model.splits.sort_by_key(|s| age(&s.metadata));
         model.retries.sort_by_key(|p| age(&p.metadata));
         model.faults.sort_by_key(|f| age(&f.metadata));
+        model.canaries.sort_by_key(|c| age(&c.metadata));
+        model
+    }
+
+    /// The Canary objects, oldest first.
+    pub fn canaries(&self) -> &[config::Canary] {
+        &self.canaries
+    }
+
+    /// Whether a Service exists.
+    pub fn has_service(&self, namespace: &str, name: &str) -> bool {
+        self.services
+            .contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The same objects with the canary controller's routes laid over them.
+    pub fn with_canary_routes(&self, routes: HashMap<(String, String), CanaryRoute>) -> Self {
+        let mut model = self.clone();
+        model.canary_routes = routes;
+        model.published = Published::default();
         model
     }
 
@@ -248,6 +289,12 @@ impl Model {
     }
 
     fn routing(&self, target: &Target, source_ns: &str) -> pb::Destination {
+        if let Some(canary) = self
+            .canary_routes
+            .get(&(target.namespace.clone(), target.name.clone()))
+        {
+            return self.destination_from_canary(target, canary);
+        }
         let routes = self.routes_for(target, source_ns);
         if !routes.is_empty() {
             return self.destination_from_routes(target, &routes);
@@ -508,6 +555,55 @@ impl Model {
             rules,
             matches,
             source: format!("TrafficSplit {split_name}"),
+        }
+    }
+
+    /// A Canary's routing: one weighted rule over stable and candidate, or for an A/B test, the
+    /// matching requests to the candidate and the others to stable.
+    fn destination_from_canary(&self, target: &Target, c: &CanaryRoute) -> pb::Destination {
+        let ns = &target.namespace;
+        let rule = |name: String, backends| pb::Rule {
+            name,
+            backends,
+            sticky: c.sticky.clone(),
+            ..Default::default()
+        };
+        let (rules, matches) = match &c.ab {
+            Some(headers) => (
+                vec![
+                    rule(
+                        format!("{}/candidate", c.canary),
+                        vec![self.backend(ns, &c.candidate, target.port, 1)],
+                    ),
+                    rule(
+                        c.canary.clone(),
+                        vec![self.backend(ns, &c.stable, target.port, 1)],
+                    ),
+                ],
+                vec![
+                    pb::RouteMatch {
+                        headers: headers.clone(),
+                        ..match_all(0)
+                    },
+                    match_all(1),
+                ],
+            ),
+            None => (
+                vec![rule(
+                    c.canary.clone(),
+                    vec![
+                        self.backend(ns, &c.stable, target.port, 100 - c.weight.min(100)),
+                        self.backend(ns, &c.candidate, target.port, c.weight.min(100)),
+                    ],
+                )],
+                vec![match_all(0)],
+            ),
+        };
+        pb::Destination {
+            fqdn: target.fqdn(),
+            rules,
+            matches,
+            source: format!("Canary {}", c.canary),
         }
     }
 

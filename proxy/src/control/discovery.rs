@@ -410,6 +410,24 @@ impl Destinations {
         }
     }
 
+    /// The version in force of each destination that has one (canonical name, version), for
+    /// the reports to the control plane.
+    pub fn versions(&self) -> Vec<(String, String)> {
+        read(&self.map)
+            .iter()
+            .filter_map(|(fqdn, w)| {
+                let s = w.rx.borrow();
+                let s = s.as_ref()?;
+                let name = if s.fqdn.is_empty() {
+                    fqdn.clone()
+                } else {
+                    s.fqdn.to_string()
+                };
+                Some((name, s.version.clone()))
+            })
+            .collect()
+    }
+
     /// For `/config`.
     pub fn describe(&self) -> serde_json::Value {
         let map = read(&self.map);

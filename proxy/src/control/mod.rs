@@ -4,3 +4,4 @@
 pub mod discovery;
 pub mod dns;
 pub mod policy;
+pub mod report;

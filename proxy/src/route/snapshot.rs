@@ -130,6 +130,16 @@ impl Match {
         path_ok
             && self.method.as_ref().is_none_or(|m| m == req.method)
             && self.headers.iter().all(|(name, v)| {
+                // HTTP/2 may split `cookie` into one field per pair (RFC 9113 8.2.3): a cookie
+                // match is tried on each; any other header by its first value (Gateway API).
+                if name == http::header::COOKIE {
+                    return req
+                        .headers
+                        .get_all(name)
+                        .iter()
+                        .filter_map(|h| h.to_str().ok())
+                        .any(|h| v.matches(h));
+                }
                 req.headers
                     .get(name)
                     .and_then(|h| h.to_str().ok())
