@@ -16,6 +16,8 @@ enum Command {
     ControlPlane(pillion_control_plane::Args),
     /// Add the Pillion sidecar to workloads in YAML (as the admission webhook would).
     Inject(pillion::cmd::inject::InjectArgs),
+    /// Releases run by the canary controller: status, promote, pause, resume, abort.
+    Canary(pillion::cmd::canary::CanaryArgs),
     /// Run the demo's backend application alone (for benchmarks and manual tests).
     DemoApp {
         /// Address to listen on.
@@ -37,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
             pillion::demo::run(args).await
         }
         Command::Inject(args) => std::process::exit(pillion::cmd::inject::run(args)),
+        Command::Canary(args) => std::process::exit(pillion::cmd::canary::run(args).await),
         Command::ControlPlane(args) => {
             init_logging("info");
             let (_cp, serve) = pillion_control_plane::ControlPlane::bind(args, async {

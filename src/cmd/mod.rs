@@ -1,3 +1,4 @@
 //! One module per subcommand that is more than wiring.
 
+pub mod canary;
 pub mod inject;
