@@ -172,21 +172,33 @@ async fn a_healthy_candidate_is_promoted_step_by_step() {
     let load = Load::start(mesh.client.outbound, "web", 4);
     write_config(
         &mesh.path("canary.yaml"),
-        &canary_yaml("  steps: [20, 50, 100]\n  interval: 1s\n  analysis:\n    successRate: 99\n    minRequests: 10\n"),
+        &canary_yaml(
+            "  steps: [20, 50, 100]\n  interval: 1s\n  analysis:\n    successRate: 99\n    minRequests: 10\n",
+        ),
     );
     let done = wait_canary(mesh.cp.admin, "promotion", |c| phase(c) == "Promoted").await;
     assert_eq!(done["status"]["weight"], 100);
     let events = events(&done);
-    let steps: Vec<&String> = events.iter().filter(|e| e.starts_with("check passed")).collect();
+    let steps: Vec<&String> = events
+        .iter()
+        .filter(|e| e.starts_with("check passed"))
+        .collect();
     assert_eq!(
         steps,
-        ["check passed: 50% of traffic", "check passed: 100% of traffic"],
+        [
+            "check passed: 50% of traffic",
+            "check passed: 100% of traffic"
+        ],
         "{events:?}"
     );
     assert!(events[0].contains("takes 20% of traffic"), "{events:?}");
     assert!(done["status"]["lastAnalysis"]["requests"].as_u64().unwrap() >= 10);
     until_only(&load, "v2", 50).await;
-    let failed: Vec<_> = load.since(0).into_iter().filter(|(_, s)| *s != 200).collect();
+    let failed: Vec<_> = load
+        .since(0)
+        .into_iter()
+        .filter(|(_, s)| *s != 200)
+        .collect();
     assert!(failed.is_empty(), "{failed:?}");
 
     // The CLI shows it.
@@ -196,7 +208,10 @@ async fn a_healthy_candidate_is_promoted_step_by_step() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("default/web") && text.contains("Promoted") && text.contains("100%"), "{text}");
+    assert!(
+        text.contains("default/web") && text.contains("Promoted") && text.contains("100%"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,14 +221,19 @@ async fn a_failing_candidate_is_rolled_back_with_its_error_budget() {
     let load = Load::start(mesh.client.outbound, "web", 4);
     write_config(
         &mesh.path("canary.yaml"),
-        &canary_yaml("  steps: [20, 50, 100]\n  interval: 1s\n  analysis:\n    successRate: 95\n    minRequests: 20\n    failureLimit: 1\n"),
+        &canary_yaml(
+            "  steps: [20, 50, 100]\n  interval: 1s\n  analysis:\n    successRate: 95\n    minRequests: 20\n    failureLimit: 1\n",
+        ),
     );
     let done = wait_canary(mesh.cp.admin, "rollback", |c| phase(c) != "Progressing").await;
     assert_eq!(phase(&done), "RolledBack", "{done:#}");
     let decided = Instant::now();
     assert_eq!(done["status"]["weight"], 0);
     let message = done["status"]["message"].as_str().unwrap();
-    assert!(message.starts_with("rolled back: success rate"), "{message}");
+    assert!(
+        message.starts_with("rolled back: success rate"),
+        "{message}"
+    );
     // It never got past the first step.
     assert!(!events(&done).iter().any(|e| e.contains("50%")), "{done:#}");
     let budget = &done["status"]["errorBudget"];
@@ -241,12 +261,17 @@ async fn a_slow_candidate_is_rolled_back_on_the_latency_rule() {
     let _load = Load::start(mesh.client.outbound, "web", 4);
     write_config(
         &mesh.path("canary.yaml"),
-        &canary_yaml("  steps: [50, 100]\n  interval: 1s\n  analysis:\n    maxP99Latency: 50ms\n    minRequests: 5\n    failureLimit: 1\n"),
+        &canary_yaml(
+            "  steps: [50, 100]\n  interval: 1s\n  analysis:\n    maxP99Latency: 50ms\n    minRequests: 5\n    failureLimit: 1\n",
+        ),
     );
     let done = wait_canary(mesh.cp.admin, "rollback", |c| phase(c) != "Progressing").await;
     assert_eq!(phase(&done), "RolledBack", "{done:#}");
     let message = done["status"]["message"].as_str().unwrap();
-    assert!(message.contains("p99 latency") && message.contains("above 50.0 ms"), "{message}");
+    assert!(
+        message.contains("p99 latency") && message.contains("above 50.0 ms"),
+        "{message}"
+    );
     assert!(done["status"]["lastAnalysis"]["p99Ms"].as_f64().unwrap() > 50.0);
 }
 
@@ -259,29 +284,55 @@ async fn blue_green_switches_and_switches_back_without_a_failed_request() {
     let _tests = Load::start(mesh.client.outbound, "web-v2", 1);
     write_config(
         &mesh.path("canary.yaml"),
-        &canary_yaml("  strategy: blueGreen\n  checks: 2\n  interval: 1s\n  analysis:\n    minRequests: 5\n"),
+        &canary_yaml(
+            "  strategy: blueGreen\n  checks: 2\n  interval: 1s\n  analysis:\n    minRequests: 5\n",
+        ),
     );
     let done = wait_canary(mesh.cp.admin, "switch", |c| phase(c) == "Promoted").await;
     let before_switch = events(&done);
-    assert!(before_switch.iter().any(|e| e == "check passed (1 of 2)"), "{before_switch:?}");
+    assert!(
+        before_switch.iter().any(|e| e == "check passed (1 of 2)"),
+        "{before_switch:?}"
+    );
     until_only(&load, "v2", 50).await;
 
     // Switch back with the CLI.
     let out = std::process::Command::new(bin("pillion"))
-        .args(["canary", "abort", "web", "--admin", &mesh.cp.admin.to_string()])
+        .args([
+            "canary",
+            "abort",
+            "web",
+            "--admin",
+            &mesh.cp.admin.to_string(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(phase(&canary(mesh.cp.admin).await), "RolledBack");
     until_only(&load, "v1", 50).await;
     let all = load.since(0);
     let failed: Vec<_> = all.iter().filter(|(_, s)| *s != 200).collect();
-    assert!(failed.is_empty(), "{} failed of {}: {failed:?}", failed.len(), all.len());
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {failed:?}",
+        failed.len(),
+        all.len()
+    );
     assert!(all.iter().any(|(v, _)| v == "v2"));
 
     // A command that does not apply is refused, with exit status 1.
     let out = std::process::Command::new(bin("pillion"))
-        .args(["canary", "abort", "default/web", "--admin", &mesh.cp.admin.to_string()])
+        .args([
+            "canary",
+            "abort",
+            "default/web",
+            "--admin",
+            &mesh.cp.admin.to_string(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -294,7 +345,9 @@ async fn an_ab_test_sends_matching_requests_to_the_candidate_then_everyone() {
     let mesh = mesh(v2).await;
     write_config(
         &mesh.path("canary.yaml"),
-        &canary_yaml("  strategy: abTest\n  checks: 1000\n  interval: 1s\n  match:\n    cookies:\n    - name: group\n      value: beta\n"),
+        &canary_yaml(
+            "  strategy: abTest\n  checks: 1000\n  interval: 1s\n  match:\n    cookies:\n    - name: group\n      value: beta\n",
+        ),
     );
     wait_canary(mesh.cp.admin, "A/B", |c| c["status"]["abActive"] == true).await;
     let client = http1_client();
@@ -303,18 +356,30 @@ async fn an_ab_test_sends_matching_requests_to_the_candidate_then_everyone() {
         let proxy = mesh.client.outbound;
         async move {
             let b = http::Request::builder().header("cookie", cookie);
-            request(&client, proxy, b, "web", "/", Bytes::new()).await.unwrap().version
+            request(&client, proxy, b, "web", "/", Bytes::new())
+                .await
+                .unwrap()
+                .version
         }
     };
     let deadline = Instant::now() + DEADLINE;
     while with_cookie("a=1; group=beta").await != "v2" {
-        assert!(Instant::now() < deadline, "the A/B route never reached the proxy");
+        assert!(
+            Instant::now() < deadline,
+            "the A/B route never reached the proxy"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for _ in 0..20 {
         assert_eq!(with_cookie("a=1; group=beta").await, "v2");
         assert_eq!(with_cookie("group=alpha").await, "v1");
-        assert_eq!(get(&client, mesh.client.outbound, "web", "/").await.unwrap().version, "v1");
+        assert_eq!(
+            get(&client, mesh.client.outbound, "web", "/")
+                .await
+                .unwrap()
+                .version,
+            "v1"
+        );
     }
     // Promoted by hand: everyone.
     let (status, body) = admin_post(mesh.cp.admin, "/canaries/default/web/promote").await;

@@ -176,11 +176,18 @@ fn the_chart_lints_renders_and_validates() {
     }
     // Each of Pillion's kinds has its CRD, and the control plane may read it.
     let rules = find(&docs, "ClusterRole", "pillion-control-plane-pillion")["rules"].clone();
-    for plural in ["authorizationpolicies", "retrypolicies", "faultinjections"] {
+    for plural in [
+        "authorizationpolicies",
+        "retrypolicies",
+        "faultinjections",
+        "canaries",
+        "canaries/status",
+    ] {
+        let crd_name = plural.trim_end_matches("/status");
         let crd = find(
             &docs,
             "CustomResourceDefinition",
-            &format!("{plural}.pillion.dev"),
+            &format!("{crd_name}.pillion.dev"),
         );
         assert_eq!(crd["spec"]["versions"][0]["name"], "v1alpha1");
         let readable = rules.as_array().unwrap().iter().any(|r| {

@@ -51,6 +51,7 @@ const COLLECTIONS: &[&str] = &[
     "/apis/pillion.dev/v1alpha1/authorizationpolicies",
     "/apis/pillion.dev/v1alpha1/retrypolicies",
     "/apis/pillion.dev/v1alpha1/faultinjections",
+    "/apis/pillion.dev/v1alpha1/canaries",
     // No HTTPRouteGroup: as in a cluster without that CRD (404).
 ];
 
@@ -93,6 +94,75 @@ impl FakeApi {
         let event = json!({"type": kind, "object": obj});
         s.log.push((rv, collection.to_string(), event.clone()));
         let _ = self.events.send((rv, collection.to_string(), event));
+    }
+
+    /// `PATCH .../namespaces/NS/canaries/NAME/status` with a JSON merge patch: as the API
+    /// server's status subresource, only `status` changes (a new resourceVersion, a MODIFIED
+    /// event); anything else in the patch is ignored.
+    async fn patch_status(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> http::Response<Body> {
+        let reply = |code: u16, body: Value| {
+            http::Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())).boxed())
+                .unwrap()
+        };
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let [
+            "apis",
+            "pillion.dev",
+            "v1alpha1",
+            "namespaces",
+            ns,
+            "canaries",
+            name,
+            "status",
+        ] = parts.as_slice()
+        else {
+            return reply(
+                404,
+                json!({"kind": "Status", "code": 404, "reason": "NotFound"}),
+            );
+        };
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if content_type != "application/merge-patch+json" {
+            return reply(
+                415,
+                json!({"kind": "Status", "code": 415, "reason": "UnsupportedMediaType"}),
+            );
+        }
+        let (ns, name) = (ns.to_string(), name.to_string());
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let patch: Value = serde_json::from_slice(&body).unwrap();
+        let collection = "/apis/pillion.dev/v1alpha1/canaries";
+        let current = self.state.lock().unwrap().collections[collection]
+            .get(&(ns.clone(), name.clone()))
+            .cloned();
+        let Some(mut obj) = current else {
+            return reply(
+                404,
+                json!({"kind": "Status", "code": 404, "reason": "NotFound"}),
+            );
+        };
+        obj["status"] = patch["status"].clone();
+        self.put(collection, obj.clone());
+        let obj = self.state.lock().unwrap().collections[collection][&(ns, name)].clone();
+        reply(200, obj)
+    }
+
+    fn get(&self, collection: &str, ns: &str, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().collections[collection]
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     async fn serve(self, listener: tokio::net::TcpListener) {
@@ -159,6 +229,9 @@ impl FakeApi {
                 None => json!({"authenticated": false, "error": "invalid bearer token"}),
             };
             return json_response(201, out);
+        }
+        if req.method() == http::Method::PATCH {
+            return self.patch_status(req).await;
         }
         if req.method() != http::Method::GET {
             return json_response(405, status(405, "MethodNotAllowed"));
@@ -292,6 +365,12 @@ async fn start_api() -> (FakeApi, SocketAddr) {
 /// `pillion-control-plane --source kubernetes` against the stand-in (a kubeconfig with its
 /// address and token, in `dir`), with a CA in `dir/ca`; the process and its gRPC address.
 fn start_cp(api: SocketAddr, dir: &std::path::Path) -> (Process, SocketAddr) {
+    let (cp, addr, _) = start_cp_admin(api, dir);
+    (cp, addr)
+}
+
+/// `start_cp`, with the admin address too.
+fn start_cp_admin(api: SocketAddr, dir: &std::path::Path) -> (Process, SocketAddr, SocketAddr) {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -319,7 +398,12 @@ fn start_cp(api: SocketAddr, dir: &std::path::Path) -> (Process, SocketAddr) {
     );
     let line = cp.wait_log("listening", |v| message_is(v, "control plane listening"));
     let addr = line["fields"]["addr"].as_str().unwrap().parse().unwrap();
-    (cp, addr)
+    let admin = line["fields"]["admin_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (cp, addr, admin)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -473,4 +557,62 @@ async fn tokens_the_api_server_does_not_vouch_for_get_no_certificate() {
         });
         assert_ne!(admin_get(p.admin, "/ready").await.0, 200);
     }
+}
+
+/// The canary controller writes each release's status into its Canary (the status
+/// subresource), and a restarted control plane resumes the release from it instead of
+/// starting it over.
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_status_is_written_and_resumed_after_a_restart() {
+    let (api, api_addr) = start_api().await;
+    let dir = tempfile::tempdir().unwrap();
+    for s in ["web", "web-v1", "web-v2"] {
+        api.put("/api/v1/services", service(s));
+    }
+    let canaries = "/apis/pillion.dev/v1alpha1/canaries";
+    // No traffic needed: with minRequests 0 each check passes.
+    api.put(
+        canaries,
+        json!({
+            "apiVersion": "pillion.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": "default", "generation": 1},
+            "spec": {"service": "web", "stable": "web-v1", "candidate": "web-v2",
+                     "steps": [30, 100], "interval": "200ms", "analysis": {"minRequests": 0}},
+        }),
+    );
+    let (mut cp, _, admin) = start_cp_admin(api_addr, dir.path());
+    let deadline = Instant::now() + DEADLINE;
+    let written = loop {
+        let obj = api.get(canaries, "default", "web").unwrap();
+        if obj["status"]["phase"] == "Promoted" {
+            break obj["status"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Promoted status written: {obj:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(written["weight"], 100);
+    assert_eq!(
+        written["release"].as_str().unwrap().len(),
+        16,
+        "{written:#}"
+    );
+    let (_, before) = admin_get(admin, "/canaries/default/web").await;
+    let before: Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(before["status"]["events"], written["events"]);
+
+    // A new control plane: the release stays promoted (100 %), with its history.
+    cp.signal(nix::sys::signal::Signal::SIGTERM);
+    cp.wait_exit();
+    let (cp2, _, admin2) = start_cp_admin(api_addr, dir.path());
+    cp2.wait_log("resumed", |v| {
+        message_is(v, "release resumed from its status")
+    });
+    let (_, after) = admin_get(admin2, "/canaries/default/web").await;
+    let after: Value = serde_json::from_str(&after).unwrap();
+    assert_eq!(after["status"]["phase"], "Promoted", "{after:#}");
+    assert_eq!(after["status"]["weight"], 100);
+    assert_eq!(after["status"]["events"], written["events"]);
 }

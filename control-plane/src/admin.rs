@@ -233,7 +233,10 @@ impl Admin {
                 let views = self.canaries.views.borrow().clone();
                 match views.iter().find(|v| v.namespace == *ns && v.name == *name) {
                     Some(v) => json(http::StatusCode::OK, v),
-                    None => error(http::StatusCode::NOT_FOUND, format!("no Canary {ns}/{name}")),
+                    None => error(
+                        http::StatusCode::NOT_FOUND,
+                        format!("no Canary {ns}/{name}"),
+                    ),
                 }
             }
             (&http::Method::POST, ["canaries", ns, name, command]) => {

@@ -133,7 +133,9 @@ impl Fleet {
     /// the proxy did not know (it listens on all addresses).
     pub fn report(&self, report: pb::ProxyReport, peer: Option<SocketAddr>, interval: Duration) {
         let admin = match (report.admin_address.parse::<SocketAddr>(), peer) {
-            (Ok(a), Some(p)) if a.ip().is_unspecified() => SocketAddr::new(p.ip(), a.port()).to_string(),
+            (Ok(a), Some(p)) if a.ip().is_unspecified() => {
+                SocketAddr::new(p.ip(), a.port()).to_string()
+            }
             _ => report.admin_address.clone(),
         };
         let mut inner = self.lock();
@@ -172,7 +174,8 @@ impl Fleet {
                     if leg.responses >= before.responses
                         && leg.failures >= before.failures
                         && leg.latency_bounds == before.latency_bounds
-                        && leg.latency_counts
+                        && leg
+                            .latency_counts
                             .iter()
                             .zip(&before.latency_counts)
                             .all(|(a, b)| a >= b) =>

@@ -191,6 +191,9 @@ impl ControlPlane {
             None => canary::metrics::Source::Proxies(fleet.clone()),
         };
         let (rx, canaries, controller) = canary::controller::start(rx, source, fleet.clone());
+        let status_writer = kube_client
+            .clone()
+            .map(|client| tokio::spawn(canary::status_writer::run(client, canaries.views.clone())));
         let admin_server = tokio::spawn(admin::serve(
             admin_listener,
             Arc::new(admin::Admin {
@@ -266,6 +269,9 @@ impl ControlPlane {
             };
             watcher.abort();
             controller.abort();
+            if let Some(w) = status_writer {
+                w.abort();
+            }
             admin_server.abort();
             result.map_err(anyhow::Error::from)
         };

@@ -1,8 +1,12 @@
-//! The chart's CRD for `AuthorizationPolicy` and the Rust type the control plane reads it into
-//! name the same fields at every level: a field added to one and not the other fails here.
+//! The chart's CRDs for `AuthorizationPolicy` and `Canary` and the Rust types the control plane
+//! reads them into name the same fields at every level: a field added to one and not the other
+//! fails here.
 
 use std::collections::BTreeSet;
 
+use pillion_control_plane::config::canary::{
+    AbMatch, AnalysisSpec, CanarySpec, CookieRule, HeaderRule,
+};
 use pillion_control_plane::config::{AllowRule, AuthorizationPolicySpec, PolicyTargetRef};
 use serde::Deserialize;
 use serde_json::Value;
@@ -97,5 +101,53 @@ fn the_crd_and_the_rust_type_agree() {
     assert_eq!(
         required(&spec["properties"]["targetRef"]),
         ["kind", "name"].map(String::from).into()
+    );
+}
+
+fn crd(file: &str) -> Value {
+    let path = format!(
+        "{}/../charts/pillion/crds/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_canary_crd_and_the_rust_type_agree() {
+    let crd = crd("canaries.pillion.dev.yaml");
+    assert_eq!(crd["spec"]["names"]["kind"], "Canary");
+    let version = &crd["spec"]["versions"][0];
+    assert!(
+        version["subresources"]["status"].is_object(),
+        "the controller writes status"
+    );
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(properties(spec), fields_of::<CanarySpec>(), "spec");
+    let m = &spec["properties"]["match"];
+    assert_eq!(properties(m), fields_of::<AbMatch>(), "spec.match");
+    assert_eq!(
+        properties(&m["properties"]["headers"]["items"]),
+        fields_of::<HeaderRule>(),
+        "spec.match.headers[]"
+    );
+    assert_eq!(
+        properties(&m["properties"]["cookies"]["items"]),
+        fields_of::<CookieRule>(),
+        "spec.match.cookies[]"
+    );
+    assert_eq!(
+        properties(&spec["properties"]["analysis"]),
+        fields_of::<AnalysisSpec>(),
+        "spec.analysis"
+    );
+    let required: BTreeSet<String> = spec["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        required,
+        ["candidate", "service", "stable"].map(String::from).into()
     );
 }

@@ -113,14 +113,28 @@ mod tests {
         assert_eq!(all[2].label("le"), "+Inf");
         let only: Vec<Sample> = samples(text, "pillion_responses_total").collect();
         assert_eq!(only.len(), 1);
-        assert_eq!(samples(text, "x").count(), 0, "a prefix of a name is not the name");
+        assert_eq!(
+            samples(text, "x").count(),
+            0,
+            "a prefix of a name is not the name"
+        );
     }
 
     #[test]
     fn hostile_lines_are_skipped_not_panicked_on() {
         for line in [
-            "{", "a{", "a{b", "a{b=", "a{b=\"", "a{b=\"\\", "a{b=\"c\"", "a{b=\"c\"}", "a x",
-            "a{}}", "é{é=\"é\"} 1", "a{b=\"c\"} NaN",
+            "{",
+            "a{",
+            "a{b",
+            "a{b=",
+            "a{b=\"",
+            "a{b=\"\\",
+            "a{b=\"c\"",
+            "a{b=\"c\"}",
+            "a x",
+            "a{}}",
+            "é{é=\"é\"} 1",
+            "a{b=\"c\"} NaN",
         ] {
             let _ = parse(line);
         }

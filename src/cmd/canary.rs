@@ -47,7 +47,14 @@ pub struct CanaryArgs {
     )]
     token: Option<String>,
     /// `table` for people, `json` for scripts.
-    #[arg(long, short = 'o', global = true, env = "PILLION_OUTPUT", value_enum, default_value = "table")]
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        env = "PILLION_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     output: Output,
 }
 
@@ -111,7 +118,10 @@ pub async fn run(args: CanaryArgs) -> i32 {
         return REFUSED;
     }
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
         return 0;
     }
     match body.as_array() {
@@ -145,7 +155,9 @@ async fn call(
     if let Some(t) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| "no answer in 10s".to_string())?
@@ -197,7 +209,9 @@ fn table(views: &[Value]) -> String {
             a["successRate"]
                 .as_f64()
                 .map_or("-".into(), |r| format!("{r:.2}%")),
-            a["p99Ms"].as_f64().map_or("-".into(), |p| format!("{p:.1}ms")),
+            a["p99Ms"]
+                .as_f64()
+                .map_or("-".into(), |p| format!("{p:.1}ms")),
             a["requests"].as_u64().map_or("-".into(), |r| r.to_string()),
             s["failedChecks"].as_u64().unwrap_or(0).to_string(),
             s["message"].as_str().unwrap_or_default().to_string(),

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use super::metrics::{Source, Window};
 use super::{Command, Phase, Status};
-use crate::config::canary::{Plan, Strategy};
 use crate::config;
+use crate::config::canary::{Plan, Strategy};
 use crate::fleet::Fleet;
 use crate::model::{CanaryRoute, Model};
 
@@ -34,6 +34,8 @@ pub struct View {
     pub candidate: String,
     pub strategy: &'static str,
     pub interval_ms: u64,
+    /// The release's id (written into the Kubernetes status, to resume it after a restart).
+    pub release: String,
     pub status: Status,
 }
 
@@ -167,11 +169,18 @@ impl Controller {
                 .cloned();
             match self.releases.get_mut(&id) {
                 Some(r) if r.key == key => {
+                    r.status.realign(&plan);
                     r.plan = plan.clone();
                     r.sticky = sticky;
                 }
                 _ => {
-                    let status = Status::start(&plan, &now);
+                    let status = match Status::restore(&plan, canary.status.as_ref()) {
+                        Some(s) => {
+                            tracing::info!(canary = %format!("{}/{}", id.0, id.1), phase = ?s.phase, weight = s.weight, "release resumed from its status");
+                            s
+                        }
+                        None => Status::start(&plan, &now),
+                    };
                     let window = self.source.open(&plan);
                     self.releases.insert(
                         id.clone(),
@@ -190,7 +199,10 @@ impl Controller {
                 match missing {
                     Some(svc) => r.status.fail(
                         &now,
-                        format!("no Service {}/{svc}: routing stays as declared", plan.namespace),
+                        format!(
+                            "no Service {}/{svc}: routing stays as declared",
+                            plan.namespace
+                        ),
                     ),
                     None if r.status.phase == Phase::Failed => {
                         r.status = Status::start(&r.plan, &now);
@@ -229,10 +241,14 @@ impl Controller {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            let Some(r) = self.releases.get(&id) else { continue };
+            let Some(r) = self.releases.get(&id) else {
+                continue;
+            };
             let measured = self.source.measure(&r.plan, &r.window).await;
             let window = self.source.open(&r.plan);
-            let Some(r) = self.releases.get_mut(&id) else { continue };
+            let Some(r) = self.releases.get_mut(&id) else {
+                continue;
+            };
             let now = now();
             match measured {
                 Ok(analysis) => r.status.check(&r.plan, analysis, &now),
@@ -250,7 +266,12 @@ impl Controller {
         let routes: HashMap<(String, String), CanaryRoute> = self
             .releases
             .values()
-            .filter_map(|r| Some(((r.plan.namespace.clone(), r.plan.service.clone()), route(r)?)))
+            .filter_map(|r| {
+                Some((
+                    (r.plan.namespace.clone(), r.plan.service.clone()),
+                    route(r)?,
+                ))
+            })
             .collect();
         if model_changed || routes != self.published {
             let served = if routes.is_empty() {
@@ -307,6 +328,7 @@ fn view(r: &Release) -> View {
             Strategy::AbTest { .. } => "abTest",
         },
         interval_ms: r.plan.interval.as_millis() as u64,
+        release: super::release_id(&r.plan),
         status: r.status.clone(),
     }
 }

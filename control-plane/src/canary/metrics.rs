@@ -87,11 +87,8 @@ impl Prometheus {
     async fn measure(&self, plan: &Plan, window: Duration) -> Result<Analysis, String> {
         // Whole seconds, at least one: PromQL ranges are durations like `30s`.
         let range = format!("{}s", window.as_secs_f64().ceil().max(1.0) as u64);
-        let backend = format!(
-            "{}.{}.svc.{CLUSTER_DOMAIN}",
-            plan.candidate, plan.namespace
-        )
-        .replace('.', "\\\\.");
+        let backend = format!("{}.{}.svc.{CLUSTER_DOMAIN}", plan.candidate, plan.namespace)
+            .replace('.', "\\\\.");
         let selector = format!("direction=\"outbound\",backend=~\"{backend}:[0-9]+\"");
         let requests = self
             .scalar(&format!(
@@ -135,8 +132,8 @@ impl Prometheus {
             .map_err(|_| fail("no answer in 10s".into()))?
             .map_err(|e| fail(e.to_string()))?
             .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| fail(format!("{status}, not JSON: {e}")))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| fail(format!("{status}, not JSON: {e}")))?;
         if json["status"] != "success" {
             return Err(fail(format!(
                 "{status}: {}",
@@ -179,7 +176,10 @@ mod tests {
 
     #[test]
     fn queries_are_percent_encoded() {
-        assert_eq!(percent_encode("sum(a{b=\"c\"}[5s])"), "sum%28a%7Bb%3D%22c%22%7D%5B5s%5D%29");
+        assert_eq!(
+            percent_encode("sum(a{b=\"c\"}[5s])"),
+            "sum%28a%7Bb%3D%22c%22%7D%5B5s%5D%29"
+        );
     }
 
     #[test]

@@ -13,17 +13,18 @@
 
 pub mod controller;
 pub mod metrics;
+pub mod status_writer;
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::canary::{Plan, Strategy, Thresholds};
 
 /// Events kept per release (the oldest are dropped).
 const MAX_EVENTS: usize = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     Progressing,
     Paused,
@@ -34,7 +35,7 @@ pub enum Phase {
 }
 
 /// The candidate's figures over one check's window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Analysis {
     pub requests: u64,
@@ -88,7 +89,7 @@ impl Analysis {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// RFC 3339, UTC.
     pub at: String,
@@ -97,14 +98,14 @@ pub struct Event {
 
 /// Requests the candidate answered during this release, and of those the failed ones: what
 /// the release cost its callers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBudget {
     pub requests: u64,
     pub failures: u64,
 }
 
 /// Where a release stands.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub phase: Phase,
@@ -193,6 +194,35 @@ impl Status {
             now,
             format!("release of {} started: it takes {what}", plan.candidate),
         );
+    }
+
+    /// The status a control plane wrote for the same release (`release` is its id), so that
+    /// a restart resumes it where it stood; `None` for another release or an unreadable one.
+    pub fn restore(plan: &Plan, written: Option<&serde_json::Value>) -> Option<Status> {
+        let written = written?;
+        if written.get("release")?.as_str()? != release_id(plan) {
+            return None;
+        }
+        let mut status: Status = serde_json::from_value(written.clone()).ok()?;
+        if status.phase == Phase::Failed || status.weight > 100 {
+            return None;
+        }
+        status.realign(plan);
+        Some(status)
+    }
+
+    /// New steps for a release in progress: it goes on from the first step not below the
+    /// weight it had.
+    pub fn realign(&mut self, plan: &Plan) {
+        if let Strategy::Canary { steps } = &plan.strategy
+            && matches!(self.phase, Phase::Progressing | Phase::Paused)
+        {
+            self.step = steps
+                .iter()
+                .position(|s| *s >= self.weight)
+                .unwrap_or(steps.len().saturating_sub(1));
+            self.weight = steps.get(self.step).copied().unwrap_or(100);
+        }
     }
 
     /// The release cannot run: routing is left as declared.
@@ -301,7 +331,9 @@ impl Status {
                 self.note(now, format!("paused at {}%", self.weight));
                 Ok(())
             }
-            (Command::Pause, phase) => Err(format!("only a progressing release pauses ({phase:?})")),
+            (Command::Pause, phase) => {
+                Err(format!("only a progressing release pauses ({phase:?})"))
+            }
             (Command::Resume, Phase::Paused) => {
                 self.phase = Phase::Progressing;
                 self.note(now, "resumed".into());
@@ -328,6 +360,18 @@ impl Status {
             message,
         });
     }
+}
+
+/// A short, stable id of a release (what makes it one: see [`Plan::release_key`]), written
+/// into its status so that a restarted controller knows whether the status is this release's.
+pub fn release_id(plan: &Plan) -> String {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in plan.release_key().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 #[cfg(test)]
@@ -370,35 +414,59 @@ mod tests {
         }
         assert_eq!(weights, vec![10, 50, 90, 100]);
         assert_eq!(s.phase, Phase::Promoted);
-        assert_eq!(s.error_budget, ErrorBudget { requests: 300, failures: 3 });
+        assert_eq!(
+            s.error_budget,
+            ErrorBudget {
+                requests: 300,
+                failures: 3
+            }
+        );
     }
 
     #[test]
     fn failures_roll_back_at_the_limit_and_little_traffic_decides_nothing() {
-        let p = plan(Strategy::Canary { steps: vec![10, 50] });
+        let p = plan(Strategy::Canary {
+            steps: vec![10, 50],
+        });
         let mut s = Status::start(&p, "t0");
         s.check(&p, Analysis::new(3, 3, None), "t1");
-        assert_eq!((s.phase, s.weight, s.failed_checks), (Phase::Progressing, 10, 0));
+        assert_eq!(
+            (s.phase, s.weight, s.failed_checks),
+            (Phase::Progressing, 10, 0)
+        );
         assert!(s.message.contains("3 responses"), "{}", s.message);
         let errors = Analysis::new(100, 30, Some(Duration::from_millis(5)));
         s.check(&p, errors.clone(), "t2");
-        assert_eq!((s.phase, s.weight, s.failed_checks), (Phase::Progressing, 10, 1));
+        assert_eq!(
+            (s.phase, s.weight, s.failed_checks),
+            (Phase::Progressing, 10, 1)
+        );
         s.check(&p, errors, "t3");
         assert_eq!((s.phase, s.weight), (Phase::RolledBack, 0));
         assert!(s.message.contains("success rate 70.00%"), "{}", s.message);
-        assert_eq!(s.error_budget.failures, 3 + 60, "every failure counts, judged or not");
+        assert_eq!(
+            s.error_budget.failures,
+            3 + 60,
+            "every failure counts, judged or not"
+        );
         // Nothing moves a rolled-back release but a command.
         s.check(&p, good(), "t4");
         assert_eq!(s.phase, Phase::RolledBack);
         s.command(&p, Command::Resume, "t5").unwrap();
-        assert_eq!((s.phase, s.weight, s.failed_checks), (Phase::Progressing, 10, 0));
+        assert_eq!(
+            (s.phase, s.weight, s.failed_checks),
+            (Phase::Progressing, 10, 0)
+        );
     }
 
     #[test]
     fn slow_answers_fail_the_latency_rule() {
         let p = plan(Strategy::Canary { steps: vec![50] });
         let v = Analysis::new(100, 0, Some(Duration::from_millis(350))).verdict(&p.thresholds);
-        assert!(matches!(&v, Verdict::Fail(why) if why.contains("p99 latency 350.0 ms")), "{v:?}");
+        assert!(
+            matches!(&v, Verdict::Fail(why) if why.contains("p99 latency 350.0 ms")),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -424,12 +492,17 @@ mod tests {
         let mut s = Status::start(&p, "t0");
         assert!(s.ab_active);
         s.check(&p, good(), "t1");
-        assert_eq!((s.phase, s.weight, s.ab_active), (Phase::Promoted, 100, false));
+        assert_eq!(
+            (s.phase, s.weight, s.ab_active),
+            (Phase::Promoted, 100, false)
+        );
     }
 
     #[test]
     fn pause_holds_the_weight_and_commands_say_when_they_do_not_apply() {
-        let p = plan(Strategy::Canary { steps: vec![10, 50] });
+        let p = plan(Strategy::Canary {
+            steps: vec![10, 50],
+        });
         let mut s = Status::start(&p, "t0");
         s.command(&p, Command::Pause, "t1").unwrap();
         s.check(&p, good(), "t2");
@@ -441,5 +514,40 @@ mod tests {
         assert!(s.command(&p, Command::Resume, "t6").is_err());
         assert_eq!(s.events.len(), 4);
         assert!("skip".parse::<Command>().is_err());
+    }
+
+    #[test]
+    fn a_release_resumes_from_its_written_status_and_only_its_own() {
+        let p = plan(Strategy::Canary {
+            steps: vec![10, 50, 90],
+        });
+        let mut s = Status::start(&p, "t0");
+        s.check(&p, good(), "t1");
+        let mut written = serde_json::to_value(&s).unwrap();
+        written["release"] = release_id(&p).into();
+        let back = Status::restore(&p, Some(&written)).unwrap();
+        assert_eq!(
+            (back.phase, back.weight, back.step),
+            (Phase::Progressing, 50, 1)
+        );
+        // New steps: on from the first one at or above the weight it had.
+        let q = plan(Strategy::Canary {
+            steps: vec![20, 60, 100],
+        });
+        assert_eq!(release_id(&p), release_id(&q), "new steps, same release");
+        let back = Status::restore(&q, Some(&written)).unwrap();
+        assert_eq!((back.weight, back.step), (60, 1));
+        // Another candidate is another release.
+        let mut other = p.clone();
+        other.candidate = "web-v3".into();
+        assert!(Status::restore(&other, Some(&written)).is_none());
+        assert!(Status::restore(&p, None).is_none());
+        assert!(
+            Status::restore(
+                &p,
+                Some(&serde_json::json!({"release": release_id(&p), "phase": 7}))
+            )
+            .is_none()
+        );
     }
 }

@@ -13,6 +13,9 @@ use super::{FieldError, Metadata, namespace_of, parse_duration};
 pub struct Canary {
     pub metadata: Metadata,
     pub spec: CanarySpec,
+    /// What the controller last wrote (Kubernetes): a restarted control plane resumes from it.
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,12 +127,18 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// What makes a release a new one: another candidate, stable, service or strategy restarts
-    /// the analysis; new thresholds or a new interval apply to the release in progress.
+    /// What makes a release a new one: another candidate, stable, service, strategy or A/B
+    /// match restarts the analysis; new steps, checks, thresholds or interval apply to the
+    /// release in progress.
     pub fn release_key(&self) -> String {
+        let strategy = match &self.strategy {
+            Strategy::Canary { .. } => "canary".to_string(),
+            Strategy::BlueGreen { .. } => "blueGreen".to_string(),
+            Strategy::AbTest { headers, .. } => format!("abTest {headers:?}"),
+        };
         format!(
-            "{}|{}|{}|{:?}",
-            self.service, self.stable, self.candidate, self.strategy
+            "{}|{}|{}|{strategy}",
+            self.service, self.stable, self.candidate
         )
     }
 }
@@ -354,9 +363,11 @@ fn thresholds(a: Option<&AnalysisSpec>) -> Result<Thresholds, FieldError> {
     };
     let max_p99 = match a.and_then(|a| a.max_p99_latency.as_deref()) {
         None => None,
-        Some(s) => Some(Duration::from_millis(parse_duration(s).map_err(|e| {
-            FieldError::new("spec.analysis.maxP99Latency", e)
-        })?)),
+        Some(s) => {
+            Some(Duration::from_millis(parse_duration(s).map_err(|e| {
+                FieldError::new("spec.analysis.maxP99Latency", e)
+            })?))
+        }
     };
     let min_requests = match a.and_then(|a| a.min_requests) {
         None => 20,
@@ -401,9 +412,8 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let plan =
-            canary(serde_json::json!({"service": "web", "stable": "v1", "candidate": "v2"}))
-                .unwrap();
+        let plan = canary(serde_json::json!({"service": "web", "stable": "v1", "candidate": "v2"}))
+            .unwrap();
         assert_eq!(
             plan.strategy,
             Strategy::Canary {
@@ -430,7 +440,10 @@ mod tests {
         assert_eq!(with("steps", serde_json::json!([])), "spec.steps");
         assert_eq!(with("interval", serde_json::json!("10ms")), "spec.interval");
         assert_eq!(with("interval", serde_json::json!("soon")), "spec.interval");
-        assert_eq!(with("strategy", serde_json::json!("redBlack")), "spec.strategy");
+        assert_eq!(
+            with("strategy", serde_json::json!("redBlack")),
+            "spec.strategy"
+        );
         assert_eq!(with("candidate", serde_json::json!("v1")), "spec.candidate");
         assert_eq!(with("stable", serde_json::json!("v1.other")), "spec.stable");
         assert_eq!(with("strategy", serde_json::json!("abTest")), "spec.match");
@@ -463,10 +476,20 @@ mod tests {
             panic!("not a regex");
         };
         let re = regex::Regex::new(&format!("^(?:{re})$")).unwrap();
-        for yes in ["group=beta.1", "a=1; group=beta.1", "group=beta.1; b=2", "a=1;group=beta.1 ;b"] {
+        for yes in [
+            "group=beta.1",
+            "a=1; group=beta.1",
+            "group=beta.1; b=2",
+            "a=1;group=beta.1 ;b",
+        ] {
             assert!(re.is_match(yes), "{yes}");
         }
-        for no in ["group=beta.10", "xgroup=beta.1", "group=betax1", "a=group=beta.1"] {
+        for no in [
+            "group=beta.10",
+            "xgroup=beta.1",
+            "group=betax1",
+            "a=group=beta.1",
+        ] {
             assert!(!re.is_match(no), "{no}");
         }
     }

@@ -51,6 +51,7 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
         "FaultInjection",
         "faultinjections",
     ),
+    ("pillion.dev", "v1alpha1", "Canary", "canaries"),
 ];
 
 /// Changes arriving together are published as one generation.
@@ -99,7 +100,11 @@ fn document(api_version: &str, kind: &str, obj: &DynamicObject) -> Value {
     if let Some(map) = v.as_object_mut() {
         map.insert("apiVersion".into(), json!(api_version));
         map.insert("kind".into(), json!(kind));
-        map.remove("status");
+        // A Canary's status is the controller's own record: a restarted control plane
+        // resumes a release from it instead of starting it again.
+        if kind != "Canary" {
+            map.remove("status");
+        }
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("managedFields");
         }

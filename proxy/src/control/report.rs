@@ -194,7 +194,8 @@ mod tests {
         assert_eq!((v2.responses, v2.failures), (3, 2));
         assert_eq!(v2.latency_bounds.last(), Some(&f64::INFINITY));
         assert_eq!(v2.latency_counts.last(), Some(&3));
-        let at = |b: f64| v2.latency_counts[v2.latency_bounds.iter().position(|x| *x == b).unwrap()];
+        let at =
+            |b: f64| v2.latency_counts[v2.latency_bounds.iter().position(|x| *x == b).unwrap()];
         assert_eq!((at(0.0025), at(0.25), at(0.5)), (1, 1, 3));
         assert_eq!((legs[0].responses, legs[0].failures), (7, 0));
     }
