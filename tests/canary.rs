@@ -388,6 +388,113 @@ async fn an_ab_test_sends_matching_requests_to_the_candidate_then_everyone() {
     until_only(&load, "v2", 30).await;
 }
 
+/// A real Prometheus (Debian's `prometheus`, which `scripts/test.sh` installs) scraping the
+/// client proxy every 500 ms, on a port picked free just before.
+struct PrometheusServer {
+    _proc: Process,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_prometheus(port: u16, target: SocketAddr) -> PrometheusServer {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\nscrape_configs:\n- job_name: proxies\n  static_configs:\n  - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let proc = Process::spawn(
+        "prometheus",
+        std::path::Path::new("prometheus"),
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--log.level=warn",
+        ],
+        &[],
+    );
+    // Ready, and the proxy scraped at least once.
+    let client = http1_client();
+    let deadline = Instant::now() + DEADLINE;
+    let query = format!("http://127.0.0.1:{port}/api/v1/query?query=up");
+    loop {
+        let up = async {
+            let resp = client
+                .request(
+                    http::Request::get(&query)
+                        .body(Full::new(Bytes::new()))
+                        .ok()?,
+                )
+                .await
+                .ok()?;
+            use http_body_util::BodyExt;
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            let v: Value = serde_json::from_slice(&body).ok()?;
+            (v["data"]["result"][0]["value"][1] == "1").then_some(())
+        };
+        if up.await.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    PrometheusServer {
+        _proc: proc,
+        _dir: dir,
+    }
+}
+
+/// With `PILLION_PROMETHEUS_URL` the checks ask a real Prometheus (PromQL over its HTTP API);
+/// the proxies' own reports are off, so the figures can only come from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_can_ask_a_real_prometheus() {
+    let port = free_port();
+    let v1 = app("v1", false, Duration::ZERO).await;
+    let v2 = app("v2", true, Duration::ZERO).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let mesh = Mesh::start_with_cp_args(
+        100,
+        0,
+        vec![v1, v2],
+        &[("PILLION_REPORT_INTERVAL", "0".to_string())],
+        &["--prometheus-url", &url],
+    )
+    .await;
+    mesh.wait_for_versions(&["v1"]).await;
+    let _prometheus = start_prometheus(port, mesh.client.admin).await;
+    let _load = Load::start(mesh.client.outbound, "web", 4);
+    write_config(
+        &mesh.path("canary.yaml"),
+        &canary_yaml(
+            "  steps: [50, 100]\n  interval: 3s\n  analysis:\n    successRate: 95\n    minRequests: 20\n    failureLimit: 1\n",
+        ),
+    );
+    let done = wait_canary(mesh.cp.admin, "rollback", |c| phase(c) != "Progressing").await;
+    assert_eq!(phase(&done), "RolledBack", "{done:#}");
+    let a = &done["status"]["lastAnalysis"];
+    let rate = a["successRate"].as_f64().unwrap();
+    assert!((55.0..85.0).contains(&rate), "{a}");
+    assert!(a["requests"].as_u64().unwrap() >= 20, "{a}");
+    assert!(
+        a["p99Ms"].as_f64().is_some(),
+        "histogram_quantile answered: {a}"
+    );
+}
+
 async fn admin_post(admin: SocketAddr, path: &str) -> (u16, String) {
     let client = http1_client();
     let resp = client

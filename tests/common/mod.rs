@@ -474,7 +474,7 @@ impl Mesh {
             server_env,
             cp_tls: false,
         };
-        Self::start_hinted(1, 1, apps, client_env, Some(mtls), hints)
+        Self::start_hinted(1, 1, apps, client_env, Some(mtls), hints, &[])
             .await
             .started()
             .await
@@ -487,7 +487,18 @@ impl Mesh {
         client_env: &[(&str, String)],
         mtls: Option<MtlsOpts<'_>>,
     ) -> Mesh {
-        Self::start_hinted(v1, v2, apps, client_env, mtls, [None, None]).await
+        Self::start_hinted(v1, v2, apps, client_env, mtls, [None, None], &[]).await
+    }
+
+    /// The plain mesh with more control-plane flags (`--prometheus-url ...`).
+    pub async fn start_with_cp_args(
+        v1: u32,
+        v2: u32,
+        apps: Vec<SocketAddr>,
+        client_env: &[(&str, String)],
+        cp_args: &[&str],
+    ) -> Mesh {
+        Self::start_hinted(v1, v2, apps, client_env, None, [None, None], cp_args).await
     }
 
     async fn start_hinted(
@@ -497,12 +508,13 @@ impl Mesh {
         client_env: &[(&str, String)],
         mtls: Option<MtlsOpts<'_>>,
         hints: [Option<&str>; 2],
+        cp_args: &[&str],
     ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         write_config(&dir.path().join("services.yaml"), SERVICES);
         write_config(&dir.path().join("split.yaml"), &split_yaml(v1, v2));
         let cp = match &mtls {
-            None => start_control_plane(dir.path(), "127.0.0.1:0"),
+            None => start_control_plane_with(dir.path(), "127.0.0.1:0", cp_args),
             Some(m) => {
                 std::fs::write(dir.path().join("tokens"), TOKENS).unwrap();
                 let ca = dir.path().join("ca").display().to_string();

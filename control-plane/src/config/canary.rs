@@ -493,4 +493,32 @@ mod tests {
             assert!(!re.is_match(no), "{no}");
         }
     }
+
+    #[test]
+    fn the_examples_are_valid() {
+        for yaml in [
+            include_str!("../../../examples/canary/canary.yaml"),
+            include_str!("../../../examples/canary/blue-green.yaml"),
+            include_str!("../../../examples/canary/ab-test.yaml"),
+        ] {
+            let doc: serde_json::Value = serde_saphyr::from_str(yaml).expect("yaml");
+            match super::super::parse_document(doc) {
+                Ok(super::super::Parsed::Resource(_, r)) => {
+                    assert!(matches!(*r, super::super::Resource::Canary(_)))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_sticky_annotation_is_refused_by_name() {
+        let doc = serde_json::json!({
+            "apiVersion": "pillion.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "web", "annotations": {"pillion.dev/sticky-key": "ip"}},
+            "spec": {"service": "web", "stable": "v1", "candidate": "v2"},
+        });
+        let err = super::super::parse_document(doc).unwrap_err();
+        assert!(err.error.field.contains("sticky-key"), "{:?}", err.error);
+    }
 }

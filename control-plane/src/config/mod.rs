@@ -539,7 +539,10 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
         Resource::AuthorizationPolicy(p) => validate_policy(p),
         Resource::RetryPolicy(p) => p.to_pb().map(|_| ()),
         Resource::FaultInjection(f) => f.to_pb().map(|_| ()),
-        Resource::Canary(c) => c.plan().map(|_| ()),
+        Resource::Canary(c) => {
+            sticky_key(&c.metadata)?;
+            c.plan().map(|_| ())
+        }
     }
 }
 
