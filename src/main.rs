@@ -18,6 +18,8 @@ enum Command {
     Inject(pillion::cmd::inject::InjectArgs),
     /// Releases run by the canary controller: status, promote, pause, resume, abort.
     Canary(pillion::cmd::canary::CanaryArgs),
+    /// Drift between a directory of configuration, the control plane and every proxy.
+    Diff(pillion::cmd::diff::DiffArgs),
     /// Run the demo's backend application alone (for benchmarks and manual tests).
     DemoApp {
         /// Address to listen on.
@@ -40,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Inject(args) => std::process::exit(pillion::cmd::inject::run(args)),
         Command::Canary(args) => std::process::exit(pillion::cmd::canary::run(args).await),
+        Command::Diff(args) => std::process::exit(pillion::cmd::diff::run(args).await),
         Command::ControlPlane(args) => {
             init_logging("info");
             let (_cp, serve) = pillion_control_plane::ControlPlane::bind(args, async {

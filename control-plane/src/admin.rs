@@ -173,6 +173,8 @@ pub struct Admin {
     pub canaries: crate::canary::controller::Handle,
     /// When set, commands (POST) need `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// What the proxies are served.
+    pub model: tokio::sync::watch::Receiver<Arc<crate::model::Model>>,
 }
 
 type Answer = (http::StatusCode, &'static str, String);
@@ -183,7 +185,9 @@ const JSON: &str = "application/json";
 /// - `GET /metrics`, `/live`, `/ready`;
 /// - `GET /canaries`, `GET /canaries/{namespace}/{name}`: releases and their status;
 /// - `POST /canaries/{namespace}/{name}/{promote|pause|resume|abort}`;
-/// - `GET /proxies`: the proxies that report, with the version of each destination they run.
+/// - `GET /proxies`: the proxies that report, with the version of each destination they run;
+/// - `GET /authorities`: every Service port served; `GET /resolve?authority=A&namespace=NS`:
+///   the state (and version) a proxy of namespace NS watching A is sent.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -225,6 +229,33 @@ impl Admin {
                 (http::StatusCode::OK, "text/plain", "ok\n".to_string())
             }
             (&http::Method::GET, ["proxies"]) => json(http::StatusCode::OK, &self.fleet.proxies()),
+            (&http::Method::GET, ["authorities"]) => {
+                let model = self.model.borrow().clone();
+                json(http::StatusCode::OK, &model.service_authorities())
+            }
+            (&http::Method::GET, ["resolve"]) => {
+                let query = req.uri().query().unwrap_or_default();
+                let param = |k: &str| {
+                    query
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .find(|(key, _)| *key == k)
+                        .map(|(_, v)| v.to_string())
+                };
+                let Some(authority) = param("authority").filter(|a| !a.is_empty()) else {
+                    return error(
+                        http::StatusCode::BAD_REQUEST,
+                        "needs ?authority=NAME.NAMESPACE.svc.cluster.local:PORT".into(),
+                    );
+                };
+                let namespace = param("namespace").unwrap_or_else(|| "default".into());
+                let model = self.model.borrow().clone();
+                let update = crate::api::discovery::versioned(&model, &authority, &namespace);
+                json(
+                    http::StatusCode::OK,
+                    &crate::api::discovery::describe(&update),
+                )
+            }
             (&http::Method::GET, ["canaries"]) => {
                 let views = self.canaries.views.borrow().clone();
                 json(http::StatusCode::OK, &*views)
@@ -259,7 +290,8 @@ impl Admin {
             _ => (
                 http::StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: GET /metrics, /live, /ready, /proxies, /canaries[/NS/NAME]; \
+                "not found: GET /metrics, /live, /ready, /proxies, /authorities, \
+                 /resolve?authority=A&namespace=NS, /canaries[/NS/NAME]; \
                  POST /canaries/NS/NAME/{promote,pause,resume,abort}\n"
                     .to_string(),
             ),

@@ -201,6 +201,7 @@ impl ControlPlane {
                 fleet: fleet.clone(),
                 canaries,
                 token: args.admin_token.clone(),
+                model: rx.clone(),
             }),
         ));
         let service = discovery::DiscoveryService::new(rx.clone(), metrics.clone());

@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+
+use super::http_json::call;
 
 /// Exit statuses.
 const REFUSED: i32 = 1;
@@ -100,18 +98,20 @@ pub async fn run(args: CanaryArgs) -> i32 {
             }
         }
     };
-    let (status, body) = match call(&args.admin, method, &path, args.token.as_deref()).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            eprintln!(
-                "pillion canary: the control plane's admin port at {} did not answer: {e}\n\
+    let timeout = Duration::from_secs(10);
+    let (status, body) =
+        match call(&args.admin, method, &path, args.token.as_deref(), timeout).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                eprintln!(
+                    "pillion canary: the control plane's admin port at {} did not answer: {e}\n\
                  (set --admin or PILLION_CONTROL_PLANE_ADMIN; in Kubernetes, \
                  `kubectl -n pillion port-forward deploy/pillion-control-plane 8087`)",
-                args.admin
-            );
-            return UNREACHABLE;
-        }
-    };
+                    args.admin
+                );
+                return UNREACHABLE;
+            }
+        };
     if !status.is_success() {
         let why = body["error"].as_str().unwrap_or("refused");
         eprintln!("pillion canary: {why}");
@@ -140,38 +140,6 @@ pub async fn run(args: CanaryArgs) -> i32 {
         }
     }
     0
-}
-
-async fn call(
-    admin: &str,
-    method: http::Method,
-    path: &str,
-    token: Option<&str>,
-) -> Result<(http::StatusCode, Value), String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{admin}{path}"));
-    if let Some(t) = token {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = req
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .map_err(|_| "no answer in 10s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let value = serde_json::from_slice(&body)
-        .map_err(|_| format!("{status}: {}", String::from_utf8_lossy(&body).trim()))?;
-    Ok((status, value))
 }
 
 /// One line per release.

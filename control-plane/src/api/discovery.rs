@@ -10,6 +10,58 @@ use tonic::{Request, Response, Status};
 use crate::api::watch::{UpdateStream, watch_stream};
 use crate::model::Model;
 
+/// The state a watch of `authority` from `source_ns` sends, before its version is set.
+fn unversioned(model: &Model, authority: &str, source_ns: &str) -> pb::DestinationUpdate {
+    pb::DestinationUpdate {
+        version: String::new(),
+        state: Some(model.resolve(authority, source_ns)),
+    }
+}
+
+/// The state a watch of `authority` from `source_ns` sends, with the version it has (what a
+/// proxy's `/config` shows once it runs it): for `pillion diff` and the admin port.
+pub fn versioned(model: &Model, authority: &str, source_ns: &str) -> pb::DestinationUpdate {
+    use prost::Message as _;
+    let mut update = unversioned(model, authority, source_ns);
+    update.version = crate::model::version_of_bytes(&update.encode_to_vec());
+    update
+}
+
+/// A state in short, for people: each rule's backends with their weights and endpoints.
+pub fn describe(update: &pb::DestinationUpdate) -> serde_json::Value {
+    use pb::destination_update::State;
+    match &update.state {
+        Some(State::Destination(d)) => serde_json::json!({
+            "version": update.version,
+            "inMesh": true,
+            "source": d.source,
+            "matches": d.matches.len(),
+            "rules": d.rules.iter().map(|r| serde_json::json!({
+                "name": r.name,
+                "backends": r.backends.iter().map(|b| match &b.kind {
+                    Some(pb::weighted_backend::Kind::Service(s)) => serde_json::json!({
+                        "service": s.name,
+                        "weight": b.weight,
+                        "endpoints": s.endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>(),
+                    }),
+                    Some(pb::weighted_backend::Kind::Failure(f)) => serde_json::json!({
+                        "failure": f.http_status,
+                        "reason": f.reason,
+                        "weight": b.weight,
+                    }),
+                    None => serde_json::Value::Null,
+                }).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        Some(State::NotInMesh(n)) => serde_json::json!({
+            "version": update.version,
+            "inMesh": false,
+            "reason": n.reason,
+        }),
+        None => serde_json::json!({ "version": update.version }),
+    }
+}
+
 pub struct DiscoveryService {
     model: watch::Receiver<Arc<Model>>,
     metrics: Arc<crate::admin::Metrics>,
@@ -59,13 +111,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let stream = watch_stream(
             self.model.clone(),
             authority,
-            move |m: &Model| {
-                let state = m.resolve(&req.authority, &source_ns);
-                pb::DestinationUpdate {
-                    version: String::new(),
-                    state: Some(state),
-                }
-            },
+            move |m: &Model| unversioned(m, &req.authority, &source_ns),
             |u, version| u.version = version,
             counted,
         );

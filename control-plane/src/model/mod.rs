@@ -131,6 +131,23 @@ impl Model {
         &self.canaries
     }
 
+    /// Every Service port as the authority proxies ask for (`name.namespace.svc.cluster.local:port`),
+    /// sorted.
+    pub fn service_authorities(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .services
+            .iter()
+            .flat_map(|((ns, name), svc)| {
+                svc.spec
+                    .ports
+                    .iter()
+                    .map(move |p| format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}:{}", p.port))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Whether a Service exists.
     pub fn has_service(&self, namespace: &str, name: &str) -> bool {
         self.services
