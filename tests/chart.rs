@@ -147,7 +147,8 @@ fn the_chart_lints_renders_and_validates() {
         decoded
     );
 
-    // Least privilege: read-only on configuration, TokenReviews created, namespaces read.
+    // Least privilege: read-only on configuration, TokenReviews created, namespaces read,
+    // and the one write: a Canary's status, by the canary controller.
     for role in ["pillion-control-plane-pillion", "pillion-injector-pillion"] {
         for rule in find(&docs, "ClusterRole", role)["rules"]
             .as_array()
@@ -156,7 +157,9 @@ fn the_chart_lints_renders_and_validates() {
             for verb in rule["verbs"].as_array().unwrap() {
                 let ok = ["get", "list", "watch"].contains(&verb.as_str().unwrap())
                     || (verb == "create"
-                        && rule["resources"] == serde_json::json!(["tokenreviews"]));
+                        && rule["resources"] == serde_json::json!(["tokenreviews"]))
+                    || (verb == "patch"
+                        && rule["resources"] == serde_json::json!(["canaries/status"]));
                 assert!(ok, "{role}: {rule}");
             }
         }
