@@ -244,11 +244,31 @@ async fn a_failing_candidate_is_rolled_back_with_its_error_budget() {
     assert!(requests >= 20 && failures > 0, "{budget}");
     let share = failures as f64 / requests as f64;
     assert!((0.2..0.4).contains(&share), "{failures} of {requests}");
-    let took = until_only(&load, "v1", 50).await;
+    // The client proxy runs the rollback: web-v2 at weight 0 in its /config.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, config) = admin_get(mesh.client.admin, "/config").await;
+        let config: Value = serde_json::from_str(&config).unwrap();
+        let rules = &config["destinations"]["web.default.svc.cluster.local:80"]["rules"];
+        let v2_off = rules[0]["backends"].as_array().is_some_and(|b| {
+            b.iter().any(|b| {
+                b["service"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("web-v2."))
+                    && b["weight"] == 0
+            })
+        });
+        if v2_off {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{config:#}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     eprintln!(
-        "rolled back after {requests} candidate requests ({failures} failed); the client proxy sent only v1 {:?} after the decision was seen",
-        took.max(decided.elapsed())
+        "rolled back after {requests} candidate requests ({failures} failed); the client proxy ran it {:?} after the decision was seen",
+        decided.elapsed()
     );
+    until_only(&load, "v1", 50).await;
     let from = load.len();
     until_only(&load, "v1", 100).await;
     assert!(load.since(from).iter().all(|(v, s)| v == "v1" && *s == 200));

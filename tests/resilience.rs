@@ -31,11 +31,10 @@ struct Endpoint {
 impl Endpoint {
     /// Fails every second request.
     async fn flaky() -> Endpoint {
-        let mut e = Endpoint::new(true).await;
-        e.stop().await;
-        e.every_other = true;
-        e.start().await;
-        e
+        // Set before serving: stopping and rebinding the port would race other tests for it.
+        Endpoint::bound("127.0.0.1:0".parse().unwrap(), true, true)
+            .await
+            .unwrap()
     }
 
     async fn new(failing: bool) -> Endpoint {
@@ -45,11 +44,19 @@ impl Endpoint {
     }
 
     async fn at(addr: SocketAddr, failing: bool) -> std::io::Result<Endpoint> {
+        Endpoint::bound(addr, failing, false).await
+    }
+
+    async fn bound(
+        addr: SocketAddr,
+        failing: bool,
+        every_other: bool,
+    ) -> std::io::Result<Endpoint> {
         let listener = TcpListener::bind(addr).await?;
         let mut e = Endpoint {
             addr: listener.local_addr().unwrap(),
             failing: Arc::new(AtomicBool::new(failing)),
-            every_other: false,
+            every_other,
             hits: Arc::new(AtomicUsize::new(0)),
             tasks: None,
         };
