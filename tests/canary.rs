@@ -402,7 +402,12 @@ async fn an_ab_test_sends_matching_requests_to_the_candidate_then_everyone() {
         );
     }
     // Promoted by hand: everyone.
-    let (status, body) = admin_post(mesh.cp.admin, "/canaries/default/web/promote").await;
+    let (status, body) = admin_request(
+        http::Method::POST,
+        mesh.cp.admin,
+        "/canaries/default/web/promote",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let load = Load::start(mesh.client.outbound, "web", 2);
     until_only(&load, "v2", 30).await;
@@ -513,20 +518,4 @@ async fn checks_can_ask_a_real_prometheus() {
         a["p99Ms"].as_f64().is_some(),
         "histogram_quantile answered: {a}"
     );
-}
-
-async fn admin_post(admin: SocketAddr, path: &str) -> (u16, String) {
-    let client = http1_client();
-    let resp = client
-        .request(
-            http::Request::post(format!("http://{admin}{path}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    use http_body_util::BodyExt;
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }

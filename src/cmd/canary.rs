@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::Output;
 use super::http_json::call;
 
 /// Exit statuses.
@@ -54,12 +55,6 @@ pub struct CanaryArgs {
         default_value = "table"
     )]
     output: Output,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[derive(clap::Subcommand)]

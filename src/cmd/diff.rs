@@ -17,6 +17,7 @@ use pillion_control_plane::source::files::Store;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::Output;
 use super::http_json::get;
 
 const REFUSED: i32 = 1;
@@ -51,12 +52,6 @@ pub struct DiffArgs {
         default_value = "table"
     )]
     output: Output,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Debug, Clone, Serialize)]

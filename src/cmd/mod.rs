@@ -4,3 +4,10 @@ pub mod canary;
 pub mod diff;
 pub mod http_json;
 pub mod inject;
+
+/// How a subcommand prints data: `table` for people, `json` for scripts.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}

@@ -710,10 +710,17 @@ pub async fn get(
 
 /// A plain HTTP/1.1 GET to an admin port.
 pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    admin_request(http::Method::GET, admin, path).await
+}
+
+/// A plain HTTP/1.1 request without a body to an admin port.
+pub async fn admin_request(method: http::Method, admin: SocketAddr, path: &str) -> (u16, String) {
     let client = http1_client();
     let resp = client
         .request(
-            http::Request::get(format!("http://{admin}{path}"))
+            http::Request::builder()
+                .method(method)
+                .uri(format!("http://{admin}{path}"))
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
