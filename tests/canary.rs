@@ -269,6 +269,20 @@ async fn a_failing_candidate_is_rolled_back_with_its_error_budget() {
         decided.elapsed()
     );
     until_only(&load, "v1", 50).await;
+    // The control plane's metrics say so too.
+    let (_, metrics) = admin_get(mesh.cp.admin, "/metrics").await;
+    for line in [
+        "pillion_control_plane_canary_phase{canary=\"default/web\",phase=\"RolledBack\"} 1",
+        "pillion_control_plane_canary_phase{canary=\"default/web\",phase=\"Progressing\"} 0",
+        "pillion_control_plane_canary_weight{canary=\"default/web\"} 0",
+        "pillion_control_plane_canary_checks_total{canary=\"default/web\",result=\"failed\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
+    assert!(metric_sum(&metrics, "pillion_control_plane_reports_total", "") > 0.0);
     let from = load.len();
     until_only(&load, "v1", 100).await;
     assert!(load.since(from).iter().all(|(v, s)| v == "v1" && *s == 200));
@@ -518,4 +532,33 @@ async fn checks_can_ask_a_real_prometheus() {
         a["p99Ms"].as_f64().is_some(),
         "histogram_quantile answered: {a}"
     );
+}
+
+/// Files mode with `--state-dir`: a restarted control plane resumes a release where it stood
+/// (here promoted: 100 %) instead of starting it over at its first step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_mode_resumes_a_release_from_its_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(&dir.path().join("services.yaml"), SERVICES);
+    // No traffic needed: with minRequests 0 each check passes.
+    write_config(
+        &dir.path().join("canary.yaml"),
+        &canary_yaml("  steps: [30, 100]\n  interval: 200ms\n  analysis:\n    minRequests: 0\n"),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().display().to_string();
+    let args = ["--state-dir", state_dir.as_str()];
+    let mut cp = start_control_plane_with(dir.path(), "127.0.0.1:0", &args);
+    let promoted = wait_canary(cp.admin, "promotion", |c| phase(c) == "Promoted").await;
+    cp.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    cp.proc.wait_exit();
+
+    let cp = start_control_plane_with(dir.path(), "127.0.0.1:0", &args);
+    cp.proc.wait_log("resumed", |v| {
+        message_is(v, "release resumed from its status")
+    });
+    let resumed = canary(cp.admin).await;
+    assert_eq!(phase(&resumed), "Promoted", "{resumed:#}");
+    assert_eq!(resumed["status"]["weight"], 100);
+    assert_eq!(resumed["status"]["events"], promoted["status"]["events"]);
 }

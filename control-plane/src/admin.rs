@@ -31,6 +31,25 @@ pub struct KindLabel {
 
 type PushHistogram = Family<KindLabel, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CanaryLabel {
+    /// `namespace/name` of the Canary.
+    pub canary: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CanaryPhaseLabels {
+    pub canary: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CanaryCheckLabels {
+    pub canary: String,
+    /// `passed`, `failed` or `waiting` (too few requests to judge).
+    pub result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub proxies: Gauge<i64, AtomicI64>,
@@ -40,6 +59,10 @@ pub struct Metrics {
     pub config_errors: Gauge<i64, AtomicI64>,
     pub config_generation: Gauge<i64, AtomicI64>,
     pub certificates_issued: Counter,
+    pub reports: Counter,
+    pub canary_weight: Family<CanaryLabel, Gauge<i64, AtomicI64>>,
+    pub canary_phase: Family<CanaryPhaseLabels, Gauge<i64, AtomicI64>>,
+    pub canary_checks: Family<CanaryCheckLabels, Counter>,
     /// Open watches by the address of the connection they came on.
     connections: Mutex<HashMap<SocketAddr, usize>>,
 }
@@ -97,6 +120,30 @@ impl Metrics {
             "Workload certificates the CA issued",
             certificates_issued.clone(),
         );
+        let reports = Counter::default();
+        registry.register(
+            "reports",
+            "Reports received from proxies (their destination versions and per-backend figures)",
+            reports.clone(),
+        );
+        let canary_weight = Family::<CanaryLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "canary_weight",
+            "The candidate's share of its apex Service's traffic, percent, by Canary",
+            canary_weight.clone(),
+        );
+        let canary_phase = Family::<CanaryPhaseLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "canary_phase",
+            "1 for the phase each Canary's release is in, 0 for the others",
+            canary_phase.clone(),
+        );
+        let canary_checks = Family::<CanaryCheckLabels, Counter>::default();
+        registry.register(
+            "canary_checks",
+            "Checks of a release's candidate, by result",
+            canary_checks.clone(),
+        );
         registry.register_collector(Box::new(pillion_core::process::ProcessCollector::default()));
         Metrics {
             registry,
@@ -107,6 +154,10 @@ impl Metrics {
             config_errors,
             config_generation,
             certificates_issued,
+            reports,
+            canary_weight,
+            canary_phase,
+            canary_checks,
             connections: Mutex::new(HashMap::new()),
         }
     }
@@ -359,6 +410,23 @@ mod tests {
                 kind: WatchKind::policy,
             })
             .observe(0.001);
+        m.reports.inc();
+        let canary = || CanaryLabel {
+            canary: "default/web".into(),
+        };
+        m.canary_weight.get_or_create(&canary()).set(10);
+        m.canary_phase
+            .get_or_create(&CanaryPhaseLabels {
+                canary: "default/web".into(),
+                phase: "Progressing".into(),
+            })
+            .set(1);
+        m.canary_checks
+            .get_or_create(&CanaryCheckLabels {
+                canary: "default/web".into(),
+                result: "passed".into(),
+            })
+            .inc();
         let text = m.encode();
         assert!(text.contains("pillion_control_plane_proxies 1"), "{text}");
         let all = include_str!("../../docs/metrics.md");

@@ -98,6 +98,10 @@ pub struct Args {
     /// `http://host:port`) instead of the proxies' own reports.
     #[arg(long, env = "PILLION_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// Files mode: a directory where the canary controller keeps each release's status, so a
+    /// restart resumes releases (Kubernetes mode keeps it in each Canary's status).
+    #[arg(long, env = "PILLION_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// When set, canary commands on the admin port need `Authorization: Bearer <token>`.
     #[arg(long, env = "PILLION_CONTROL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -126,6 +130,7 @@ impl Args {
             identity_tokens: None,
             tls_identity: None,
             prometheus_url: None,
+            state_dir: None,
             admin_token: None,
         }
     }
@@ -190,7 +195,25 @@ impl ControlPlane {
             )),
             None => canary::metrics::Source::Proxies(fleet.clone()),
         };
-        let (rx, canaries, controller) = canary::controller::start(rx, source, fleet.clone());
+        let state_file = match (&args.state_dir, args.source) {
+            (Some(dir), Source::Files) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!("--state-dir {}: cannot create it: {e}", dir.display())
+                })?;
+                Some(dir.join("canaries.json"))
+            }
+            _ => None,
+        };
+        let (rx, canaries, controller) = canary::controller::start(
+            rx,
+            canary::controller::Setup {
+                source,
+                fleet: fleet.clone(),
+                metrics: metrics.clone(),
+                state_file,
+            },
+        );
+        let report_metrics = metrics.clone();
         let status_writer = kube_client
             .clone()
             .map(|client| tokio::spawn(canary::status_writer::run(client, canaries.views.clone())));
@@ -254,7 +277,10 @@ impl ControlPlane {
                 .add_service(DiscoveryServer::new(service))
                 .add_optional_service(identity)
                 .add_service(InboundPolicyServer::new(policy))
-                .add_service(ReportServer::new(api::report::ReportService { fleet }));
+                .add_service(ReportServer::new(api::report::ReportService {
+                    fleet,
+                    metrics: report_metrics,
+                }));
             let result = match tls {
                 Some(config) => {
                     router

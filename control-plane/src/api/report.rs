@@ -13,6 +13,7 @@ const PROXY_DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct ReportService {
     pub fleet: Arc<Fleet>,
+    pub metrics: Arc<crate::admin::Metrics>,
 }
 
 #[tonic::async_trait]
@@ -36,6 +37,7 @@ impl pb::report_server::Report for ReportService {
         if report.proxy_id.is_empty() {
             return Err(Status::invalid_argument("proxy_id is empty"));
         }
+        self.metrics.reports.inc();
         let wanted = self.fleet.wanted_interval();
         self.fleet
             .report(report, peer, wanted.unwrap_or(PROXY_DEFAULT_INTERVAL));

@@ -5,6 +5,7 @@
 //! state, shown at the admin port's `/canaries` and by `pillion canary status`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use super::metrics::{Source, Window};
 use super::{Command, Phase, Status};
+use crate::admin::{CanaryCheckLabels, CanaryLabel, CanaryPhaseLabels};
 use crate::config;
 use crate::config::canary::{Plan, Strategy};
 use crate::fleet::Fleet;
@@ -65,20 +67,34 @@ struct Release {
 
 pub struct Controller {
     source: Source,
+    metrics: Arc<crate::admin::Metrics>,
     fleet: Arc<Fleet>,
     releases: HashMap<(String, String), Release>,
     views: watch::Sender<Arc<Vec<View>>>,
     served: watch::Sender<Arc<Model>>,
     /// The routes last published, to publish only what changes.
     published: HashMap<(String, String), CanaryRoute>,
+    /// The releases whose series `/metrics` shows (`namespace/name`).
+    exported: Vec<String>,
+    state_file: Option<PathBuf>,
+    /// Statuses from the state file (`namespace/name` → status), read at start.
+    saved: HashMap<String, serde_json::Value>,
+}
+
+/// What the controller works with.
+pub struct Setup {
+    pub source: Source,
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<crate::admin::Metrics>,
+    /// Files mode: where the releases' status is kept across restarts (`--state-dir`).
+    pub state_file: Option<PathBuf>,
 }
 
 /// Starts the controller. `base`: the source's models; returns the served models' receiver
 /// (what Discovery answers from) and the handle for the admin API.
 pub fn start(
     mut base: watch::Receiver<Arc<Model>>,
-    source: Source,
-    fleet: Arc<Fleet>,
+    setup: Setup,
 ) -> (
     watch::Receiver<Arc<Model>>,
     Handle,
@@ -88,13 +104,22 @@ pub fn start(
     let (served, served_rx) = watch::channel(first.clone());
     let (views, views_rx) = watch::channel(Arc::new(Vec::new()));
     let (commands_tx, commands) = mpsc::channel(16);
+    let saved = setup
+        .state_file
+        .as_deref()
+        .map(state::load)
+        .unwrap_or_default();
     let mut controller = Controller {
-        source,
-        fleet,
+        source: setup.source,
+        metrics: setup.metrics,
+        fleet: setup.fleet,
+        state_file: setup.state_file,
+        saved,
         releases: HashMap::new(),
         views,
         served,
         published: HashMap::new(),
+        exported: Vec::new(),
     };
     controller.reconcile(&first);
     controller.publish(&first, true);
@@ -174,7 +199,11 @@ impl Controller {
                     r.sticky = sticky;
                 }
                 _ => {
-                    let status = match Status::restore(&plan, canary.status.as_ref()) {
+                    let written = canary
+                        .status
+                        .as_ref()
+                        .or_else(|| self.saved.get(&format!("{}/{}", id.0, id.1)));
+                    let status = match Status::restore(&plan, written) {
                         Some(s) => {
                             tracing::info!(canary = %format!("{}/{}", id.0, id.1), phase = ?s.phase, weight = s.weight, "release resumed from its status");
                             s
@@ -250,10 +279,19 @@ impl Controller {
                 continue;
             };
             let now = now();
-            match measured {
+            let result = match measured {
                 Ok(analysis) => r.status.check(&r.plan, analysis, &now),
                 // An unmeasurable candidate is not a healthy one: the check fails.
                 Err(e) => r.status.unmeasured(&r.plan, e, &now),
+            };
+            if let Some(result) = result {
+                self.metrics
+                    .canary_checks
+                    .get_or_create(&CanaryCheckLabels {
+                        canary: format!("{}/{}", id.0, id.1),
+                        result: result.into(),
+                    })
+                    .inc();
             }
             r.window = window;
             r.next_check = Instant::now() + r.plan.interval;
@@ -290,9 +328,61 @@ impl Controller {
             .min()
             .map(|i| i.clamp(Duration::from_millis(100), Duration::from_secs(5)));
         self.fleet.want_interval(wanted);
+        self.export_metrics();
         let mut views: Vec<View> = self.releases.values().map(view).collect();
         views.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        if let Some(file) = &self.state_file {
+            state::save(file, &views);
+        }
         self.views.send_replace(Arc::new(views));
+    }
+}
+
+impl Controller {
+    /// Each release's weight and phase as gauges; the series of releases gone are dropped.
+    fn export_metrics(&mut self) {
+        const PHASES: [Phase; 5] = [
+            Phase::Progressing,
+            Phase::Paused,
+            Phase::Promoted,
+            Phase::RolledBack,
+            Phase::Failed,
+        ];
+        let names: Vec<String> = self
+            .releases
+            .keys()
+            .map(|(ns, name)| format!("{ns}/{name}"))
+            .collect();
+        for gone in self.exported.iter().filter(|c| !names.contains(c)) {
+            self.metrics.canary_weight.remove(&CanaryLabel {
+                canary: gone.clone(),
+            });
+            for phase in PHASES {
+                self.metrics.canary_phase.remove(&CanaryPhaseLabels {
+                    canary: gone.clone(),
+                    phase: format!("{phase:?}"),
+                });
+            }
+        }
+        for r in self.releases.values() {
+            let canary = format!("{}/{}", r.plan.namespace, r.plan.name);
+            self.metrics
+                .canary_weight
+                .get_or_create(&CanaryLabel {
+                    canary: canary.clone(),
+                })
+                .set(i64::from(r.status.weight));
+            for phase in PHASES {
+                self.metrics
+                    .canary_phase
+                    .get_or_create(&CanaryPhaseLabels {
+                        canary: canary.clone(),
+                        phase: format!("{phase:?}"),
+                    })
+                    .set(i64::from(phase == r.status.phase));
+            }
+        }
+        self.exported = names;
     }
 }
 
@@ -345,4 +435,45 @@ fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Files mode's memory across restarts: every release's status in one JSON file, rewritten
+/// whole (through a temporary file and a rename, so a crash leaves the old one or the new).
+mod state {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::View;
+    use crate::canary::status_writer::status_object;
+
+    pub fn load(file: &Path) -> HashMap<String, serde_json::Value> {
+        match std::fs::read(file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "canary state unreadable; releases start over");
+                HashMap::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "canary state unreadable; releases start over");
+                HashMap::new()
+            }
+        }
+    }
+
+    pub fn save(file: &Path, views: &[View]) {
+        let all: serde_json::Map<String, serde_json::Value> = views
+            .iter()
+            .map(|v| (format!("{}/{}", v.namespace, v.name), status_object(v)))
+            .collect();
+        let Ok(bytes) = serde_json::to_vec_pretty(&all) else {
+            return;
+        };
+        if std::fs::read(file).is_ok_and(|old| old == bytes) {
+            return;
+        }
+        let tmp = file.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, file)) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot keep the canary state");
+        }
+    }
 }

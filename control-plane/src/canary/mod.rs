@@ -235,27 +235,32 @@ impl Status {
         }
     }
 
-    /// The outcome of one check. Only a progressing release moves.
-    pub fn check(&mut self, plan: &Plan, analysis: Analysis, now: &str) {
+    /// The outcome of one check (`passed`, `failed`, `waiting`; `None` when the release was
+    /// not progressing). Only a progressing release moves.
+    pub fn check(&mut self, plan: &Plan, analysis: Analysis, now: &str) -> Option<&'static str> {
         if self.phase != Phase::Progressing {
-            return;
+            return None;
         }
         self.error_budget.requests += analysis.requests;
         self.error_budget.failures += analysis.failures;
         let verdict = analysis.verdict(&plan.thresholds);
         self.last_analysis = Some(analysis);
-        self.judge(plan, verdict, now);
+        Some(self.judge(plan, verdict, now))
     }
 
     /// A check whose figures could not be had: an unmeasurable candidate is not a healthy one,
     /// so it counts as failed.
-    pub fn unmeasured(&mut self, plan: &Plan, why: String, now: &str) {
-        if self.phase == Phase::Progressing {
-            self.judge(plan, Verdict::Fail(format!("no figures: {why}")), now);
-        }
+    pub fn unmeasured(&mut self, plan: &Plan, why: String, now: &str) -> Option<&'static str> {
+        (self.phase == Phase::Progressing)
+            .then(|| self.judge(plan, Verdict::Fail(format!("no figures: {why}")), now))
     }
 
-    fn judge(&mut self, plan: &Plan, verdict: Verdict, now: &str) {
+    fn judge(&mut self, plan: &Plan, verdict: Verdict, now: &str) -> &'static str {
+        let result = match &verdict {
+            Verdict::Pass => "passed",
+            Verdict::Fail(_) => "failed",
+            Verdict::Wait(_) => "waiting",
+        };
         match verdict {
             Verdict::Wait(why) => self.message = why,
             Verdict::Fail(why) => {
@@ -296,6 +301,7 @@ impl Status {
                 }
             }
         }
+        result
     }
 
     fn promote(&mut self, now: &str, why: String) {
