@@ -73,8 +73,10 @@ impl Outbound {
         if self.loops(&conn) {
             return Err(ProxyError::Loop);
         }
+        // The rare paths are boxed: an async fn's future is as large as its largest branch,
+        // and this one is held for every request in flight.
         if req.method() == http::Method::CONNECT {
-            return self.connect(req, conn, obs).await;
+            return Box::pin(self.connect(req, conn, obs)).await;
         }
         forward::check_host(&req)?;
         let authority = authority_of(&req);
@@ -93,7 +95,7 @@ impl Outbound {
             snapshot = Some(self.dests.get(&dst.to_string()).await?);
         }
         let Some(snapshot) = snapshot.filter(|s| s.in_mesh()) else {
-            return self.passthrough(req, conn, authority, obs).await;
+            return Box::pin(self.passthrough(req, conn, authority, obs)).await;
         };
         obs.authority = Label(snapshot.fqdn.clone());
         let grpc_timeout = forward::grpc_timeout(req.headers());

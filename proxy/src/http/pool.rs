@@ -200,6 +200,15 @@ impl Conns {
         if !fresh && let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
+        // Boxed, as every new connection is: its futures (TCP connect, TLS and HTTP/2
+        // handshakes: a rustls connection alone is kilobytes) would otherwise be part of every
+        // request's future, and so of the memory of every request in flight.
+        let sender = Box::pin(self.dial_h2()).await?;
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn dial_h2(&self) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
         let io = self.connect(Protocol::Http2).await?;
         let (sender, mut conn) = h2::client::Builder::new()
             .initial_window_size(h2_server::STREAM_WINDOW)
@@ -222,7 +231,6 @@ impl Conns {
                 Ok(()) = dead_rx => tracing::debug!(%addr, "HTTP/2 peer stopped answering pings; closed"),
             }
         });
-        *slot = Some(sender.clone());
         Ok(sender)
     }
 
@@ -246,6 +254,11 @@ impl Conns {
                 return Ok(sender);
             }
         }
+        Box::pin(self.dial_h1()).await
+    }
+
+    /// A new HTTP/1.1 connection (boxed by its caller, as `dial_h2`).
+    async fn dial_h1(&self) -> Result<http1::SendRequest<Body>, ProxyError> {
         let io = self.connect(Protocol::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
