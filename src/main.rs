@@ -18,6 +18,9 @@ enum Command {
     Inject(pillion::cmd::inject::InjectArgs),
     /// Releases run by the canary controller: status, promote, pause, resume, abort.
     Canary(pillion::cmd::canary::CanaryArgs),
+    /// Validate mesh configuration files as the control plane would, with file:line for each
+    /// problem.
+    Check(pillion::cmd::check::CheckArgs),
     /// Drift between a directory of configuration, the control plane and every proxy.
     Diff(pillion::cmd::diff::DiffArgs),
     /// Run the demo's backend application alone (for benchmarks and manual tests).
@@ -42,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Inject(args) => std::process::exit(pillion::cmd::inject::run(args)),
         Command::Canary(args) => std::process::exit(pillion::cmd::canary::run(args).await),
+        Command::Check(args) => std::process::exit(pillion::cmd::check::run(args)),
         Command::Diff(args) => std::process::exit(pillion::cmd::diff::run(args).await),
         Command::ControlPlane(args) => {
             init_logging("info");

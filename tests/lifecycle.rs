@@ -182,3 +182,46 @@ async fn a_watch_gets_each_change_and_is_forgotten_when_its_proxy_goes() {
     drop(client);
     wait_watching(mesh.cp.admin, 1.0).await;
 }
+
+/// Watches share answers computed once per model, keyed by everything the answer depends on:
+/// the same authority asked from another namespace is another answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_name_watched_from_two_namespaces_gets_each_its_own_answer() {
+    use pillion_proto::discovery::v1::WatchRequest;
+    use pillion_proto::discovery::v1::destination_update::State;
+    use pillion_proto::discovery::v1::discovery_client::DiscoveryClient;
+
+    let mesh = Mesh::start(50, 50).await;
+    let client = DiscoveryClient::connect(format!("http://{}", mesh.cp.addr))
+        .await
+        .unwrap();
+    let first = |ns: &'static str| {
+        let mut client = client.clone();
+        async move {
+            let mut updates = client
+                .watch(WatchRequest {
+                    authority: "web".into(),
+                    source_namespace: ns.into(),
+                    source_workload: format!("{ns}/test"),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            updates.message().await.unwrap().unwrap()
+        }
+    };
+    let default = first("default").await;
+    let other = first("other").await;
+    assert!(
+        matches!(default.state, Some(State::Destination(_))),
+        "{default:?}"
+    );
+    // `web` from namespace `other` is web.other, which does not exist.
+    assert!(
+        matches!(other.state, Some(State::NotInMesh(_))),
+        "{other:?}"
+    );
+    // And again in the other order, on a model both have asked about.
+    let again = first("default").await;
+    assert_eq!(again.version, default.version);
+}

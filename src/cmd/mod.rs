@@ -1,6 +1,7 @@
 //! One module per subcommand that is more than wiring.
 
 pub mod canary;
+pub mod check;
 pub mod diff;
 pub mod http_json;
 pub mod inject;

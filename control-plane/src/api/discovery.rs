@@ -106,11 +106,12 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         } else {
             req.source_namespace
         };
-        let authority = req.authority.clone();
-        tracing::debug!(%authority, workload = %req.source_workload, "watch opened");
+        tracing::debug!(authority = %req.authority, workload = %req.source_workload, "watch opened");
+        // The answer depends on the authority and the namespace asking (nothing else).
+        let key = format!("{} {source_ns}", req.authority);
         let stream = watch_stream(
             self.model.clone(),
-            authority,
+            key,
             move |m: &Model| unversioned(m, &req.authority, &source_ns),
             |u, version| u.version = version,
             counted,

@@ -24,6 +24,9 @@ pub type UpdateStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>
 /// in a way that changes it, with a version that is the content's hash. Ends when the client
 /// goes away (the transport drops it) or the model's sender does.
 ///
+/// `key` names the answer completely (every input of `compute` besides the model): watches
+/// with the same key and message type share one computed answer per model (`model::Memo`).
+///
 /// The stream computes when the transport polls it, not in a task of its own: a proxy that
 /// reads slowly gets the latest state when it can take one, never a queue of stale ones, and
 /// an idle watch costs only its state here (a task and a channel per watch were half of the
@@ -31,13 +34,13 @@ pub type UpdateStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>
 /// scale`).
 pub fn watch_stream<M, F>(
     model: watch::Receiver<Arc<Model>>,
-    what: String,
+    key: String,
     compute: F,
     set_version: fn(&mut M, String),
     counted: Counted,
 ) -> UpdateStream<M>
 where
-    M: prost::Message + Send + 'static,
+    M: prost::Message + Clone + Sync + 'static,
     F: Fn(&Model) -> M + Send + 'static,
 {
     let state = Watch {
@@ -45,7 +48,7 @@ where
         metrics: counted.metrics,
         kind: KindLabel { kind: counted.kind },
         model,
-        what,
+        key,
         compute,
         set_version,
         last_version: String::new(),
@@ -64,14 +67,24 @@ struct Watch<M, F> {
     metrics: Arc<Metrics>,
     kind: KindLabel,
     model: watch::Receiver<Arc<Model>>,
-    what: String,
+    key: String,
     compute: F,
     set_version: fn(&mut M, String),
     /// Empty until the first message is sent.
     last_version: String,
 }
 
-impl<M: prost::Message, F: Fn(&Model) -> M> Watch<M, F> {
+/// One computed answer and its version (the hash of its encoding).
+struct Versioned<M> {
+    msg: M,
+    version: String,
+}
+
+impl<M, F> Watch<M, F>
+where
+    M: prost::Message + Clone + Sync + 'static,
+    F: Fn(&Model) -> M,
+{
     /// The next message to send: the current state at once, then each changed one. `None` when
     /// the model's sender is gone.
     async fn next(&mut self) -> Option<M> {
@@ -80,11 +93,16 @@ impl<M: prost::Message, F: Fn(&Model) -> M> Watch<M, F> {
                 return None;
             }
             let current = self.model.borrow_and_update().clone();
-            let mut msg = (self.compute)(&current);
-            let version = model::version_of_bytes(&msg.encode_to_vec());
-            if version == self.last_version {
+            let answer = current.memo.get_or_compute(&self.key, || {
+                let msg = (self.compute)(&current);
+                let version = model::version_of_bytes(&msg.encode_to_vec());
+                Versioned { msg, version }
+            });
+            if answer.version == self.last_version {
                 continue;
             }
+            let version = answer.version.clone();
+            let mut msg = answer.msg.clone();
             (self.set_version)(&mut msg, version.clone());
             self.metrics.pushes.get_or_create(&self.kind).inc();
             // A change (not the first answer): how long since the change was published.
@@ -94,7 +112,7 @@ impl<M: prost::Message, F: Fn(&Model) -> M> Watch<M, F> {
                     .get_or_create(&self.kind)
                     .observe(current.published.elapsed().as_secs_f64());
             }
-            tracing::debug!(what = %self.what, %version, "update sent");
+            tracing::debug!(key = %self.key, %version, "update sent");
             self.last_version = version;
             return Some(msg);
         }
@@ -103,6 +121,6 @@ impl<M: prost::Message, F: Fn(&Model) -> M> Watch<M, F> {
 
 impl<M, F> Drop for Watch<M, F> {
     fn drop(&mut self) {
-        tracing::debug!(what = %self.what, "watch closed");
+        tracing::debug!(key = %self.key, "watch closed");
     }
 }

@@ -17,7 +17,7 @@ pub use canary::Canary;
 pub use resilience::{FaultInjection, RetryPolicy, Target as PolicyTarget};
 
 /// Where an object lives and who it is: `kind namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct ObjectId {
     pub kind: String,
     pub namespace: String,
@@ -27,6 +27,26 @@ pub struct ObjectId {
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+impl ObjectId {
+    pub fn of(kind: &str, meta: &Metadata) -> Self {
+        ObjectId {
+            kind: kind.to_string(),
+            namespace: namespace_of(meta).to_string(),
+            name: meta.name.clone(),
+        }
+    }
+
+    /// `Kind/name` as in a diagnostic (`kubectl` style), with ` (namespace ns)` when the
+    /// namespace is not `default`.
+    pub fn short(&self) -> String {
+        if self.namespace == DEFAULT_NAMESPACE {
+            format!("{}/{}", self.kind, self.name)
+        } else {
+            format!("{}/{} (namespace {})", self.kind, self.name, self.namespace)
+        }
     }
 }
 
@@ -266,7 +286,7 @@ pub struct HttpRouteRule {
     pub filters: Option<Vec<Value>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRouteMatch {
     #[serde(default)]

@@ -21,8 +21,10 @@ use crate::config::{
 };
 
 mod lint;
+mod memo;
 mod policy;
 
+pub use lint::Warning;
 pub use pillion_proto::names::{CLUSTER_DOMAIN, Target, parse_authority};
 
 /// The objects in force, indexed for lookups, and the routing the canary controller holds.
@@ -46,6 +48,8 @@ pub struct Model {
     pub generation: u64,
     /// When this model was built (push latency is measured from here).
     pub published: Published,
+    /// Each watch's answer, computed once for all watches that ask the same.
+    pub memo: memo::Memo,
 }
 
 /// Where a Canary sends the apex Service's traffic now.
@@ -994,10 +998,10 @@ spec:
         );
         let warnings = m.warnings();
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("AuthorizationPolicy default/p")
-                    && w.contains("protects nothing")),
+            warnings.iter().any(|w| w
+                .to_string()
+                .starts_with("AuthorizationPolicy/p: spec.targetRef: ")
+                && w.reason.contains("protects nothing")),
             "{warnings:?}"
         );
     }
@@ -1019,7 +1023,7 @@ spec:
         assert!(
             warnings
                 .iter()
-                .any(|w| w.contains("spec.backends[1].service") && w.contains("web-v9")),
+                .any(|w| w.field == "spec.backends[1].service" && w.reason.contains("web-v9")),
             "{warnings:?}"
         );
     }
@@ -1084,8 +1088,8 @@ spec:
         assert!(
             warnings
                 .iter()
-                .any(|w| w.contains("FaultInjection default/stray")
-                    && w.contains("no Service default/nothing")),
+                .any(|w| w.to_string().starts_with("FaultInjection/stray: ")
+                    && w.reason.contains("no Service default/nothing")),
             "{warnings:?}"
         );
     }

@@ -10,28 +10,48 @@ use serde_json::Value;
 
 use crate::config::{self, ObjectId, Parsed, Resource};
 
-/// A refused document, named by file, document number, object, field and reason.
+/// A refused document, named by file, line, object, field and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
-    /// 1-based position of the document in its file.
+    /// 1-based line of the field (or of the document) refused; 0 when not known.
+    pub line: usize,
+    /// 1-based position of the document in its file; 0 for the whole file.
     pub document: usize,
-    pub object: Option<String>,
+    pub object: Option<ObjectId>,
     pub field: String,
     pub reason: String,
 }
 
+impl ConfigError {
+    /// An error about a whole file (unreadable, not YAML, emptied).
+    fn file(path: &Path, line: usize, reason: String) -> Self {
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            document: 0,
+            object: None,
+            field: String::new(),
+            reason,
+        }
+    }
+}
+
+/// `file:line: Kind/name: field: reason`, the shape compilers use, so that editors and CI
+/// annotations can jump to it. An object outside `default` says its namespace.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
-        if self.document > 0 {
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        } else if self.document > 0 {
             write!(f, " document {}", self.document)?;
         }
         if let Some(object) = &self.object {
-            write!(f, " ({object})")?;
+            write!(f, ": {}", object.short())?;
         }
         if !self.field.is_empty() {
-            write!(f, ": field `{}`", self.field)?;
+            write!(f, ": {}", self.field)?;
         }
         write!(f, ": {}", self.reason)
     }
@@ -86,28 +106,7 @@ impl Store {
     /// Reads every file whose stamp changed since the last scan. Returns `None` when nothing
     /// changed, so that an idle directory costs one `stat` per file and nothing downstream.
     pub fn scan(&mut self) -> std::io::Result<Option<Change>> {
-        let mut present = BTreeMap::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if !is_config_file(&path) {
-                continue;
-            }
-            // `metadata` follows symlinks, as a Kubernetes ConfigMap mount needs.
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() {
-                continue;
-            }
-            present.insert(
-                path,
-                Stamp {
-                    modified: meta.modified().ok(),
-                    len: meta.len(),
-                },
-            );
-        }
+        let present = config_files(&self.dir)?;
         let mut changed = Vec::new();
         let removed: Vec<PathBuf> = self
             .files
@@ -136,6 +135,64 @@ impl Store {
             changed.push(path);
         }
         Ok((!changed.is_empty()).then_some(Change { files: changed }))
+    }
+
+    /// Files and directories read once, as the control plane would read them (`pillion
+    /// check`): a directory's YAML files (not hidden, not in subdirectories), and each file
+    /// named whatever its name.
+    pub fn read_paths(paths: &[PathBuf]) -> std::io::Result<Store> {
+        let mut store = Store::default();
+        for path in paths {
+            let meta = std::fs::metadata(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            let files = if meta.is_dir() {
+                config_files(path)?
+            } else {
+                BTreeMap::from([(path.clone(), Stamp::of(&meta))])
+            };
+            for (file, stamp) in files {
+                let state = store.files.entry(file.clone()).or_default();
+                if state.stamp.is_none() {
+                    reload(&file, stamp, state);
+                }
+            }
+        }
+        store.scanned = true;
+        Ok(store)
+    }
+
+    /// Every file read, in name order.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.keys().map(PathBuf::as_path)
+    }
+
+    /// The file an object in force was read from.
+    pub fn file_of(&self, id: &ObjectId) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|(_, state)| state.objects.iter().any(|(have, _)| have == id))
+            .map(|(path, _)| path.as_path())
+    }
+
+    /// Objects defined in more than one file: (the object, the file whose definition is
+    /// ignored, the file whose definition is in force).
+    pub fn duplicates(&self) -> Vec<(ObjectId, &Path, &Path)> {
+        let mut first: HashMap<&ObjectId, &Path> = HashMap::new();
+        let mut out = Vec::new();
+        for (path, state) in &self.files {
+            for (id, _) in &state.objects {
+                match first.get(id) {
+                    Some(winner) if *winner != path.as_path() => {
+                        out.push((id.clone(), path.as_path(), *winner));
+                    }
+                    Some(_) => {}
+                    None => {
+                        first.insert(id, path);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// All objects in force, files in name order; an object defined twice keeps the first.
@@ -169,6 +226,42 @@ impl Store {
     }
 }
 
+/// The parser's message without its source snippet (the error is already placed at its line):
+/// `line 4 column 5: did not find expected ',' or '}'`.
+fn one_line(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+/// The YAML files of a directory, with their stamps.
+fn config_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
+    let mut present = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !is_config_file(&path) {
+            continue;
+        }
+        // `metadata` follows symlinks, as a Kubernetes ConfigMap mount needs.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() {
+            present.insert(path, Stamp::of(&meta));
+        }
+    }
+    Ok(present)
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Stamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        }
+    }
+}
+
 fn is_config_file(path: &Path) -> bool {
     let hidden = path
         .file_name()
@@ -188,13 +281,7 @@ fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            let error = ConfigError {
-                file: path.to_path_buf(),
-                document: 0,
-                object: None,
-                field: String::new(),
-                reason: format!("cannot read: {e}"),
-            };
+            let error = ConfigError::file(path, 0, format!("cannot read: {e}"));
             tracing::error!(error = %error, "configuration refused; the previous version stays in force");
             state.errors = vec![error];
             return;
@@ -206,23 +293,15 @@ fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
     ) {
         Ok(docs) => docs,
         Err(e) => {
-            let error = ConfigError {
-                file: path.to_path_buf(),
-                document: 0,
-                object: None,
-                field: String::new(),
-                reason: format!("not valid YAML: {e}"),
-            };
+            let line = e.location().map_or(0, |l| l.line() as usize);
+            let error = ConfigError::file(path, line, format!("not valid YAML: {}", one_line(&e)));
             tracing::error!(error = %error, "configuration refused; the previous version stays in force");
             state.errors = vec![error];
             return;
         }
     };
     // A stamp that moved while we read means a writer is still at it: read again later.
-    let now = std::fs::metadata(path).ok().map(|m| Stamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-    });
+    let now = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
     if now.as_ref() != state.stamp.as_ref() {
         state.stamp = None;
         return;
@@ -230,21 +309,21 @@ fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
     if docs.iter().all(Value::is_null) && !state.objects.is_empty() {
         // An empty or comment-only file is what an editor leaves between truncate and write;
         // removing the file is how its objects are deleted.
-        let error = ConfigError {
-            file: path.to_path_buf(),
-            document: 0,
-            object: None,
-            field: String::new(),
-            reason: "the file is empty or holds only comments; its objects stay in force until \
-                     it is removed or holds objects again"
+        let error = ConfigError::file(
+            path,
+            0,
+            "the file is empty or holds only comments; its objects stay in force until it is \
+             removed or holds objects again"
                 .into(),
-        };
+        );
         tracing::warn!(error = %error, objects = state.objects.len(), "empty configuration file ignored");
         state.errors = vec![error];
         return;
     }
     let previous = std::mem::take(&mut state.objects);
     state.errors.clear();
+    // Where each field is: worked out only when a document is refused.
+    let mut located: Option<Vec<super::lines::Document>> = None;
     for (i, doc) in docs.into_iter().enumerate() {
         match config::parse_document(doc) {
             Ok(Parsed::Resource(id, resource)) => state.objects.push((id, *resource)),
@@ -253,10 +332,13 @@ fn reload(path: &Path, stamp: Stamp, state: &mut FileState) {
                 tracing::info!(file = %path.display(), document = i + 1, %api_version, %kind, "kind not used by Pillion; skipped");
             }
             Err(rejected) => {
+                let docs = located.get_or_insert_with(|| super::lines::documents(&text));
+                let line = docs.get(i).map_or(0, |d| d.line_of(&rejected.error.field));
                 let error = ConfigError {
                     file: path.to_path_buf(),
+                    line,
                     document: i + 1,
-                    object: rejected.id.as_ref().map(ToString::to_string),
+                    object: rejected.id.clone(),
                     field: rejected.error.field,
                     reason: rejected.error.reason,
                 };
@@ -411,9 +493,7 @@ mod tests {
         assert_eq!(errors.len(), 1);
         let text = errors[0].to_string();
         assert!(
-            text.contains(
-                "split.yaml document 1 (TrafficSplit default/web): field `spec.backends[1].weight`"
-            ),
+            text.contains("split.yaml:8: TrafficSplit/web: spec.backends[1].weight: "),
             "{text}"
         );
 

@@ -2,3 +2,4 @@
 
 pub mod files;
 pub mod kubernetes;
+pub mod lines;
