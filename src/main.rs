@@ -23,6 +23,11 @@ enum Command {
     Check(pillion::cmd::check::CheckArgs),
     /// Drift between a directory of configuration, the control plane and every proxy.
     Diff(pillion::cmd::diff::DiffArgs),
+    /// Golden signals per service and backend (rate, success, latency), read once from the
+    /// proxies' admin ports.
+    Stat(pillion::cmd::stat::StatArgs),
+    /// The same as `stat`, redrawn every window until Ctrl-C.
+    Top(pillion::cmd::stat::TopArgs),
     /// Run the demo's backend application alone (for benchmarks and manual tests).
     DemoApp {
         /// Address to listen on.
@@ -46,6 +51,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Inject(args) => std::process::exit(pillion::cmd::inject::run(args)),
         Command::Canary(args) => std::process::exit(pillion::cmd::canary::run(args).await),
         Command::Check(args) => std::process::exit(pillion::cmd::check::run(args)),
+        Command::Stat(args) => std::process::exit(pillion::cmd::stat::stat(args).await),
+        Command::Top(args) => std::process::exit(pillion::cmd::stat::top(args).await),
         Command::Diff(args) => std::process::exit(pillion::cmd::diff::run(args).await),
         Command::ControlPlane(args) => {
             init_logging("info");

@@ -45,75 +45,7 @@ struct Proxy {
 }
 
 /// Responses, failures and the latency histogram of a backend, added up.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Totals {
-    pub responses: u64,
-    pub failures: u64,
-    /// Upper bounds (seconds, the last +Inf) and cumulative counts.
-    pub bounds: Vec<f64>,
-    pub counts: Vec<u64>,
-}
-
-impl Totals {
-    fn add(&mut self, responses: u64, failures: u64, bounds: &[f64], counts: &[u64]) {
-        self.responses += responses;
-        self.failures += failures;
-        for (b, c) in bounds.iter().zip(counts) {
-            match self.bounds.iter().position(|x| x == b) {
-                Some(i) => self.counts[i] += c,
-                None => {
-                    let at = self.bounds.partition_point(|x| x < b);
-                    self.bounds.insert(at, *b);
-                    self.counts.insert(at, *c);
-                }
-            }
-        }
-    }
-
-    /// What happened between `earlier` and `self` (both from the same running totals).
-    pub fn since(&self, earlier: &Totals) -> Totals {
-        let mut out = Totals {
-            responses: self.responses.saturating_sub(earlier.responses),
-            failures: self.failures.saturating_sub(earlier.failures),
-            bounds: self.bounds.clone(),
-            counts: self.counts.clone(),
-        };
-        for (b, c) in earlier.bounds.iter().zip(&earlier.counts) {
-            if let Some(i) = out.bounds.iter().position(|x| x == b) {
-                out.counts[i] = out.counts[i].saturating_sub(*c);
-            }
-        }
-        out
-    }
-
-    /// The `q` quantile (0..1) of the latency, interpolated within its bucket as Prometheus'
-    /// `histogram_quantile` does; `None` without responses.
-    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        let total = *self.counts.last()?;
-        if total == 0 {
-            return None;
-        }
-        let rank = q * total as f64;
-        let mut lower = (0.0, 0u64);
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            if (*c as f64) >= rank {
-                if b.is_infinite() {
-                    // Past the last finite bound: that bound is all that can be said.
-                    return Some(Duration::from_secs_f64(lower.0));
-                }
-                let in_bucket = (*c - lower.1) as f64;
-                let frac = if in_bucket > 0.0 {
-                    (rank - lower.1 as f64) / in_bucket
-                } else {
-                    1.0
-                };
-                return Some(Duration::from_secs_f64(lower.0 + (b - lower.0) * frac));
-            }
-            lower = (*b, *c);
-        }
-        None
-    }
-}
+pub use pillion_core::golden::Totals;
 
 /// One connected proxy, for `/proxies` and `pillion diff`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -318,15 +250,15 @@ mod tests {
             bounds: vec![0.01, 0.1, 1.0, f64::INFINITY],
             counts: vec![50, 90, 100, 100],
         };
-        let p50 = t.latency_quantile(0.5).unwrap().as_secs_f64();
+        let p50 = t.latency_quantile(0.5).unwrap();
         assert!((p50 - 0.01).abs() < 1e-9, "{p50}");
-        let p99 = t.latency_quantile(0.99).unwrap().as_secs_f64();
+        let p99 = t.latency_quantile(0.99).unwrap();
         assert!((p99 - 0.91).abs() < 1e-9, "{p99}");
         let slow = Totals {
             counts: vec![0, 0, 0, 10],
             ..t.clone()
         };
-        assert_eq!(slow.latency_quantile(0.99), Some(Duration::from_secs(1)));
+        assert_eq!(slow.latency_quantile(0.99), Some(1.0));
         assert_eq!(Totals::default().latency_quantile(0.99), None);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod exposition;
+pub mod golden;
 pub mod logging;
 pub mod memory;
 pub mod metrics_doc;

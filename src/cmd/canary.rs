@@ -113,20 +113,20 @@ pub async fn run(args: CanaryArgs) -> i32 {
         return REFUSED;
     }
     if args.output == Output::Json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&body).unwrap_or_default()
         );
         return 0;
     }
     match body.as_array() {
-        Some(all) if all.is_empty() => println!("no Canary"),
-        Some(all) => print!("{}", table(all)),
+        Some(all) if all.is_empty() => crate::outln!("no Canary"),
+        Some(all) => crate::out!("{}", table(all)),
         None => {
-            print!("{}", table(std::slice::from_ref(&body)));
-            println!("\nevents:");
+            crate::out!("{}", table(std::slice::from_ref(&body)));
+            crate::outln!("\nevents:");
             for e in body["status"]["events"].as_array().into_iter().flatten() {
-                println!(
+                crate::outln!(
                     "  {}  {}",
                     e["at"].as_str().unwrap_or_default(),
                     e["message"].as_str().unwrap_or_default()

@@ -104,7 +104,7 @@ pub fn run(args: CheckArgs) -> i32 {
     let warnings = findings.len() - errors;
     let objects = store.objects().len();
     match args.output {
-        Output::Json => println!(
+        Output::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "files": files,
@@ -117,7 +117,7 @@ pub fn run(args: CheckArgs) -> i32 {
         ),
         Output::Table => {
             for f in &findings {
-                println!("{}", f.line());
+                crate::outln!("{}", f.line());
             }
             // The summary goes to stderr: stdout stays one finding per line.
             eprintln!(

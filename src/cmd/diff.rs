@@ -117,7 +117,7 @@ pub async fn run(args: DiffArgs) -> i32 {
     findings.extend(first);
     let drift = findings.iter().any(|f| f.kind != "canary");
     match args.output {
-        Output::Json => println!(
+        Output::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "drift": drift,
@@ -129,10 +129,10 @@ pub async fn run(args: DiffArgs) -> i32 {
         ),
         Output::Table => {
             for f in &findings {
-                println!("{:<9}  {}", f.kind.to_uppercase(), f.message);
+                crate::outln!("{:<9}  {}", f.kind.to_uppercase(), f.message);
             }
             if !drift {
-                println!(
+                crate::outln!(
                     "in step: {} destinations, {} proxies",
                     cp.authorities.len(),
                     cp.proxies.len()

@@ -1,4 +1,4 @@
-//! One JSON request to an admin port (the control plane's or a proxy's), for the subcommands
+//! One request to an admin port (JSON, or a proxy's metrics text) (the control plane's or a proxy's), for the subcommands
 //! that read or command the running mesh.
 
 use std::time::Duration;
@@ -18,6 +18,27 @@ pub async fn call(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(http::StatusCode, Value), String> {
+    let (status, body) = raw(addr, method, path, token, timeout).await?;
+    let value = serde_json::from_slice(&body)
+        .map_err(|_| format!("{status}: {}", String::from_utf8_lossy(&body).trim()))?;
+    Ok((status, value))
+}
+
+/// `GET` of a text document (a proxy's `/metrics`), expecting success.
+pub async fn get_text(addr: &str, path: &str, timeout: Duration) -> Result<String, String> {
+    match raw(addr, http::Method::GET, path, None, timeout).await? {
+        (s, body) if s.is_success() => Ok(String::from_utf8_lossy(&body).into_owned()),
+        (s, body) => Err(format!("{s}: {}", String::from_utf8_lossy(&body).trim())),
+    }
+}
+
+async fn raw(
+    addr: &str,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(http::StatusCode, Bytes), String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = http::Request::builder()
         .method(method)
@@ -37,9 +58,7 @@ pub async fn call(
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        let value = serde_json::from_slice(&body)
-            .map_err(|_| format!("{status}: {}", String::from_utf8_lossy(&body).trim()))?;
-        Ok((status, value))
+        Ok((status, body))
     };
     tokio::time::timeout(timeout, answer)
         .await

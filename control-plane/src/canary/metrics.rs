@@ -53,7 +53,8 @@ impl Source {
                 Ok(Analysis::new(
                     d.responses,
                     d.failures,
-                    d.latency_quantile(0.99),
+                    d.latency_quantile(0.99)
+                        .map(std::time::Duration::from_secs_f64),
                 ))
             }
             Source::Prometheus(p) => p.measure(plan, window.started.elapsed()).await,

@@ -7,12 +7,11 @@
 //! counted a second time on the request path: a report costs one encode every few seconds, a
 //! second set of counters would cost every request.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pillion_core::exposition;
+use pillion_core::golden;
 use pillion_proto::report::v1 as pb;
 use pillion_proto::report::v1::report_client::ReportClient;
 use tonic::transport::Channel;
@@ -91,50 +90,18 @@ impl Reporter {
 
 /// The outbound figures of each (authority, backend) in a proxy's metrics text.
 pub fn legs(text: &str) -> Vec<pb::Leg> {
-    let mut legs: BTreeMap<(String, String), pb::Leg> = BTreeMap::new();
-    fn leg<'a>(
-        legs: &'a mut BTreeMap<(String, String), pb::Leg>,
-        s: &exposition::Sample,
-    ) -> Option<&'a mut pb::Leg> {
-        let backend = s.label("backend");
-        if s.label("direction") != "outbound" || backend.is_empty() {
-            return None;
-        }
-        let key = (s.label("authority").to_string(), backend.to_string());
-        Some(legs.entry(key).or_insert_with(|| pb::Leg {
-            authority: s.label("authority").to_string(),
-            backend: backend.to_string(),
-            ..Default::default()
-        }))
-    }
-    for s in exposition::samples(text, "pillion_responses_total") {
-        if let Some(l) = leg(&mut legs, &s) {
-            let n = s.value as u64;
-            l.responses += n;
-            if s.label("classification") == "failure" {
-                l.failures += n;
-            }
-        }
-    }
-    for s in exposition::samples(text, "pillion_response_latency_seconds_bucket") {
-        let le = match s.label("le") {
-            "+Inf" => f64::INFINITY,
-            v => match v.parse::<f64>() {
-                Ok(b) => b,
-                Err(_) => continue,
-            },
-        };
-        if let Some(l) = leg(&mut legs, &s) {
-            match l.latency_bounds.iter().position(|b| *b == le) {
-                Some(i) => l.latency_counts[i] += s.value as u64,
-                None => {
-                    l.latency_bounds.push(le);
-                    l.latency_counts.push(s.value as u64);
-                }
-            }
-        }
-    }
-    legs.into_values().collect()
+    golden::legs(text)
+        .into_iter()
+        .filter(|(key, _)| key.direction == "outbound" && !key.backend.is_empty())
+        .map(|(key, leg)| pb::Leg {
+            authority: key.authority,
+            backend: key.backend,
+            responses: leg.totals.responses,
+            failures: leg.totals.failures,
+            latency_bounds: leg.totals.bounds,
+            latency_counts: leg.totals.counts,
+        })
+        .collect()
 }
 
 #[cfg(test)]
