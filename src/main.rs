@@ -44,8 +44,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => {
-            // The demo prints its own view; keep the mesh's logs to warnings unless asked.
-            init_logging("warn");
+            // The demo shows the mesh's state itself; only errors (a refused file) are logged,
+            // unless PILLION_LOG asks for more.
+            init_logging("error");
             pillion::demo::run(args).await
         }
         Command::Inject(args) => std::process::exit(pillion::cmd::inject::run(args)),

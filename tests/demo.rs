@@ -17,12 +17,74 @@ fn the_demo_runs_and_shows_both_versions() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Not a terminal: plain lines, with the file to edit.
     assert!(stdout.contains("traffic-split.yaml"), "{stdout}");
-    assert!(stdout.contains("mTLS between proxies"), "{stdout}");
-    assert!(stdout.contains("HTTP  v1"), "{stdout}");
-    assert!(stdout.contains("gRPC  v1"), "{stdout}");
+    assert!(stdout.contains("s] web   v1 weight 90%"), "{stdout}");
+    assert!(stdout.contains("s] echo  v1 weight 90%"), "{stdout}");
+    assert!(stdout.contains("canary Progressing"), "{stdout}");
     assert!(stdout.contains(", 0 errors."), "{stdout}");
-    assert!(dir.path().join("traffic-split.yaml").exists());
+    for file in ["traffic-split.yaml", "canary.yaml", "services.yaml"] {
+        assert!(dir.path().join(file).exists(), "{file}");
+    }
+}
+
+/// The headless run CI (and scripts) use: a JSON summary with traffic on both versions of
+/// both services near the configured weights, every response over mTLS, and traces.
+#[test]
+fn a_headless_demo_reports_traffic_near_the_weights_with_mtls() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pillion"))
+        .args(["demo", "--duration", "10s", "--no-tui", "--output", "json"])
+        .output()
+        .expect("run pillion demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(summary["mtls"], true);
+    let services = summary["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{summary:#}");
+    for service in services {
+        assert_eq!(service["client"]["failed"], 0, "{service:#}");
+        assert!(
+            service["client"]["sent"].as_u64().unwrap() > 50,
+            "{service:#}"
+        );
+        let mut shares = 0.0;
+        for v in service["versions"].as_array().unwrap() {
+            let configured = v["configuredShare"].as_f64().unwrap();
+            let observed = v["observedShareTotal"].as_f64().unwrap();
+            assert!(
+                v["responsesTotal"].as_u64().unwrap() > 0,
+                "no traffic on {v:#}"
+            );
+            assert!(
+                (observed - configured).abs() <= 0.1,
+                "observed {observed} vs configured {configured}: {v:#}"
+            );
+            assert_eq!(v["mtls"], true, "{v:#}");
+            assert!(
+                v["peerIdentity"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("spiffe://cluster.local/ns/default/sa/"),
+                "{v:#}"
+            );
+            assert_eq!(v["successRate"], 1.0, "{v:#}");
+            shares += observed;
+        }
+        assert!((shares - 1.0).abs() < 1e-9, "{service:#}");
+    }
+    assert_eq!(services[0]["source"], "TrafficSplit default/web-canary");
+    assert_eq!(services[1]["canary"]["phase"], "Progressing", "{summary:#}");
+    // The demo's own collector holds the traces: the client's hop and the server's.
+    assert!(summary["spansReceived"].as_u64().unwrap() > 0);
+    let hops = summary["latestTrace"]["hops"].as_array().unwrap();
+    assert!(hops.iter().any(|h| h["kind"] == "CLIENT"), "{hops:?}");
+    assert!(hops.iter().any(|h| h["kind"] == "SERVER"), "{hops:?}");
 }
 
 /// SIGTERM (and SIGHUP) stop the demo like Ctrl-C: its temporary directory, with the CA's

@@ -94,12 +94,16 @@ pub struct LegKey {
     pub backend: String,
 }
 
-/// One leg's figures and the routes (`namespace/name` of the split or route rule) that sent
-/// requests along it.
+/// One leg's figures, the routes (`namespace/name` of the split or route rule) that sent
+/// requests along it, and how the hop was secured.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Leg {
     pub totals: Totals,
     pub routes: BTreeSet<String>,
+    /// Responses whose hop between proxies was mTLS.
+    pub mtls_responses: u64,
+    /// The peers' SPIFFE IDs (outbound: the endpoints' proxies; inbound: the clients).
+    pub peer_identities: BTreeSet<String>,
 }
 
 /// Every leg in a proxy's metrics text (`pillion_responses_total` and
@@ -121,6 +125,13 @@ pub fn legs(text: &str) -> BTreeMap<LegKey, Leg> {
         if !s.label("route").is_empty() {
             leg.routes.insert(s.label("route").to_string());
         }
+        if s.label("tls") == "true" {
+            leg.mtls_responses += n;
+        }
+        if !s.label("peer_identity").is_empty() {
+            leg.peer_identities
+                .insert(s.label("peer_identity").to_string());
+        }
     }
     for s in exposition::samples(text, "pillion_response_latency_seconds_bucket") {
         let le = match s.label("le") {
@@ -141,7 +152,7 @@ mod tests {
     use super::*;
 
     const TEXT: &str = r#"# TYPE pillion_responses_total counter
-pillion_responses_total{direction="outbound",authority="web",route="default/web",backend="v1:80",status_code="200",classification="success"} 90
+pillion_responses_total{direction="outbound",authority="web",route="default/web",backend="v1:80",status_code="200",tls="true",peer_identity="spiffe://td/ns/default/sa/web",classification="success"} 90
 pillion_responses_total{direction="outbound",authority="web",route="default/web",backend="v1:80",status_code="503",classification="failure"} 10
 pillion_responses_total{direction="inbound",authority="web",route="",backend="",status_code="200",classification="success"} 5
 pillion_response_latency_seconds_bucket{direction="outbound",authority="web",backend="v1:80",le="0.01"} 50
@@ -161,6 +172,11 @@ pillion_response_latency_seconds_bucket{direction="outbound",authority="web",bac
         assert_eq!((out.totals.responses, out.totals.failures), (100, 10));
         assert_eq!(out.totals.success_rate(), Some(0.9));
         assert_eq!(out.routes.iter().collect::<Vec<_>>(), ["default/web"]);
+        assert_eq!(out.mtls_responses, 90);
+        assert_eq!(
+            out.peer_identities.iter().collect::<Vec<_>>(),
+            ["spiffe://td/ns/default/sa/web"]
+        );
         // Half the responses under 10 ms: the median is the bucket's top.
         assert_eq!(out.totals.latency_quantile(0.5), Some(0.01));
         let p99 = out.totals.latency_quantile(0.99).unwrap();

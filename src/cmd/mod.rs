@@ -8,7 +8,7 @@ pub mod inject;
 pub mod stat;
 
 /// How a subcommand prints data: `table` for people, `json` for scripts.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Table,
     Json,
