@@ -42,10 +42,18 @@ enum Command {
     )]
     DemoApp {
         /// Address to listen on.
-        #[arg(long, env = "PILLION_DEMO_APP_LISTEN", default_value = "127.0.0.1:8080")]
+        #[arg(
+            long,
+            env = "PILLION_DEMO_APP_LISTEN",
+            default_value = "127.0.0.1:8080"
+        )]
         listen: std::net::SocketAddr,
         /// The version it reports (`x-version` header, gRPC replies).
-        #[arg(long = "app-version", env = "PILLION_DEMO_APP_VERSION", default_value = "v1")]
+        #[arg(
+            long = "app-version",
+            env = "PILLION_DEMO_APP_VERSION",
+            default_value = "v1"
+        )]
         app_version: String,
     },
 }
@@ -123,7 +131,10 @@ mod tests {
             }
             for sub in cmd.get_subcommands() {
                 let path = format!("{path} {}", sub.get_name());
-                let examples = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                let examples = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
                 if sub.get_subcommands().next().is_none()
                     && !examples.contains("Examples:")
                     && !path.starts_with("pillion canary ")

@@ -62,6 +62,7 @@ fn each_problem_is_printed_at_its_file_and_line() {
         "broken/empty-backend.yaml:14: warning: TrafficSplit/web-v3-split: spec.backends[1].service: Service default/web-v3 has no ready endpoint",
         "broken/routes.yaml:21: warning: HTTPRoute/api-copy: spec.rules[0].matches[0]: the same match as HTTPRoute/api spec.rules[0] on Service default/web",
         "broken/routes.yaml:30: warning: HTTPRoute/orphan: spec.parentRefs[0].name: no Service default/shop",
+        "broken/split.yaml:18: warning: TrafficSplit/web-split-2: spec.service: HTTPRoute default/api also routes Service default/web and takes precedence",
     ];
     assert_eq!(lines.len(), expected.len(), "{text}");
     for (line, want) in lines.iter().zip(expected) {
@@ -89,7 +90,7 @@ fn json_output_carries_every_finding() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["errors"], 3);
-    assert_eq!(v["warnings"], 3);
+    assert_eq!(v["warnings"], 4);
     let split = v["findings"]
         .as_array()
         .unwrap()
@@ -130,4 +131,33 @@ fn an_object_defined_twice_is_reported_where_it_is_ignored() {
         )),
         "{text}"
     );
+}
+
+#[test]
+fn a_second_split_for_one_service_is_reported_as_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(data("good/mesh.yaml"), dir.path().join("mesh.yaml")).unwrap();
+    let split = |name: &str, created: &str| {
+        format!(
+            "---\napiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\n\
+             metadata: {{name: {name}, creationTimestamp: \"{created}\"}}\n\
+             spec:\n  service: web\n  backends:\n  - {{service: web-v1, weight: 1}}\n"
+        )
+    };
+    let text = format!(
+        "{}{}",
+        split("newer", "2026-02-01T00:00:00Z"),
+        split("older", "2026-01-01T00:00:00Z")
+    );
+    std::fs::write(dir.path().join("splits.yaml"), text).unwrap();
+    let out = check(&[dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "splits.yaml:6: warning: TrafficSplit/newer: spec.service: TrafficSplit default/older (older) already splits Service default/web: this one is not used"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
 }

@@ -137,6 +137,47 @@ impl Model {
                     ),
                 });
             }
+            let same_apex = |other: &crate::config::TrafficSplit| {
+                let other_ns = namespace_of(&other.metadata);
+                other_ns == ns
+                    && parse_authority(&other.spec.service, other_ns)
+                        .is_some_and(|t| t.name == apex)
+            };
+            // Splits are oldest first: an earlier one with the same apex is the one used.
+            if let Some(older) = self
+                .splits
+                .iter()
+                .take_while(|s| !std::ptr::eq(*s, split))
+                .find(|s| same_apex(s))
+            {
+                out.push(Warning {
+                    object: object(),
+                    field: "spec.service".into(),
+                    reason: format!(
+                        "TrafficSplit {ns}/{} (older) already splits Service {ns}/{apex}: this \
+                         one is not used",
+                        older.metadata.name
+                    ),
+                });
+            }
+            if let Some(route) = self.routes.iter().find(|r| {
+                namespace_of(&r.metadata) == ns
+                    && r.spec.parent_refs.iter().any(|p| {
+                        p.kind.as_deref() == Some("Service")
+                            && p.name == apex
+                            && p.namespace.as_deref().unwrap_or(ns) == ns
+                    })
+            }) {
+                out.push(Warning {
+                    object: object(),
+                    field: "spec.service".into(),
+                    reason: format!(
+                        "HTTPRoute {ns}/{} also routes Service {ns}/{apex} and takes precedence: \
+                         this split is not used",
+                        route.metadata.name
+                    ),
+                });
+            }
             for (i, b) in split.spec.backends.iter().enumerate() {
                 let name = parse_authority(&b.service, ns).map_or(b.service.clone(), |t| t.name);
                 let reason = match self.service_state(ns, &name) {

@@ -329,15 +329,9 @@ impl Model {
                     .is_some_and(|t| t.namespace == target.namespace && t.name == target.name)
             })
             .collect();
-        if let Some((split, ignored)) = splits.split_first() {
-            for other in ignored {
-                tracing::warn!(
-                    used = %format!("{}/{}", namespace_of(&split.metadata), split.metadata.name),
-                    ignored = %format!("{}/{}", namespace_of(&other.metadata), other.metadata.name),
-                    service = %target.fqdn(),
-                    "several TrafficSplits for one service; the oldest is used"
-                );
-            }
+        // Of several TrafficSplits for one service the oldest is used (a lint warning names
+        // the others).
+        if let Some(split) = splits.first() {
             return self.destination_from_split(target, split);
         }
         pb::Destination {
@@ -385,12 +379,7 @@ impl Model {
     }
 
     fn destination_from_routes(&self, target: &Target, routes: &[&HttpRoute]) -> pb::Destination {
-        if self.splits.iter().any(|s| {
-            parse_authority(&s.spec.service, namespace_of(&s.metadata))
-                .is_some_and(|t| t.namespace == target.namespace && t.name == target.name)
-        }) {
-            tracing::warn!(service = %target.fqdn(), "a TrafficSplit and an HTTPRoute both apply; the HTTPRoute is used");
-        }
+        // A TrafficSplit on the same service is not used (a lint warning says so).
         let mut rules = Vec::new();
         // (sort key, match) for every match of every rule; sorted at the end.
         let mut keyed = Vec::new();
