@@ -132,3 +132,50 @@ fn a_zero_interval_is_refused_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("more than zero"), "{err}");
 }
+
+/// The demo's story: a user edits the weights in the file it names, saves, and the live lines
+/// show the traffic move to the new weights.
+#[test]
+fn an_edited_weight_moves_the_traffic_the_view_shows() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pillion"))
+        .args(["demo", "--no-tui", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run pillion demo");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let wait_for = |what: &dyn Fn(&str) -> bool| loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if what(&line) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no such line before the deadline: {e}"),
+        }
+    };
+    wait_for(&|l| l.contains("] web ") && l.contains("v1 weight 90% share 90%"));
+    let split = dir.path().join("traffic-split.yaml");
+    let text = std::fs::read_to_string(&split)
+        .unwrap()
+        .replace("weight: 90", "weight: 0")
+        .replace("weight: 10", "weight: 100");
+    std::fs::write(&split, text).unwrap();
+    // Shares are over the last 5 s: wait until the old ones have left the window.
+    let line = wait_for(&|l| l.contains("] web ") && l.contains("v2 weight 100% share 100%"));
+    assert!(line.contains("v1 weight 0% share 0%"), "{line}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -63,7 +63,7 @@ async fn diff_reports_a_directory_that_differs_and_a_proxy_that_missed_an_update
     }
     let o = diff_until(mesh.dir.path(), mesh.cp.admin, 0);
     assert!(
-        text(&o).contains("in step: 3 destinations, 3 proxies"),
+        text(&o).contains("in step: 6 destinations, 3 proxies"),
         "{}",
         text(&o)
     );

@@ -121,7 +121,10 @@ async fn refused_configuration_is_reported_and_the_previous_split_stays() {
                 .is_some_and(|e| e.contains("split.yaml") && e.contains("spec.backends[1].weight"))
         });
     let error = line["fields"]["error"].as_str().unwrap();
-    assert!(error.contains("TrafficSplit default/web-canary"), "{error}");
+    assert!(
+        error.contains("split.yaml:12: TrafficSplit/web-canary: spec.backends[1].weight: "),
+        "{error}"
+    );
 
     // Not YAML at all.
     write_config(&split, "spec: [unclosed\n  backends: {");
