@@ -10,7 +10,7 @@ use pillion_control_plane::source::files::Store;
 use pillion_control_plane::source::lines;
 use serde::Serialize;
 
-use super::Output;
+use super::{Output, OutputArg};
 
 const PROBLEMS: i32 = 1;
 const USAGE: i32 = 2;
@@ -26,15 +26,8 @@ pub struct CheckArgs {
     /// Count warnings as problems (exit status 1).
     #[arg(long, env = "PILLION_CHECK_STRICT")]
     strict: bool,
-    /// `table` for people (one line per finding), `json` for scripts.
-    #[arg(
-        long,
-        short = 'o',
-        env = "PILLION_OUTPUT",
-        value_enum,
-        default_value = "table"
-    )]
-    output: Output,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 /// One finding, located.
@@ -103,7 +96,7 @@ pub fn run(args: CheckArgs) -> i32 {
     let errors = findings.iter().filter(|f| f.severity == "error").count();
     let warnings = findings.len() - errors;
     let objects = store.objects().len();
-    match args.output {
+    match args.output.output {
         Output::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({

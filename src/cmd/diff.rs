@@ -17,8 +17,8 @@ use pillion_control_plane::source::files::Store;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::Output;
 use super::http_json::get;
+use super::{Output, OutputArg};
 
 const REFUSED: i32 = 1;
 const USAGE: i32 = 2;
@@ -43,15 +43,8 @@ pub struct DiffArgs {
         default_value = "127.0.0.1:8087"
     )]
     admin: String,
-    /// `table` for people, `json` for scripts.
-    #[arg(
-        long,
-        short = 'o',
-        env = "PILLION_OUTPUT",
-        value_enum,
-        default_value = "table"
-    )]
-    output: Output,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,7 +109,7 @@ pub async fn run(args: DiffArgs) -> i32 {
     }
     findings.extend(first);
     let drift = findings.iter().any(|f| f.kind != "canary");
-    match args.output {
+    match args.output.output {
         Output::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({

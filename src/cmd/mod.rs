@@ -7,6 +7,53 @@ pub mod http_json;
 pub mod inject;
 pub mod stat;
 
+/// Rows as aligned columns two spaces apart (the first row is the header); columns from
+/// `right_from` on are right-aligned (numbers).
+pub fn columns<R: AsRef<[String]>>(rows: &[R], right_from: usize) -> String {
+    let width = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..width)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.as_ref().get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .as_ref()
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i >= right_from {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `--output`: how a subcommand prints data.
+#[derive(Debug, clap::Args)]
+pub struct OutputArg {
+    /// `table` for people, `json` for scripts.
+    #[arg(
+        long,
+        short = 'o',
+        env = "PILLION_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
+    pub output: Output,
+}
+
 /// How a subcommand prints data: `table` for people, `json` for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use pillion_core::golden::{self, LegKey, Totals};
 use serde::Serialize;
 
-use super::Output;
 use super::http_json::{get, get_text};
+use super::{Output, OutputArg};
 
 const UNREACHABLE: i32 = 3;
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -64,15 +64,8 @@ struct Common {
         default_value = "all"
     )]
     direction: Direction,
-    /// `table` for people, `json` for scripts.
-    #[arg(
-        long,
-        short = 'o',
-        env = "PILLION_OUTPUT",
-        value_enum,
-        default_value = "table"
-    )]
-    output: Output,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 fn window(s: &str) -> Result<Duration, String> {
@@ -169,7 +162,7 @@ async fn run(args: Common, iterations: u64) -> i32 {
             // Home and clear: one screen, redrawn.
             crate::out!("\x1b[H\x1b[2J");
         }
-        match args.output {
+        match args.output.output {
             Output::Json => crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
@@ -341,32 +334,7 @@ fn table(rows: &[Row], proxies: usize, elapsed: Duration) -> String {
             r.total.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
-        .map(|i| {
-            lines
-                .iter()
-                .map(|l| l[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for l in &lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                if i >= 3 {
-                    format!("{c:>w$}")
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = super::columns(&lines, 3);
     if rows.is_empty() {
         out.push_str("(no requests through these proxies yet)\n");
     }

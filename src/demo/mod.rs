@@ -19,7 +19,7 @@ use anyhow::Context as _;
 
 pub use mesh::{DemoEndpoint, endpoints_yaml};
 
-use crate::cmd::Output;
+use crate::cmd::{Output, OutputArg};
 
 const FILES: [(&str, &str); 3] = [
     (
@@ -63,15 +63,8 @@ pub struct DemoArgs {
     /// not a terminal).
     #[arg(long, env = "PILLION_DEMO_NO_TUI")]
     pub no_tui: bool,
-    /// `json`: print a summary of the run as JSON at the end (and the live lines to stderr).
-    #[arg(
-        long,
-        short = 'o',
-        env = "PILLION_OUTPUT",
-        value_enum,
-        default_value = "table"
-    )]
-    pub output: Output,
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -118,7 +111,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         !args.no_mtls,
         args.zipkin_url,
         args.no_tui,
-        args.output,
+        args.output.output,
         &mut stop,
     )
     .await;
