@@ -51,7 +51,7 @@ where
         key,
         compute,
         set_version,
-        last_version: String::new(),
+        last: None,
     };
     Box::pin(futures_util::stream::unfold(
         state,
@@ -70,8 +70,9 @@ struct Watch<M, F> {
     key: String,
     compute: F,
     set_version: fn(&mut M, String),
-    /// Empty until the first message is sent.
-    last_version: String,
+    /// The last answer sent (`None` until the first): held, so that the model's memo keeps
+    /// it for the other watches that ask the same.
+    last: Option<Arc<Versioned<M>>>,
 }
 
 /// One computed answer and its version (the hash of its encoding).
@@ -89,7 +90,7 @@ where
     /// the model's sender is gone.
     async fn next(&mut self) -> Option<M> {
         loop {
-            if !self.last_version.is_empty() && self.model.changed().await.is_err() {
+            if self.last.is_some() && self.model.changed().await.is_err() {
                 return None;
             }
             let current = self.model.borrow_and_update().clone();
@@ -98,7 +99,12 @@ where
                 let version = model::version_of_bytes(&msg.encode_to_vec());
                 Versioned { msg, version }
             });
-            if answer.version == self.last_version {
+            if self
+                .last
+                .as_ref()
+                .is_some_and(|l| l.version == answer.version)
+            {
+                self.last = Some(answer);
                 continue;
             }
             let version = answer.version.clone();
@@ -106,14 +112,14 @@ where
             (self.set_version)(&mut msg, version.clone());
             self.metrics.pushes.get_or_create(&self.kind).inc();
             // A change (not the first answer): how long since the change was published.
-            if !self.last_version.is_empty() {
+            if self.last.is_some() {
                 self.metrics
                     .push_latency
                     .get_or_create(&self.kind)
                     .observe(current.published.elapsed().as_secs_f64());
             }
             tracing::debug!(key = %self.key, %version, "update sent");
-            self.last_version = version;
+            self.last = Some(answer);
             return Some(msg);
         }
     }
