@@ -307,6 +307,7 @@ fn table(rows: &[Row], proxies: usize, elapsed: Duration) -> String {
     let mut lines = vec![[
         "DIRECTION".to_string(),
         "AUTHORITY".into(),
+        "ROUTE".into(),
         "BACKEND".into(),
         "RPS".into(),
         "SUCCESS".into(),
@@ -320,6 +321,11 @@ fn table(rows: &[Row], proxies: usize, elapsed: Duration) -> String {
         lines.push([
             r.direction.clone(),
             short(&r.authority),
+            if r.routes.is_empty() {
+                "-".into()
+            } else {
+                r.routes.join(",")
+            },
             if r.backend.is_empty() {
                 "-".into()
             } else {
@@ -334,7 +340,7 @@ fn table(rows: &[Row], proxies: usize, elapsed: Duration) -> String {
             r.total.to_string(),
         ]);
     }
-    let mut out = super::columns(&lines, 3);
+    let mut out = super::columns(&lines, 4);
     if rows.is_empty() {
         out.push_str("(no requests through these proxies yet)\n");
     }
