@@ -79,70 +79,74 @@ impl Inbound {
         }
     }
 
-    async fn handle(
+    #[allow(clippy::manual_async_fn)]
+    fn handle(
         &self,
         mut req: Request<Body>,
         conn: &ConnMeta,
         authority: String,
-    ) -> Result<Response<Body>, ProxyError> {
-        // CONNECT is the outbound side's (to a mesh destination); nothing tunnels inbound.
-        if req.method() == http::Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed("CONNECT"));
-        }
-        forward::check_host(&req)?;
-        let headers = req.headers_mut();
-        // Only the proxy says who the client is.
-        headers.remove(CLIENT_ID_HEADER);
-        if let Some(id) = &conn.client_id
-            && let Ok(v) = HeaderValue::from_str(id)
-        {
-            headers.insert(CLIENT_ID_HEADER, v);
-        }
-        // What the peer proxy says about the original request counts only on an mTLS hop.
-        let (named_port, hint, caller_http1) = if conn.tls {
-            let port = headers
-                .get(TARGET_PORT_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u16>().ok());
-            let http1 = headers
-                .get(ORIG_PROTO_HEADER)
-                .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
-            let hint = match headers.get(APP_PROTO_HEADER).map(HeaderValue::as_bytes) {
-                Some(b"h2") => Some(Protocol::Http2),
-                Some(b"http/1.1") => Some(Protocol::Http1),
-                _ => None,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, ProxyError>> {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            // CONNECT is the outbound side's (to a mesh destination); nothing tunnels inbound.
+            if req.method() == http::Method::CONNECT {
+                return Err(ProxyError::MethodNotAllowed("CONNECT"));
+            }
+            forward::check_host(&req)?;
+            let headers = req.headers_mut();
+            // Only the proxy says who the client is.
+            headers.remove(CLIENT_ID_HEADER);
+            if let Some(id) = &conn.client_id
+                && let Ok(v) = HeaderValue::from_str(id)
+            {
+                headers.insert(CLIENT_ID_HEADER, v);
+            }
+            // What the peer proxy says about the original request counts only on an mTLS hop.
+            let (named_port, hint, caller_http1) = if conn.tls {
+                let port = headers
+                    .get(TARGET_PORT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u16>().ok());
+                let http1 = headers
+                    .get(ORIG_PROTO_HEADER)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
+                let hint = match headers.get(APP_PROTO_HEADER).map(HeaderValue::as_bytes) {
+                    Some(b"h2") => Some(Protocol::Http2),
+                    Some(b"http/1.1") => Some(Protocol::Http1),
+                    _ => None,
+                };
+                (port, hint, http1)
+            } else {
+                (None, None, req.version() != http::Version::HTTP_2)
             };
-            (port, hint, http1)
-        } else {
-            (None, None, req.version() != http::Version::HTTP_2)
-        };
-        let target = self.target(conn, named_port)?;
-        self.authorize(conn, target.port())?;
-        // The application's protocol: discovery's hint; else HTTP/2 for gRPC; else the
-        // caller's own protocol when it was HTTP/1.1; else (an HTTP/2 caller) what a probe of
-        // the application finds, so that an HTTP/1.1-only application still gets HTTP/1.1.
-        let protocol = match hint {
-            // An upgrade (WebSocket) exists only in HTTP/1.1.
-            _ if forward::wants_upgrade(&req) => Protocol::Http1,
-            Some(p) => p,
-            None if is_grpc(req.headers()) => Protocol::Http2,
-            None if caller_http1 => Protocol::Http1,
-            None => self.app_protocols.of(target, self.connect_timeout).await,
-        };
-        let endpoint = self.app.get(target);
-        let authority = if authority.is_empty() {
-            target.to_string()
-        } else {
-            authority
-        };
-        let opts = forward::ForwardOpts {
-            authority: &authority,
-            timeout: forward::grpc_timeout(req.headers()).or(self.request_timeout),
-            protocol: Some(protocol),
-        };
-        forward::forward(&endpoint, req, opts)
-            .await
-            .map_err(forward::ForwardError::into_error)
+            let target = self.target(conn, named_port)?;
+            self.authorize(conn, target.port())?;
+            // The application's protocol: discovery's hint; else HTTP/2 for gRPC; else the
+            // caller's own protocol when it was HTTP/1.1; else (an HTTP/2 caller) what a probe of
+            // the application finds, so that an HTTP/1.1-only application still gets HTTP/1.1.
+            let protocol = match hint {
+                // An upgrade (WebSocket) exists only in HTTP/1.1.
+                _ if forward::wants_upgrade(&req) => Protocol::Http1,
+                Some(p) => p,
+                None if is_grpc(req.headers()) => Protocol::Http2,
+                None if caller_http1 => Protocol::Http1,
+                None => self.app_protocols.of(target, self.connect_timeout).await,
+            };
+            let endpoint = self.app.get(target);
+            let authority = if authority.is_empty() {
+                target.to_string()
+            } else {
+                authority
+            };
+            let opts = forward::ForwardOpts {
+                authority: &authority,
+                timeout: forward::grpc_timeout(req.headers()).or(self.request_timeout),
+                protocol: Some(protocol),
+            };
+            forward::forward(&endpoint, req, opts)
+                .await
+                .map_err(forward::ForwardError::into_error)
+        }
     }
 }
 
@@ -151,25 +155,33 @@ impl Handler for Inbound {
         Direction::inbound
     }
 
-    async fn http(self: Arc<Self>, mut req: Request<Body>, conn: ConnMeta) -> Response<Body> {
-        let grpc = is_grpc(req.headers());
-        let authority = authority_of(&req).unwrap_or_default();
-        let mut obs = Observation::new(Direction::inbound, Label::from(authority.as_str()));
-        if self.access_log {
-            obs.access = Some(forward::Access::of(&req, conn.peer));
+    #[allow(clippy::manual_async_fn)]
+    fn http(
+        self: Arc<Self>,
+        mut req: Request<Body>,
+        conn: ConnMeta,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            let grpc = is_grpc(req.headers());
+            let authority = authority_of(&req).unwrap_or_default();
+            let mut obs = Observation::new(Direction::inbound, Label::from(authority.as_str()));
+            if self.access_log {
+                obs.access = Some(forward::Access::of(&req, conn.peer));
+            }
+            if let Some(tracer) = &self.tracer {
+                obs.span = tracer
+                    .start(crate::telemetry::trace::Kind::Server, &mut req)
+                    .map(|span| (tracer.clone(), span));
+                obs.remote(conn.peer, None);
+            }
+            obs.tls = conn.tls;
+            if let Some(id) = &conn.client_id {
+                obs.peer_identity = Label(id.clone());
+            }
+            let result = self.handle(req, &conn, authority).await;
+            obs.finish(&self.metrics, result, grpc)
         }
-        if let Some(tracer) = &self.tracer {
-            obs.span = tracer
-                .start(crate::telemetry::trace::Kind::Server, &mut req)
-                .map(|span| (tracer.clone(), span));
-            obs.remote(conn.peer, None);
-        }
-        obs.tls = conn.tls;
-        if let Some(id) = &conn.client_id {
-            obs.peer_identity = Label(id.clone());
-        }
-        let result = self.handle(req, &conn, authority).await;
-        obs.finish(&self.metrics, result, grpc)
     }
 
     async fn opaque(self: Arc<Self>, mut io: Box<dyn Io>, conn: ConnMeta) {

@@ -64,119 +64,128 @@ impl Outbound {
             .is_some_and(|d| self.own_ports.contains(&d.port()) && is_local(d))
     }
 
-    async fn route(
+    #[allow(clippy::manual_async_fn)]
+    fn route(
         &self,
         req: Request<Body>,
         conn: ConnMeta,
         obs: &mut Observation,
-    ) -> Result<Response<Body>, ProxyError> {
-        if self.loops(&conn) {
-            return Err(ProxyError::Loop);
+    ) -> impl std::future::Future<Output = Result<Response<Body>, ProxyError>> {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            if self.loops(&conn) {
+                return Err(ProxyError::Loop);
+            }
+            // The rare paths are boxed: an async fn's future is as large as its largest branch,
+            // and this one is held for every request in flight.
+            if req.method() == http::Method::CONNECT {
+                return Box::pin(self.connect(req, conn, obs)).await;
+            }
+            forward::check_host(&req)?;
+            let authority = authority_of(&req);
+            let target = authority
+                .as_deref()
+                .and_then(|a| pillion_proto::names::parse_authority(a, &self.namespace));
+            // By name first; in transparent mode also by the original destination's address (a
+            // Service's cluster IP, or a meshed endpoint), which is all an app calling by IP gives.
+            let mut snapshot = match target {
+                Some(target) => Some(self.dests.get(&target.fqdn()).await?),
+                None => None,
+            };
+            if snapshot.as_ref().is_none_or(|s| !s.in_mesh())
+                && let Some(dst) = conn.orig_dst
+            {
+                snapshot = Some(self.dests.get(&dst.to_string()).await?);
+            }
+            let Some(snapshot) = snapshot.filter(|s| s.in_mesh()) else {
+                return Box::pin(self.passthrough(req, conn, authority, obs)).await;
+            };
+            obs.authority = Label(snapshot.fqdn.clone());
+            let grpc_timeout = forward::grpc_timeout(req.headers());
+            let info = RequestInfo {
+                method: req.method(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+            };
+            let rule = snapshot.route(&info)?;
+            obs.route = Label(rule.name.clone());
+            // The whole request's deadline (the route's, or the caller's, else the default) covers
+            // every attempt and the waits between them; the backend request timeout and the retry
+            // policy's per-try timeout bound each attempt.
+            let overall =
+                forward::shortest([rule.request_timeout, grpc_timeout]).or(self.request_timeout);
+            let per_try = forward::shortest([
+                rule.backend_timeout,
+                rule.retry.as_ref().and_then(|r| r.per_try_timeout),
+            ]);
+            let authority = authority.unwrap_or_default();
+            forward::within(overall, self.send(rule, req, obs, &authority, per_try)).await
         }
-        // The rare paths are boxed: an async fn's future is as large as its largest branch,
-        // and this one is held for every request in flight.
-        if req.method() == http::Method::CONNECT {
-            return Box::pin(self.connect(req, conn, obs)).await;
-        }
-        forward::check_host(&req)?;
-        let authority = authority_of(&req);
-        let target = authority
-            .as_deref()
-            .and_then(|a| pillion_proto::names::parse_authority(a, &self.namespace));
-        // By name first; in transparent mode also by the original destination's address (a
-        // Service's cluster IP, or a meshed endpoint), which is all an app calling by IP gives.
-        let mut snapshot = match target {
-            Some(target) => Some(self.dests.get(&target.fqdn()).await?),
-            None => None,
-        };
-        if snapshot.as_ref().is_none_or(|s| !s.in_mesh())
-            && let Some(dst) = conn.orig_dst
-        {
-            snapshot = Some(self.dests.get(&dst.to_string()).await?);
-        }
-        let Some(snapshot) = snapshot.filter(|s| s.in_mesh()) else {
-            return Box::pin(self.passthrough(req, conn, authority, obs)).await;
-        };
-        obs.authority = Label(snapshot.fqdn.clone());
-        let grpc_timeout = forward::grpc_timeout(req.headers());
-        let info = RequestInfo {
-            method: req.method(),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            headers: req.headers(),
-        };
-        let rule = snapshot.route(&info)?;
-        obs.route = Label(rule.name.clone());
-        // The whole request's deadline (the route's, or the caller's, else the default) covers
-        // every attempt and the waits between them; the backend request timeout and the retry
-        // policy's per-try timeout bound each attempt.
-        let overall =
-            forward::shortest([rule.request_timeout, grpc_timeout]).or(self.request_timeout);
-        let per_try = forward::shortest([
-            rule.backend_timeout,
-            rule.retry.as_ref().and_then(|r| r.per_try_timeout),
-        ]);
-        let authority = authority.unwrap_or_default();
-        forward::within(overall, self.send(rule, req, obs, &authority, per_try)).await
     }
 
     /// Injects the rule's faults, picks a backend, and sends the request to it (with retries
     /// when the rule has a policy).
-    async fn send(
+    #[allow(clippy::manual_async_fn)]
+    fn send(
         &self,
         rule: &Rule,
         req: Request<Body>,
         obs: &mut Observation,
         authority: &str,
         per_try: Option<Duration>,
-    ) -> Result<Response<Body>, ProxyError> {
-        if let Some(fault) = &rule.fault {
-            let decision = fault.decide();
-            if let Some(delay) = decision.delay {
-                self.count_fault(obs, "delay");
-                tokio::time::sleep(delay).await;
+    ) -> impl std::future::Future<Output = Result<Response<Body>, ProxyError>> {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            if let Some(fault) = &rule.fault {
+                let decision = fault.decide();
+                if let Some(delay) = decision.delay {
+                    self.count_fault(obs, "delay");
+                    tokio::time::sleep(delay).await;
+                }
+                if decision.abort {
+                    self.count_fault(obs, "abort");
+                    return Err(ProxyError::FaultInjected {
+                        status: fault.abort_status,
+                        grpc: fault.abort_grpc,
+                        source_name: fault.source.clone(),
+                    });
+                }
             }
-            if decision.abort {
-                self.count_fault(obs, "abort");
-                return Err(ProxyError::FaultInjected {
-                    status: fault.abort_status,
-                    grpc: fault.abort_grpc,
-                    source_name: fault.source.clone(),
-                });
+            let sticky = rule.sticky.as_ref().and_then(|k| k.of(req.headers()));
+            let backend = match sticky {
+                Some(key) => rule.split.pick_sticky(key),
+                None => rule.split.pick(),
             }
+            .ok_or(ProxyError::NoEndpoints)?;
+            let (name, endpoints) = match &backend.target {
+                BackendTarget::Failure { status, reason } => {
+                    return Err(ProxyError::BackendFailure {
+                        status: *status,
+                        reason: reason.clone(),
+                    });
+                }
+                BackendTarget::Service { name, endpoints } => (name, endpoints),
+            };
+            obs.backend = Label(name.clone());
+            self.attempts(
+                name,
+                endpoints,
+                rule.retry.as_ref(),
+                req,
+                obs,
+                authority,
+                per_try,
+            )
+            .await
         }
-        let sticky = rule.sticky.as_ref().and_then(|k| k.of(req.headers()));
-        let backend = match sticky {
-            Some(key) => rule.split.pick_sticky(key),
-            None => rule.split.pick(),
-        }
-        .ok_or(ProxyError::NoEndpoints)?;
-        let (name, endpoints) = match &backend.target {
-            BackendTarget::Failure { status, reason } => {
-                return Err(ProxyError::BackendFailure {
-                    status: *status,
-                    reason: reason.clone(),
-                });
-            }
-            BackendTarget::Service { name, endpoints } => (name, endpoints),
-        };
-        obs.backend = Label(name.clone());
-        self.attempts(
-            name,
-            endpoints,
-            rule.retry.as_ref(),
-            req,
-            obs,
-            authority,
-            per_try,
-        )
-        .await
     }
 
     /// Sends the request to one of `endpoints`, and again to another when it reached none, or
     /// when `policy` says its failure is worth a retry.
     #[allow(clippy::too_many_arguments)]
-    async fn attempts(
+    #[allow(clippy::manual_async_fn)]
+    fn attempts(
         &self,
         name: &Arc<str>,
         endpoints: &[Arc<balance::Endpoint>],
@@ -185,98 +194,101 @@ impl Outbound {
         obs: &mut Observation,
         authority: &str,
         per_try: Option<Duration>,
-    ) -> Result<Response<Body>, ProxyError> {
-        if endpoints.is_empty() {
-            return Err(ProxyError::NoEndpoints);
-        }
-        let policy = policy.filter(|p| p.max_retries > 0 && !forward::wants_upgrade(&req));
-        let idempotent = matches!(
-            *req.method(),
-            http::Method::GET
-                | http::Method::HEAD
-                | http::Method::OPTIONS
-                | http::Method::PUT
-                | http::Method::DELETE
-                | http::Method::TRACE
-        );
-        let mut attempts = match policy {
-            Some(p) => {
-                p.budget.deposit();
-                Attempts::replay(req, p.max_body_bytes)
+    ) -> impl std::future::Future<Output = Result<Response<Body>, ProxyError>> {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            if endpoints.is_empty() {
+                return Err(ProxyError::NoEndpoints);
             }
-            None => Attempts::Once(Some(req)),
-        };
-        let opts = || forward::ForwardOpts {
-            authority,
-            timeout: per_try,
-            protocol: None,
-        };
-        let mut tried: Vec<Arc<balance::Endpoint>> = Vec::new();
-        let (mut retries, mut unreachable) = (0u32, 0usize);
-        loop {
-            let mut endpoint =
-                balance::pick_untried(endpoints, &tried).ok_or(ProxyError::NoEndpoints)?;
-            if endpoint.pending() >= self.max_requests_per_endpoint {
-                endpoint = balance::below_limit(endpoints, self.max_requests_per_endpoint)
-                    .ok_or(ProxyError::Unavailable("endpoints at their request limit"))?;
-            }
-            self.prepare(&endpoint, name, obs).await?;
-            tried.push(endpoint.clone());
-            let req = attempts.next_request().ok_or(ProxyError::NoEndpoints)?;
-            let result = forward::forward(&endpoint, req, opts()).await;
-            let reason = match &result {
-                Ok(resp) => policy.and_then(|p| p.retryable_response(resp)),
-                // Nothing reached an endpoint that failed to connect: the request goes to
-                // another endpoint, up to MAX_CONNECT_ATTEMPTS in all, policy or not.
-                Err(ForwardError::NotSent(e, _)) => {
-                    unreachable += 1;
-                    if unreachable >= MAX_CONNECT_ATTEMPTS || tried.len() >= endpoints.len() {
-                        return result.map_err(ForwardError::into_error);
-                    }
-                    tracing::debug!(failed = %endpoint.addr, error = %e, "endpoint unreachable; trying another");
-                    if let Err(ForwardError::NotSent(_, back)) = result {
-                        attempts.give_back(*back);
-                    }
-                    continue;
+            let policy = policy.filter(|p| p.max_retries > 0 && !forward::wants_upgrade(&req));
+            let idempotent = matches!(
+                *req.method(),
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::PUT
+                    | http::Method::DELETE
+                    | http::Method::TRACE
+            );
+            let mut attempts = match policy {
+                Some(p) => {
+                    p.budget.deposit();
+                    Attempts::replay(req, p.max_body_bytes)
                 }
-                // A request that reached the endpoint and got no answer may have been acted on:
-                // sent again only when its method is idempotent.
-                Err(ForwardError::Failed(e)) => policy
-                    .filter(|_| idempotent)
-                    .and_then(|p| p.retryable_error(e)),
+                None => Attempts::Once(Some(req)),
             };
-            let (Some(policy), Some(reason)) = (policy, reason) else {
-                return result.map_err(ForwardError::into_error);
+            let opts = || forward::ForwardOpts {
+                authority,
+                timeout: per_try,
+                protocol: None,
             };
-            if retries >= policy.max_retries {
-                return result.map_err(ForwardError::into_error);
+            let mut tried: Vec<Arc<balance::Endpoint>> = Vec::new();
+            let (mut retries, mut unreachable) = (0u32, 0usize);
+            loop {
+                let mut endpoint =
+                    balance::pick_untried(endpoints, &tried).ok_or(ProxyError::NoEndpoints)?;
+                if endpoint.pending() >= self.max_requests_per_endpoint {
+                    endpoint = balance::below_limit(endpoints, self.max_requests_per_endpoint)
+                        .ok_or(ProxyError::Unavailable("endpoints at their request limit"))?;
+                }
+                self.prepare(&endpoint, name, obs).await?;
+                tried.push(endpoint.clone());
+                let req = attempts.next_request().ok_or(ProxyError::NoEndpoints)?;
+                let result = forward::forward(&endpoint, req, opts()).await;
+                let reason = match &result {
+                    Ok(resp) => policy.and_then(|p| p.retryable_response(resp)),
+                    // Nothing reached an endpoint that failed to connect: the request goes to
+                    // another endpoint, up to MAX_CONNECT_ATTEMPTS in all, policy or not.
+                    Err(ForwardError::NotSent(e, _)) => {
+                        unreachable += 1;
+                        if unreachable >= MAX_CONNECT_ATTEMPTS || tried.len() >= endpoints.len() {
+                            return result.map_err(ForwardError::into_error);
+                        }
+                        tracing::debug!(failed = %endpoint.addr, error = %e, "endpoint unreachable; trying another");
+                        if let Err(ForwardError::NotSent(_, back)) = result {
+                            attempts.give_back(*back);
+                        }
+                        continue;
+                    }
+                    // A request that reached the endpoint and got no answer may have been acted on:
+                    // sent again only when its method is idempotent.
+                    Err(ForwardError::Failed(e)) => policy
+                        .filter(|_| idempotent)
+                        .and_then(|p| p.retryable_error(e)),
+                };
+                let (Some(policy), Some(reason)) = (policy, reason) else {
+                    return result.map_err(ForwardError::into_error);
+                };
+                if retries >= policy.max_retries {
+                    return result.map_err(ForwardError::into_error);
+                }
+                let skipped = if !attempts.can_replay() {
+                    Some("body too large")
+                } else if !policy.budget.withdraw() {
+                    Some("budget")
+                } else {
+                    None
+                };
+                let count = |family: &Family<RetryLabels, Counter>, reason: String| {
+                    family
+                        .get_or_create(&RetryLabels {
+                            authority: self.metrics.authority_label(&obs.authority),
+                            route: obs.route.clone(),
+                            reason: Label::from(reason.as_str()),
+                        })
+                        .inc();
+                };
+                if let Some(why) = skipped {
+                    count(&self.metrics.retries_skipped, why.to_string());
+                    return result.map_err(ForwardError::into_error);
+                }
+                count(&self.metrics.retries, reason.label());
+                retries += 1;
+                obs.tag("pillion.retries", retries.to_string());
+                tracing::debug!(endpoint = %endpoint.addr, reason = %reason.label(), retries, "retrying");
+                drop(result);
+                tokio::time::sleep(policy.backoff(retries)).await;
             }
-            let skipped = if !attempts.can_replay() {
-                Some("body too large")
-            } else if !policy.budget.withdraw() {
-                Some("budget")
-            } else {
-                None
-            };
-            let count = |family: &Family<RetryLabels, Counter>, reason: String| {
-                family
-                    .get_or_create(&RetryLabels {
-                        authority: self.metrics.authority_label(&obs.authority),
-                        route: obs.route.clone(),
-                        reason: Label::from(reason.as_str()),
-                    })
-                    .inc();
-            };
-            if let Some(why) = skipped {
-                count(&self.metrics.retries_skipped, why.to_string());
-                return result.map_err(ForwardError::into_error);
-            }
-            count(&self.metrics.retries, reason.label());
-            retries += 1;
-            obs.tag("pillion.retries", retries.to_string());
-            tracing::debug!(endpoint = %endpoint.addr, reason = %reason.label(), retries, "retrying");
-            drop(result);
-            tokio::time::sleep(policy.backoff(retries)).await;
         }
     }
 
@@ -480,23 +492,31 @@ impl Handler for Outbound {
         Direction::outbound
     }
 
-    async fn http(self: Arc<Self>, mut req: Request<Body>, conn: ConnMeta) -> Response<Body> {
-        let grpc = is_grpc(req.headers());
-        // Counted under the destination's name once routing finds it in the mesh; anything
-        // else (made-up hosts, egress) under one `unknown` authority.
-        let mut obs = Observation::new(Direction::outbound, Label::default());
-        if self.access_log {
-            obs.access = Some(forward::Access::of(&req, conn.peer));
+    #[allow(clippy::manual_async_fn)]
+    fn http(
+        self: Arc<Self>,
+        mut req: Request<Body>,
+        conn: ConnMeta,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            let grpc = is_grpc(req.headers());
+            // Counted under the destination's name once routing finds it in the mesh; anything
+            // else (made-up hosts, egress) under one `unknown` authority.
+            let mut obs = Observation::new(Direction::outbound, Label::default());
+            if self.access_log {
+                obs.access = Some(forward::Access::of(&req, conn.peer));
+            }
+            if let Some(tracer) = &self.tracer
+                && req.method() != http::Method::CONNECT
+            {
+                obs.span = tracer
+                    .start(crate::telemetry::trace::Kind::Client, &mut req)
+                    .map(|span| (tracer.clone(), span));
+            }
+            let result = self.route(req, conn.clone(), &mut obs).await;
+            obs.finish(&self.metrics, result, grpc)
         }
-        if let Some(tracer) = &self.tracer
-            && req.method() != http::Method::CONNECT
-        {
-            obs.span = tracer
-                .start(crate::telemetry::trace::Kind::Client, &mut req)
-                .map(|span| (tracer.clone(), span));
-        }
-        let result = self.route(req, conn.clone(), &mut obs).await;
-        obs.finish(&self.metrics, result, grpc)
     }
 
     async fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) {

@@ -199,152 +199,157 @@ impl From<ProxyError> for ForwardError {
 }
 
 /// Sends `req` to `endpoint` and returns the response to give the client.
-pub async fn forward(
+#[allow(clippy::manual_async_fn)]
+pub fn forward(
     endpoint: &Arc<Endpoint>,
     mut req: Request<Body>,
     opts: ForwardOpts<'_>,
-) -> Result<Response<Body>, ForwardError> {
-    let authority = opts.authority;
-    let timeout = opts.timeout;
-    let client_version = req.version();
-    let protocol = if endpoint.meshed.is_some() {
-        // Between proxies everything is HTTP/2, except an HTTP/1.1 upgrade, which HTTP/2
-        // cannot carry: it gets its own HTTP/1.1 connection over mTLS.
-        if wants_upgrade(&req) {
-            Protocol::Http1
+) -> impl std::future::Future<Output = Result<Response<Body>, ForwardError>> {
+    // Not an `async fn`: rustc keeps an async fn's by-value arguments twice in its state (the argument, and the local it is moved into, never overlapped), at every level of the request path; an `async move` block uses its captures in place.
+    async move {
+        let authority = opts.authority;
+        let timeout = opts.timeout;
+        let client_version = req.version();
+        let protocol = if endpoint.meshed.is_some() {
+            // Between proxies everything is HTTP/2, except an HTTP/1.1 upgrade, which HTTP/2
+            // cannot carry: it gets its own HTTP/1.1 connection over mTLS.
+            if wants_upgrade(&req) {
+                Protocol::Http1
+            } else {
+                Protocol::Http2
+            }
         } else {
-            Protocol::Http2
-        }
-    } else {
-        opts.protocol
-            .unwrap_or_else(|| protocol_for(endpoint, &req))
-    };
-    let sender = match endpoint.conns.checkout(protocol).await {
-        Ok(s) => s,
-        Err(e) => {
-            // Failures are not latency: they count towards ejecting the endpoint (a penalty
-            // in the estimate would keep a recovered endpoint idle long after it came back).
-            endpoint.outlier.failure();
-            return Err(ForwardError::NotSent(e, Box::new(req)));
-        }
-    };
-    let upgrading = protocol == Protocol::Http1 && wants_upgrade(&req);
-    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+            opts.protocol
+                .unwrap_or_else(|| protocol_for(endpoint, &req))
+        };
+        let sender = match endpoint.conns.checkout(protocol).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Failures are not latency: they count towards ejecting the endpoint (a penalty
+                // in the estimate would keep a recovered endpoint idle long after it came back).
+                endpoint.outlier.failure();
+                return Err(ForwardError::NotSent(e, Box::new(req)));
+            }
+        };
+        let upgrading = protocol == Protocol::Http1 && wants_upgrade(&req);
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
-    let (mut parts, incoming) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrading);
-    parts.headers.remove(ORIG_PROTO_HEADER);
-    parts.headers.remove(TARGET_PORT_HEADER);
-    parts.headers.remove(APP_PROTO_HEADER);
-    if endpoint.meshed.is_some() {
-        use pillion_proto::discovery::v1::ProtocolHint;
-        match endpoint.hint {
-            ProtocolHint::H2 => {
+        let (mut parts, incoming) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrading);
+        parts.headers.remove(ORIG_PROTO_HEADER);
+        parts.headers.remove(TARGET_PORT_HEADER);
+        parts.headers.remove(APP_PROTO_HEADER);
+        if endpoint.meshed.is_some() {
+            use pillion_proto::discovery::v1::ProtocolHint;
+            match endpoint.hint {
+                ProtocolHint::H2 => {
+                    parts
+                        .headers
+                        .insert(APP_PROTO_HEADER, HeaderValue::from_static("h2"));
+                }
+                ProtocolHint::Http1 => {
+                    parts
+                        .headers
+                        .insert(APP_PROTO_HEADER, HeaderValue::from_static("http/1.1"));
+                }
+                _ => {}
+            }
+            if client_version != Version::HTTP_2 {
                 parts
                     .headers
-                    .insert(APP_PROTO_HEADER, HeaderValue::from_static("h2"));
+                    .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
             }
-            ProtocolHint::Http1 => {
-                parts
-                    .headers
-                    .insert(APP_PROTO_HEADER, HeaderValue::from_static("http/1.1"));
-            }
-            _ => {}
-        }
-        if client_version != Version::HTTP_2 {
             parts
                 .headers
-                .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
+                .insert(TARGET_PORT_HEADER, HeaderValue::from(endpoint.addr.port()));
         }
-        parts
-            .headers
-            .insert(TARGET_PORT_HEADER, HeaderValue::from(endpoint.addr.port()));
-    }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    match protocol {
-        Protocol::Http1 => {
-            parts.version = Version::HTTP_11;
-            parts.uri =
-                Uri::try_from(path).map_err(|_| ProxyError::BadRequest("bad request target"))?;
-            // The authority the request was routed by is the Host the endpoint sees: for an
-            // absolute-form target it replaces the Host header (RFC 9112 §3.2.2).
-            let host = HeaderValue::from_str(authority)
-                .map_err(|_| ProxyError::BadRequest("bad authority"))?;
-            parts.headers.insert(header::HOST, host);
-        }
-        Protocol::Http2 => {
-            parts.version = Version::HTTP_2;
-            parts.uri = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path)
-                .build()
-                .map_err(|_| ProxyError::BadRequest("bad authority"))?;
-            parts.headers.remove(header::HOST);
-        }
-    }
-    let (client_body, client_failed) = body::ClientBody::wrap(incoming);
-    let upstream_req = Request::from_parts(parts, client_body);
-
-    let guard = endpoint.start();
-    let started = Instant::now();
-    let send = endpoint.conns.send(sender, upstream_req);
-    let result = within(timeout, send).await;
-    let mut resp = match result {
-        Ok(resp) => {
-            endpoint.observe(started.elapsed());
-            if resp.status().is_server_error() {
-                endpoint.outlier.failure();
-            } else {
-                endpoint.outlier.success();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        match protocol {
+            Protocol::Http1 => {
+                parts.version = Version::HTTP_11;
+                parts.uri = Uri::try_from(path)
+                    .map_err(|_| ProxyError::BadRequest("bad request target"))?;
+                // The authority the request was routed by is the Host the endpoint sees: for an
+                // absolute-form target it replaces the Host header (RFC 9112 §3.2.2).
+                let host = HeaderValue::from_str(authority)
+                    .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+                parts.headers.insert(header::HOST, host);
             }
-            resp
-        }
-        Err(e) => {
-            // The client's own body failed (a malformed chunk, a client gone): a bad request,
-            // and nothing to hold against the endpoint.
-            if client_failed.load(std::sync::atomic::Ordering::Relaxed)
-                && let ProxyError::Upstream(e) = e
-            {
-                return Err(ForwardError::Failed(ProxyError::ClientBody(e)));
+            Protocol::Http2 => {
+                parts.version = Version::HTTP_2;
+                parts.uri = Uri::builder()
+                    .scheme("http")
+                    .authority(authority)
+                    .path_and_query(path)
+                    .build()
+                    .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+                parts.headers.remove(header::HOST);
             }
-            endpoint.outlier.failure();
-            return Err(ForwardError::Failed(e));
         }
-    };
+        let (client_body, client_failed) = body::ClientBody::wrap(incoming);
+        let upstream_req = Request::from_parts(parts, client_body);
 
-    if let Some(client_upgrade) = client_upgrade
-        && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-    {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            let _guard = guard;
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    {
-                        tracing::debug!(error = %e, "upgraded connection ended");
-                    }
+        let guard = endpoint.start();
+        let started = Instant::now();
+        let send = endpoint.conns.send(sender, upstream_req);
+        let result = within(timeout, send).await;
+        let mut resp = match result {
+            Ok(resp) => {
+                endpoint.observe(started.elapsed());
+                if resp.status().is_server_error() {
+                    endpoint.outlier.failure();
+                } else {
+                    endpoint.outlier.success();
                 }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                resp
             }
-        });
-        let (mut parts, _) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true);
-        parts.version = client_version;
-        return Ok(Response::from_parts(parts, body::empty()));
-    }
+            Err(e) => {
+                // The client's own body failed (a malformed chunk, a client gone): a bad request,
+                // and nothing to hold against the endpoint.
+                if client_failed.load(std::sync::atomic::Ordering::Relaxed)
+                    && let ProxyError::Upstream(e) = e
+                {
+                    return Err(ForwardError::Failed(ProxyError::ClientBody(e)));
+                }
+                endpoint.outlier.failure();
+                return Err(ForwardError::Failed(e));
+            }
+        };
 
-    let (mut parts, incoming) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    parts.version = client_version;
-    Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)))
+        if let Some(client_upgrade) = client_upgrade
+            && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let _guard = guard;
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(e) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            let (mut parts, _) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            parts.version = client_version;
+            return Ok(Response::from_parts(parts, body::empty()));
+        }
+
+        let (mut parts, incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        parts.version = client_version;
+        Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)))
+    }
 }
 
 /// Forwards an opaque TCP connection to `addr`, bytes as they are.

@@ -121,78 +121,90 @@ impl Conns {
 
     /// Sends a request on `sender`, retrying once on a new connection if that one was found
     /// dead before the request went out.
-    pub async fn send(
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
         &self,
         sender: Sender,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, ProxyError> {
-        match sender {
-            Sender::H2(s) => self.send_h2(s, req).await,
-            Sender::H1(s) => self.send_h1(s, req).await,
+    ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            match sender {
+                Sender::H2(s) => self.send_h2(s, req).await,
+                Sender::H1(s) => self.send_h1(s, req).await,
+            }
         }
     }
 
-    async fn send_h1(
+    #[allow(clippy::manual_async_fn)]
+    fn send_h1(
         &self,
         sender: http1::SendRequest<Body>,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, ProxyError> {
-        let (mut sender, mut req) = (sender, req);
-        for attempt in 0..2 {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    self.release_h1(sender);
-                    return Ok(resp.map(body::boxed::<hyper::body::Incoming>));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(r) if attempt == 0 => {
-                        tracing::debug!(addr = %self.addr, error = %e.error(), "connection was dead before the request was sent; retrying");
-                        req = r;
-                        sender = self.h1_sender(true).await?;
+    ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            let (mut sender, mut req) = (sender, req);
+            for attempt in 0..2 {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.release_h1(sender);
+                        return Ok(resp.map(body::boxed::<hyper::body::Incoming>));
                     }
-                    _ => return Err(ProxyError::Upstream(e.into_error().into())),
-                },
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if attempt == 0 => {
+                            tracing::debug!(addr = %self.addr, error = %e.error(), "connection was dead before the request was sent; retrying");
+                            req = r;
+                            sender = self.h1_sender(true).await?;
+                        }
+                        _ => return Err(ProxyError::Upstream(e.into_error().into())),
+                    },
+                }
             }
+            Err(ProxyError::Unavailable("retry budget exhausted"))
         }
-        Err(ProxyError::Unavailable("retry budget exhausted"))
     }
 
-    async fn send_h2(
+    #[allow(clippy::manual_async_fn)]
+    fn send_h2(
         &self,
         sender: h2::client::SendRequest<Bytes>,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, ProxyError> {
-        // Waits for a stream slot under the peer's limit. A connection found closed here has
-        // not seen the request: once more on a new one.
-        let mut ready = match sender.ready().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
-                self.h2_sender(true)
-                    .await?
-                    .ready()
-                    .await
-                    .map_err(|e| ProxyError::Upstream(e.into()))?
+    ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
+        // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
+        async move {
+            // Waits for a stream slot under the peer's limit. A connection found closed here has
+            // not seen the request: once more on a new one.
+            let mut ready = match sender.ready().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
+                    self.h2_sender(true)
+                        .await?
+                        .ready()
+                        .await
+                        .map_err(|e| ProxyError::Upstream(e.into()))?
+                }
+            };
+            let (parts, body) = req.into_parts();
+            let end = body.is_end_stream();
+            let (response, stream) = ready
+                .send_request(http::Request::from_parts(parts, ()), end)
+                .map_err(|e| ProxyError::Upstream(e.into()))?;
+            if !end {
+                // The body goes up beside the wait for the response (a server may answer first).
+                let mut pipe = Box::pin(h2_server::send_body(body, stream, h2::Reason::CANCEL));
+                if futures_util::poll!(pipe.as_mut()).is_pending() {
+                    tokio::spawn(pipe);
+                }
             }
-        };
-        let (parts, body) = req.into_parts();
-        let end = body.is_end_stream();
-        let (response, stream) = ready
-            .send_request(http::Request::from_parts(parts, ()), end)
-            .map_err(|e| ProxyError::Upstream(e.into()))?;
-        if !end {
-            // The body goes up beside the wait for the response (a server may answer first).
-            let mut pipe = Box::pin(h2_server::send_body(body, stream, h2::Reason::CANCEL));
-            if futures_util::poll!(pipe.as_mut()).is_pending() {
-                tokio::spawn(pipe);
-            }
+            let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
+            let (parts, recv) = resp.into_parts();
+            Ok(http::Response::from_parts(
+                parts,
+                h2_server::RequestBody::response(recv),
+            ))
         }
-        let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
-        let (parts, recv) = resp.into_parts();
-        Ok(http::Response::from_parts(
-            parts,
-            h2_server::RequestBody::response(recv),
-        ))
     }
 
     async fn h2_sender(&self, fresh: bool) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
