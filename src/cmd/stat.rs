@@ -27,7 +27,7 @@ pub struct StatArgs {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  pillion top\n  pillion top --proxy 127.0.0.1:4191 --window 5s\n  pillion top --iterations 3 -o json            # three JSON documents, one per window\n\nRedraws every window until Ctrl-C (plain lines when stdout is not a terminal).\nExit status: 0 stopped, 2 usage, 3 no proxy answered."
+    after_help = "Examples:\n  pillion top\n  pillion top --proxy 127.0.0.1:4191 --window 5s\n  pillion top --iterations 3 -o json            # three JSON documents, one per window\n\nRedraws every window until Ctrl-C; when stdout is not a terminal, each window's table follows\nthe last one instead.\nExit status: 0 stopped, 2 usage, 3 no proxy answered."
 )]
 pub struct TopArgs {
     #[command(flatten)]
