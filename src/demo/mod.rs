@@ -103,36 +103,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // its temporary directory, CA keys included, is always removed. Installed first: a signal
     // that comes while the mesh starts waits for the loop below instead of killing the process.
     let mut stop = StopSignals::install()?;
-    let (dir, temporary) = prepare_dir(args.dir)?;
-    let result = run_in(
-        &dir,
-        &args.duration,
-        args.interval,
-        !args.no_mtls,
-        args.zipkin_url,
-        args.no_tui,
-        args.output.output,
-        &mut stop,
-    )
-    .await;
+    let (dir, temporary) = prepare_dir(args.dir.clone())?;
+    let result = run_in(&dir, &args, &mut stop).await;
     if temporary {
         remove_dir(&dir);
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_in(
-    dir: &Path,
-    duration: &Option<Duration>,
-    interval: Duration,
-    mtls: bool,
-    zipkin_url: Option<String>,
-    no_tui: bool,
-    output: Output,
-    stop: &mut StopSignals,
-) -> anyhow::Result<()> {
-    let json = output == Output::Json;
+async fn run_in(dir: &Path, args: &DemoArgs, stop: &mut StopSignals) -> anyhow::Result<()> {
+    let (duration, interval, mtls) = (args.duration, args.interval, !args.no_mtls);
+    let zipkin_url = args.zipkin_url.clone();
+    let json = args.output.output == Output::Json;
     // Progress and the live view go to stdout, or to stderr when stdout carries the JSON.
     let say = |text: &str| {
         if json {
@@ -146,7 +128,7 @@ async fn run_in(
     } else {
         std::io::stdout().is_terminal()
     };
-    let live = tty && !no_tui;
+    let live = tty && !args.no_tui;
     say("Starting the demo mesh (control plane, 5 proxies, 4 apps, span collector)...\n");
     let collector = collector::Collector::start(zipkin_url.clone()).await?;
     let mut mesh = mesh::Mesh::start(dir, mtls, &collector.url).await?;

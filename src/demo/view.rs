@@ -135,6 +135,10 @@ impl Sampler {
         }
         let (then, earlier) = &self.history[0];
         let window = now.duration_since(*then);
+        // One read of the releases for all services.
+        let canaries = get(&self.cp_admin, "/canaries", TIMEOUT)
+            .await
+            .unwrap_or(Value::Null);
         let mut services = Vec::new();
         for (service, _, protocol) in SERVICES {
             let resolved = get(
@@ -146,7 +150,7 @@ impl Sampler {
             )
             .await
             .unwrap_or(Value::Null);
-            let canary = self.canary(service).await;
+            let canary = canary_of(&canaries, service);
             let client = if protocol == "grpc" {
                 traffic.grpc.seen()
             } else {
@@ -170,22 +174,25 @@ impl Sampler {
             latest_trace: collector.latest(2).map(trace_view),
         }
     }
+}
 
-    async fn canary(&self, service: &str) -> Option<CanaryView> {
-        let all = get(&self.cp_admin, "/canaries", TIMEOUT).await.ok()?;
-        let c = all.as_array()?.iter().find(|c| c["service"] == service)?;
-        Some(CanaryView {
-            phase: c["status"]["phase"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            weight: c["status"]["weight"].as_u64().unwrap_or_default(),
-            message: c["status"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        })
-    }
+/// The release of `service` in the control plane's `/canaries`, if one runs.
+fn canary_of(canaries: &Value, service: &str) -> Option<CanaryView> {
+    let c = canaries
+        .as_array()?
+        .iter()
+        .find(|c| c["service"] == service)?;
+    Some(CanaryView {
+        phase: c["status"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        weight: c["status"]["weight"].as_u64().unwrap_or_default(),
+        message: c["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    })
 }
 
 /// Whether a leg of the client proxy's metrics is `service`'s traffic to `version`.
