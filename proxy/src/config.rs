@@ -383,6 +383,15 @@ fn duration(env: &dyn Env, var: &'static str, default: &str) -> Result<Duration,
     })
 }
 
+/// How many threads serve traffic: `PILLION_CORES`, by default the CPUs this process may use
+/// (its affinity mask and cgroup CPU quota, as `available_parallelism` reads them), at most 64.
+/// One core runs a single-threaded runtime: a sidecar is usually given one CPU or less, and the
+/// work-stealing scheduler's cross-thread queues and wake-ups cost it CPU for no parallelism.
+pub fn runtime_cores(env: &dyn Env) -> Result<usize, ConfigError> {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(count(env, "PILLION_CORES", available)?.min(64))
+}
+
 /// Requests arriving with no sampling decision traced by default: 1 %.
 pub const DEFAULT_SAMPLE_RATE: f64 = 0.01;
 
@@ -515,6 +524,21 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_secs(90));
         assert_eq!(c.request_timeout, None);
         assert!(c.opaque_ports.contains(&3306));
+    }
+
+    #[test]
+    fn cores_default_to_the_cpus_available_and_refuse_zero() {
+        let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(runtime_cores(&env(&[])).unwrap(), available.min(64));
+        assert_eq!(runtime_cores(&env(&[("PILLION_CORES", "1")])).unwrap(), 1);
+        assert_eq!(
+            runtime_cores(&env(&[("PILLION_CORES", "1000")])).unwrap(),
+            64
+        );
+        for bad in ["0", "two", "-1"] {
+            let err = runtime_cores(&env(&[("PILLION_CORES", bad)])).unwrap_err();
+            assert!(err.to_string().starts_with("PILLION_CORES"), "{err}");
+        }
     }
 
     #[test]

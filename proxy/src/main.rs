@@ -24,8 +24,7 @@ PILLION_CONTROL_PLANE_ADDR (host:port of the control plane). Often set too:
   PILLION_LOG, PILLION_LOG_FORMAT log filter (info) and format (text or json)
 ";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let mut args = std::env::args().skip(1);
     if let Some(arg) = args.next() {
         match arg.as_str() {
@@ -43,6 +42,33 @@ async fn main() {
             }
         }
     }
+    let cores = match pillion_proxy::config::runtime_cores(&ProcessEnv) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("pillion-proxy: bad configuration: {e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("pillion-proxy: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run() {
     if let Err(e) = pillion_core::logging::init_from_env("info") {
         eprintln!("pillion-proxy: bad configuration: {e}");
         std::process::exit(2);

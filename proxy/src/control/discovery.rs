@@ -2,7 +2,6 @@
 //! needs it, each keeping the latest snapshot in a `watch` channel that requests read without
 //! waiting. A lost control plane leaves every snapshot in force; watches reconnect with backoff.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -130,9 +129,9 @@ pub struct Destinations {
     /// Client configurations for meshed endpoints, when this proxy has an identity.
     tls: Option<crate::http::pool::MeshTls>,
     epoch: Instant,
-    map: RwLock<HashMap<String, Arc<Watched>>>,
+    map: RwLock<foldhash::HashMap<String, Arc<Watched>>>,
     /// Not-in-mesh answers: authority → (when answered, the answer).
-    negative: RwLock<HashMap<String, (Instant, Arc<Snapshot>)>>,
+    negative: RwLock<foldhash::HashMap<String, (Instant, Arc<Snapshot>)>>,
     next_id: AtomicU64,
     max_watches: AtomicUsize,
     ready: AtomicBool,
@@ -157,8 +156,8 @@ impl Destinations {
             discovery_timeout,
             metrics,
             epoch: Instant::now(),
-            map: RwLock::new(HashMap::new()),
-            negative: RwLock::new(HashMap::new()),
+            map: RwLock::new(foldhash::HashMap::default()),
+            negative: RwLock::new(foldhash::HashMap::default()),
             next_id: AtomicU64::new(0),
             max_watches: AtomicUsize::new(MAX_WATCHES),
             ready: AtomicBool::new(false),

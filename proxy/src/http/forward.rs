@@ -14,8 +14,7 @@ use crate::http::body::{self, Body, Guarded};
 use crate::http::errors::ProxyError;
 use crate::http::pool::Protocol;
 use crate::telemetry::metrics::{
-    Classification, Direction, ErrorLabels, Label, LatencyLabels, Metrics, RequestLabels,
-    ResponseLabels,
+    Classification, Direction, ErrorLabels, Label, Metrics, ResponseLabels,
 };
 use crate::telemetry::trace::{ActiveSpan, Tracer};
 
@@ -161,6 +160,9 @@ pub fn protocol_for(endpoint: &Endpoint, req: &Request<Body>) -> Protocol {
 
 /// Between proxies, the protocol the application spoke when it was not HTTP/2 (the hop itself is
 /// always HTTP/2), and the application port the request is for. Never reach an application.
+/// Looked up on every response: a constant name skips parsing (and lowercasing) a `&str`.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 pub const ORIG_PROTO_HEADER: &str = "pillion-orig-proto";
 pub const TARGET_PORT_HEADER: &str = "pillion-target-port";
 /// Between proxies, the protocol discovery says the application speaks (`h2` or `http/1.1`,
@@ -494,24 +496,12 @@ impl Observation {
         };
         let header_status = resp
             .headers()
-            .get("grpc-status")
+            .get(GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .map(Label::from);
-        let authority = metrics.authority_label(&self.authority);
-        metrics.count_request(
-            RequestLabels {
-                direction: self.direction,
-                authority: authority.clone(),
-                route: self.route.clone(),
-                backend: self.backend.clone(),
-            },
-            LatencyLabels {
-                direction: self.direction,
-                authority: authority.clone(),
-                backend: self.backend.clone(),
-            },
-            self.started.elapsed().as_secs_f64(),
-        );
+        let leg = metrics.leg(self.direction, &self.authority, &self.route, &self.backend);
+        leg.count_request(self.started.elapsed().as_secs_f64());
+        let authority = leg.authority.clone();
         let mut pending_span = None;
         if let Some((tracer, mut span)) = self.span.take() {
             span.tag("http.status_code", resp.status().as_u16());
@@ -578,7 +568,7 @@ impl Observation {
             let body = body::OnEnd::wrap(body, move |trailers| {
                 let mut labels = labels;
                 let status = trailers
-                    .and_then(|t| t.get("grpc-status"))
+                    .and_then(|t| t.get(GRPC_STATUS))
                     .and_then(|v| v.to_str().ok())
                     .map(Label::from);
                 // A gRPC stream that ends without a status (cancelled, reset) failed.
@@ -600,14 +590,14 @@ impl Observation {
                     tracer.finish(span);
                 }
                 labels.grpc_status = status.unwrap_or_default();
-                metrics.count_response(labels);
+                leg.count_response(&metrics, labels);
             });
             return Response::from_parts(parts, body);
         }
         if let Some((tracer, span)) = pending_span {
             tracer.finish(span);
         }
-        metrics.count_response(labels);
+        leg.count_response(metrics, labels);
         resp
     }
 }
