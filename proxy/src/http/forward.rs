@@ -94,7 +94,8 @@ pub fn wants_upgrade(req: &Request<Body>) -> bool {
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    let v = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
@@ -158,16 +159,19 @@ pub fn protocol_for(endpoint: &Endpoint, req: &Request<Body>) -> Protocol {
     }
 }
 
-/// Between proxies, the protocol the application spoke when it was not HTTP/2 (the hop itself is
-/// always HTTP/2), and the application port the request is for. Never reach an application.
 /// Looked up on every response: a constant name skips parsing (and lowercasing) a `&str`.
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
-pub const ORIG_PROTO_HEADER: &str = "pillion-orig-proto";
-pub const TARGET_PORT_HEADER: &str = "pillion-target-port";
+// The headers between proxies are names, not `&str`s, for the same reason: removing the three
+// by `&str` from every request cost ~1,200 instructions (of ~50,000).
+
+/// Between proxies, the protocol the application spoke when it was not HTTP/2 (the hop itself is
+/// always HTTP/2), and the application port the request is for. Never reach an application.
+pub const ORIG_PROTO_HEADER: HeaderName = HeaderName::from_static("pillion-orig-proto");
+pub const TARGET_PORT_HEADER: HeaderName = HeaderName::from_static("pillion-target-port");
 /// Between proxies, the protocol discovery says the application speaks (`h2` or `http/1.1`,
 /// from the endpoint's `appProtocol`), so that the server proxy speaks it to the application.
-pub const APP_PROTO_HEADER: &str = "pillion-app-protocol";
+pub const APP_PROTO_HEADER: HeaderName = HeaderName::from_static("pillion-app-protocol");
 
 /// How to forward one request.
 pub struct ForwardOpts<'a> {
@@ -265,15 +269,17 @@ pub fn forward(
                 .headers
                 .insert(TARGET_PORT_HEADER, HeaderValue::from(endpoint.addr.port()));
         }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        let path = || {
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string()
+        };
         match protocol {
             Protocol::Http1 => {
                 parts.version = Version::HTTP_11;
-                parts.uri = Uri::try_from(path)
+                parts.uri = Uri::try_from(path())
                     .map_err(|_| ProxyError::BadRequest("bad request target"))?;
                 // The authority the request was routed by is the Host the endpoint sees: for an
                 // absolute-form target it replaces the Host header (RFC 9112 §3.2.2).
@@ -283,12 +289,18 @@ pub fn forward(
             }
             Protocol::Http2 => {
                 parts.version = Version::HTTP_2;
-                parts.uri = Uri::builder()
-                    .scheme("http")
-                    .authority(authority)
-                    .path_and_query(path)
-                    .build()
-                    .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+                // An HTTP/2 client's request usually has this very target already: keep it
+                // rather than copy and parse it again.
+                let same = parts.uri.scheme() == Some(&http::uri::Scheme::HTTP)
+                    && parts.uri.authority().map(|a| a.as_str()) == Some(authority);
+                if !same {
+                    parts.uri = Uri::builder()
+                        .scheme("http")
+                        .authority(authority)
+                        .path_and_query(path())
+                        .build()
+                        .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+                }
                 parts.headers.remove(header::HOST);
             }
         }
