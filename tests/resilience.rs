@@ -431,9 +431,11 @@ async fn fault_injection_aborts_and_delays_its_shares_until_removed() {
     .await
         - delays_before;
     eprintln!("of {n} requests: {aborted} aborted, {delayed} delayed (10 % each configured)");
-    assert!((70..=130).contains(&aborted), "aborted {aborted} of {n}");
+    // 10 % of 1,000: 100 with a standard deviation of 9.5. The bounds are ~4.7 of them (the
+    // earlier ±30 failed about one run in 700), still far from 5 % or 20 %.
+    assert!((55..=145).contains(&aborted), "aborted {aborted} of {n}");
     assert!(
-        (70.0..=130.0).contains(&delayed),
+        (55.0..=145.0).contains(&delayed),
         "delayed {delayed} of {n}"
     );
 

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Response};
 
 use crate::balance::EndpointCache;
 use crate::control::policy::Policies;
+use crate::http::BoxRequest;
 use crate::http::body::Body;
 use crate::http::errors::{ProxyError, is_grpc};
 use crate::http::forward::{
@@ -82,7 +83,7 @@ impl Inbound {
     #[allow(clippy::manual_async_fn)]
     fn handle(
         &self,
-        mut req: Request<Body>,
+        mut req: BoxRequest,
         conn: &ConnMeta,
         authority: String,
     ) -> impl std::future::Future<Output = Result<Response<Body>, ProxyError>> {
@@ -158,8 +159,8 @@ impl Handler for Inbound {
     #[allow(clippy::manual_async_fn)]
     fn http(
         self: Arc<Self>,
-        mut req: Request<Body>,
-        conn: ConnMeta,
+        mut req: BoxRequest,
+        conn: Arc<ConnMeta>,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
         // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
         async move {
@@ -172,7 +173,7 @@ impl Handler for Inbound {
             if let Some(tracer) = &self.tracer {
                 obs.span = tracer
                     .start(crate::telemetry::trace::Kind::Server, &mut req)
-                    .map(|span| (tracer.clone(), span));
+                    .map(|span| Box::new((tracer.clone(), span)));
                 obs.remote(conn.peer, None);
             }
             obs.tls = conn.tls;

@@ -38,8 +38,8 @@ pub trait Handler: Send + Sync + 'static {
     fn direction(&self) -> Direction;
     fn http(
         self: Arc<Self>,
-        req: http::Request<Body>,
-        conn: ConnMeta,
+        req: crate::http::BoxRequest,
+        conn: Arc<ConnMeta>,
     ) -> impl Future<Output = http::Response<Body>> + Send;
     fn opaque(self: Arc<Self>, io: Box<dyn Io>, conn: ConnMeta) -> impl Future<Output = ()> + Send;
     /// The TLS configuration to terminate mTLS with; `None`: TLS passes through as bytes.
@@ -306,6 +306,8 @@ async fn serve_http<I: Io, H: Handler>(
     shutdown: watch::Receiver<bool>,
 ) {
     let peer = conn.peer;
+    // Shared by the connection's requests: each request's future holds a pointer, not a copy.
+    let conn = Arc::new(conn);
     let activity = Arc::new(Activity::default());
     let seen = activity.clone();
     if h2 {
@@ -313,6 +315,8 @@ async fn serve_http<I: Io, H: Handler>(
             let handler = handler.clone();
             let conn = conn.clone();
             let seen = seen.clone();
+            // Boxed before the `async` block: a by-value request would stay in its state.
+            let req = Box::new(req);
             async move {
                 let _busy = seen.start();
                 handler.http(req, conn).await
@@ -353,7 +357,7 @@ async fn serve_http<I: Io, H: Handler>(
                     let grpc = crate::http::errors::is_grpc(req.headers());
                     return Ok(crate::http::errors::ProxyError::HeadersTooLarge.into_response(grpc));
                 }
-                let req = req.map(crate::http::body::boxed::<hyper::body::Incoming>);
+                let req = Box::new(req.map(crate::http::body::boxed::<hyper::body::Incoming>));
                 Ok::<_, Infallible>(handler.http(req, conn).await)
             }
         });

@@ -11,6 +11,7 @@ use http::{Request, Response};
 
 use crate::balance::{self, EndpointCache};
 use crate::control::discovery::Destinations;
+use crate::http::BoxRequest;
 use crate::http::body::Body;
 use crate::http::errors::{ProxyError, is_grpc};
 use crate::http::forward::{self, ForwardError, Observation, authority_of};
@@ -67,29 +68,29 @@ impl Outbound {
     #[allow(clippy::manual_async_fn)]
     fn route(
         &self,
-        req: Request<Body>,
-        conn: ConnMeta,
+        req: BoxRequest,
+        conn: &ConnMeta,
         obs: &mut Observation,
     ) -> impl std::future::Future<Output = Result<Response<Body>, ProxyError>> {
         // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
         async move {
-            if self.loops(&conn) {
+            if self.loops(conn) {
                 return Err(ProxyError::Loop);
             }
             // The rare paths are boxed: an async fn's future is as large as its largest branch,
             // and this one is held for every request in flight.
             if req.method() == http::Method::CONNECT {
-                return Box::pin(self.connect(req, conn, obs)).await;
+                return Box::pin(self.connect(*req, conn.clone(), obs)).await;
             }
             forward::check_host(&req)?;
             let authority = authority_of(&req);
-            let target = authority
+            let fqdn = authority
                 .as_deref()
-                .and_then(|a| pillion_proto::names::parse_authority(a, &self.namespace));
+                .and_then(|a| pillion_proto::names::fqdn_of(a, &self.namespace));
             // By name first; in transparent mode also by the original destination's address (a
             // Service's cluster IP, or a meshed endpoint), which is all an app calling by IP gives.
-            let mut snapshot = match target {
-                Some(target) => Some(self.dests.get(&target.fqdn()).await?),
+            let mut snapshot = match fqdn {
+                Some(fqdn) => Some(self.dests.get(&fqdn).await?),
                 None => None,
             };
             if snapshot.as_ref().is_none_or(|s| !s.in_mesh())
@@ -98,7 +99,7 @@ impl Outbound {
                 snapshot = Some(self.dests.get(&dst.to_string()).await?);
             }
             let Some(snapshot) = snapshot.filter(|s| s.in_mesh()) else {
-                return Box::pin(self.passthrough(req, conn, authority, obs)).await;
+                return Box::pin(self.passthrough(req, conn.clone(), authority, obs)).await;
             };
             obs.authority = Label(snapshot.fqdn.clone());
             let grpc_timeout = forward::grpc_timeout(req.headers());
@@ -130,7 +131,7 @@ impl Outbound {
     fn send(
         &self,
         rule: &Rule,
-        req: Request<Body>,
+        req: BoxRequest,
         obs: &mut Observation,
         authority: &str,
         per_try: Option<Duration>,
@@ -190,7 +191,7 @@ impl Outbound {
         name: &Arc<str>,
         endpoints: &[Arc<balance::Endpoint>],
         policy: Option<&RetryPolicy>,
-        req: Request<Body>,
+        req: BoxRequest,
         obs: &mut Observation,
         authority: &str,
         per_try: Option<Duration>,
@@ -213,7 +214,7 @@ impl Outbound {
             let mut attempts = match policy {
                 Some(p) => {
                     p.budget.deposit();
-                    Attempts::replay(req, p.max_body_bytes)
+                    Attempts::replay(*req, p.max_body_bytes)
                 }
                 None => Attempts::Once(Some(req)),
             };
@@ -246,7 +247,7 @@ impl Outbound {
                         }
                         tracing::debug!(failed = %endpoint.addr, error = %e, "endpoint unreachable; trying another");
                         if let Err(ForwardError::NotSent(_, back)) = result {
-                            attempts.give_back(*back);
+                            attempts.give_back(back);
                         }
                         continue;
                     }
@@ -381,7 +382,7 @@ impl Outbound {
     /// to what DNS says the authority is, when `PILLION_DNS` is set.
     async fn passthrough(
         &self,
-        req: Request<Body>,
+        req: BoxRequest,
         conn: ConnMeta,
         authority: Option<String>,
         obs: &mut Observation,
@@ -408,7 +409,7 @@ impl Outbound {
     /// IP address as it is), balanced, with another address tried when one refuses.
     async fn by_dns(
         &self,
-        req: Request<Body>,
+        req: BoxRequest,
         obs: &mut Observation,
         authority: Option<String>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -495,8 +496,8 @@ impl Handler for Outbound {
     #[allow(clippy::manual_async_fn)]
     fn http(
         self: Arc<Self>,
-        mut req: Request<Body>,
-        conn: ConnMeta,
+        mut req: BoxRequest,
+        conn: Arc<ConnMeta>,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
         // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
         async move {
@@ -512,9 +513,9 @@ impl Handler for Outbound {
             {
                 obs.span = tracer
                     .start(crate::telemetry::trace::Kind::Client, &mut req)
-                    .map(|span| (tracer.clone(), span));
+                    .map(|span| Box::new((tracer.clone(), span)));
             }
-            let result = self.route(req, conn.clone(), &mut obs).await;
+            let result = self.route(req, &conn, &mut obs).await;
             obs.finish(&self.metrics, result, grpc)
         }
     }

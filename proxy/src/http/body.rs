@@ -81,14 +81,18 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    /// The body, and the flag it raises when reading it fails.
-    pub fn wrap(inner: Body) -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    /// The body, and the flag it raises when reading it fails; no flag (and no wrapping, two
+    /// allocations saved) for a body that has already ended, as most requests' have.
+    pub fn wrap(inner: Body) -> (Body, Option<std::sync::Arc<std::sync::atomic::AtomicBool>>) {
+        if inner.is_end_stream() {
+            return (inner, None);
+        }
         let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let body = ClientBody {
             inner,
             failed: failed.clone(),
         };
-        (UnsyncBoxBody::new(body), failed)
+        (UnsyncBoxBody::new(body), Some(failed))
     }
 }
 

@@ -186,7 +186,7 @@ pub struct ForwardOpts<'a> {
 /// Why forwarding failed: `NotSent` means nothing reached the endpoint (connecting failed), so
 /// the request comes back and may go to another endpoint.
 pub enum ForwardError {
-    NotSent(ProxyError, Box<Request<Body>>),
+    NotSent(ProxyError, crate::http::BoxRequest),
     Failed(ProxyError),
 }
 
@@ -204,11 +204,93 @@ impl From<ProxyError> for ForwardError {
     }
 }
 
+/// Rewrites the client's request, in place, into the one `endpoint` gets: hop-by-hop headers
+/// and the headers between proxies handled, the target and version of `protocol`. Returns the
+/// flag the request body raises if the client's body fails (none if it has ended). Not part of `forward`'s `async`
+/// block: the parts it works on would stay in the request's future across the send.
+fn upstream_request(
+    req: &mut Request<Body>,
+    endpoint: &Endpoint,
+    protocol: Protocol,
+    client_version: Version,
+    upgrading: bool,
+    authority: &str,
+) -> Result<Option<Arc<std::sync::atomic::AtomicBool>>, ProxyError> {
+    // Taken out of the box, which then carries the upstream request (no new allocation).
+    let (mut parts, incoming) = std::mem::take(&mut *req).into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrading);
+    parts.headers.remove(ORIG_PROTO_HEADER);
+    parts.headers.remove(TARGET_PORT_HEADER);
+    parts.headers.remove(APP_PROTO_HEADER);
+    if endpoint.meshed.is_some() {
+        use pillion_proto::discovery::v1::ProtocolHint;
+        match endpoint.hint {
+            ProtocolHint::H2 => {
+                parts
+                    .headers
+                    .insert(APP_PROTO_HEADER, HeaderValue::from_static("h2"));
+            }
+            ProtocolHint::Http1 => {
+                parts
+                    .headers
+                    .insert(APP_PROTO_HEADER, HeaderValue::from_static("http/1.1"));
+            }
+            _ => {}
+        }
+        if client_version != Version::HTTP_2 {
+            parts
+                .headers
+                .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
+        }
+        parts
+            .headers
+            .insert(TARGET_PORT_HEADER, HeaderValue::from(endpoint.addr.port()));
+    }
+    let path = || {
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string()
+    };
+    match protocol {
+        Protocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri =
+                Uri::try_from(path()).map_err(|_| ProxyError::BadRequest("bad request target"))?;
+            // The authority the request was routed by is the Host the endpoint sees: for an
+            // absolute-form target it replaces the Host header (RFC 9112 §3.2.2).
+            let host = HeaderValue::from_str(authority)
+                .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+            parts.headers.insert(header::HOST, host);
+        }
+        Protocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            // An HTTP/2 client's request usually has this very target already: keep it
+            // rather than copy and parse it again.
+            let same = parts.uri.scheme() == Some(&http::uri::Scheme::HTTP)
+                && parts.uri.authority().map(|a| a.as_str()) == Some(authority);
+            if !same {
+                parts.uri = Uri::builder()
+                    .scheme("http")
+                    .authority(authority)
+                    .path_and_query(path())
+                    .build()
+                    .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+            }
+            parts.headers.remove(header::HOST);
+        }
+    }
+    let (client_body, client_failed) = body::ClientBody::wrap(incoming);
+    *req = Request::from_parts(parts, client_body);
+    Ok(client_failed)
+}
+
 /// Sends `req` to `endpoint` and returns the response to give the client.
 #[allow(clippy::manual_async_fn)]
 pub fn forward(
     endpoint: &Arc<Endpoint>,
-    mut req: Request<Body>,
+    mut req: crate::http::BoxRequest,
     opts: ForwardOpts<'_>,
 ) -> impl std::future::Future<Output = Result<Response<Body>, ForwardError>> {
     // Not an `async fn`: rustc keeps an async fn's by-value arguments twice in its state (the argument, and the local it is moved into, never overlapped), at every level of the request path; an `async move` block uses its captures in place.
@@ -234,82 +316,24 @@ pub fn forward(
                 // Failures are not latency: they count towards ejecting the endpoint (a penalty
                 // in the estimate would keep a recovered endpoint idle long after it came back).
                 endpoint.outlier.failure();
-                return Err(ForwardError::NotSent(e, Box::new(req)));
+                return Err(ForwardError::NotSent(e, req));
             }
         };
         let upgrading = protocol == Protocol::Http1 && wants_upgrade(&req);
-        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut *req));
 
-        let (mut parts, incoming) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrading);
-        parts.headers.remove(ORIG_PROTO_HEADER);
-        parts.headers.remove(TARGET_PORT_HEADER);
-        parts.headers.remove(APP_PROTO_HEADER);
-        if endpoint.meshed.is_some() {
-            use pillion_proto::discovery::v1::ProtocolHint;
-            match endpoint.hint {
-                ProtocolHint::H2 => {
-                    parts
-                        .headers
-                        .insert(APP_PROTO_HEADER, HeaderValue::from_static("h2"));
-                }
-                ProtocolHint::Http1 => {
-                    parts
-                        .headers
-                        .insert(APP_PROTO_HEADER, HeaderValue::from_static("http/1.1"));
-                }
-                _ => {}
-            }
-            if client_version != Version::HTTP_2 {
-                parts
-                    .headers
-                    .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
-            }
-            parts
-                .headers
-                .insert(TARGET_PORT_HEADER, HeaderValue::from(endpoint.addr.port()));
-        }
-        let path = || {
-            parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string()
-        };
-        match protocol {
-            Protocol::Http1 => {
-                parts.version = Version::HTTP_11;
-                parts.uri = Uri::try_from(path())
-                    .map_err(|_| ProxyError::BadRequest("bad request target"))?;
-                // The authority the request was routed by is the Host the endpoint sees: for an
-                // absolute-form target it replaces the Host header (RFC 9112 §3.2.2).
-                let host = HeaderValue::from_str(authority)
-                    .map_err(|_| ProxyError::BadRequest("bad authority"))?;
-                parts.headers.insert(header::HOST, host);
-            }
-            Protocol::Http2 => {
-                parts.version = Version::HTTP_2;
-                // An HTTP/2 client's request usually has this very target already: keep it
-                // rather than copy and parse it again.
-                let same = parts.uri.scheme() == Some(&http::uri::Scheme::HTTP)
-                    && parts.uri.authority().map(|a| a.as_str()) == Some(authority);
-                if !same {
-                    parts.uri = Uri::builder()
-                        .scheme("http")
-                        .authority(authority)
-                        .path_and_query(path())
-                        .build()
-                        .map_err(|_| ProxyError::BadRequest("bad authority"))?;
-                }
-                parts.headers.remove(header::HOST);
-            }
-        }
-        let (client_body, client_failed) = body::ClientBody::wrap(incoming);
-        let upstream_req = Request::from_parts(parts, client_body);
+        let client_failed = upstream_request(
+            &mut req,
+            endpoint,
+            protocol,
+            client_version,
+            upgrading,
+            authority,
+        )?;
 
         let guard = endpoint.start();
         let started = Instant::now();
-        let send = endpoint.conns.send(sender, upstream_req);
+        let send = endpoint.conns.send(sender, req);
         let result = within(timeout, send).await;
         let mut resp = match result {
             Ok(resp) => {
@@ -324,7 +348,9 @@ pub fn forward(
             Err(e) => {
                 // The client's own body failed (a malformed chunk, a client gone): a bad request,
                 // and nothing to hold against the endpoint.
-                if client_failed.load(std::sync::atomic::Ordering::Relaxed)
+                if client_failed
+                    .as_ref()
+                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
                     && let ProxyError::Upstream(e) = e
                 {
                     return Err(ForwardError::Failed(ProxyError::ClientBody(e)));
@@ -429,10 +455,11 @@ pub struct Observation {
     /// The peer's SPIFFE ID: the client (inbound) or the endpoint's proxy (outbound).
     pub peer_identity: Label,
     pub started: Instant,
-    /// The span this hop records, when the request is sampled.
-    pub span: Option<(Arc<Tracer>, ActiveSpan)>,
+    /// The span this hop records, when the request is sampled. Boxed, as `access`: both are
+    /// rare, and this struct is in every request's future.
+    pub span: Option<Box<(Arc<Tracer>, ActiveSpan)>>,
     /// What the access log says of the request, when `PILLION_ACCESS_LOG` is on.
-    pub access: Option<Access>,
+    pub access: Option<Box<Access>>,
 }
 
 /// The request's side of an access-log line.
@@ -443,12 +470,12 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn of(req: &Request<Body>, peer: std::net::SocketAddr) -> Access {
-        Access {
+    pub fn of(req: &Request<Body>, peer: std::net::SocketAddr) -> Box<Access> {
+        Box::new(Access {
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             peer,
-        }
+        })
     }
 }
 
@@ -469,7 +496,7 @@ impl Observation {
 
     /// Tags the span, when the request is sampled.
     pub fn tag(&mut self, key: &'static str, value: impl Into<crate::telemetry::trace::TagValue>) {
-        if let Some((_, span)) = &mut self.span {
+        if let Some((_, span)) = self.span.as_deref_mut() {
             span.tag(key, value);
         }
     }
@@ -477,7 +504,7 @@ impl Observation {
     /// The span's remote end: the endpoint (outbound) or the caller (inbound).
     /// `backend`: the Service's canonical name (`web.default.svc.cluster.local:80`).
     pub fn remote(&mut self, addr: std::net::SocketAddr, backend: Option<Arc<str>>) {
-        if let Some((_, span)) = &mut self.span {
+        if let Some((_, span)) = self.span.as_deref_mut() {
             span.remote = Some(addr);
             span.remote_service = backend;
         }
@@ -515,7 +542,7 @@ impl Observation {
         leg.count_request(self.started.elapsed().as_secs_f64());
         let authority = leg.authority.clone();
         let mut pending_span = None;
-        if let Some((tracer, mut span)) = self.span.take() {
+        if let Some((tracer, mut span)) = self.span.take().map(|b| *b) {
             span.tag("http.status_code", resp.status().as_u16());
             if let Some(g) = &header_status {
                 span.tag("grpc.status_code", g.0.clone());

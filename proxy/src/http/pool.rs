@@ -125,13 +125,15 @@ impl Conns {
     pub fn send(
         &self,
         sender: Sender,
-        req: http::Request<Body>,
+        req: crate::http::BoxRequest,
     ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
         // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
         async move {
             match sender {
                 Sender::H2(s) => self.send_h2(s, req).await,
-                Sender::H1(s) => self.send_h1(s, req).await,
+                // Boxed: hyper's HTTP/1.1 send (and the retry on a dead connection) is twice the
+                // size of the HTTP/2 path, and every request in flight would carry it inline.
+                Sender::H1(s) => Box::pin(self.send_h1(s, *req)).await,
             }
         }
     }
@@ -169,7 +171,7 @@ impl Conns {
     fn send_h2(
         &self,
         sender: h2::client::SendRequest<Bytes>,
-        req: http::Request<Body>,
+        req: crate::http::BoxRequest,
     ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
         // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
         async move {
@@ -186,7 +188,7 @@ impl Conns {
                         .map_err(|e| ProxyError::Upstream(e.into()))?
                 }
             };
-            let (parts, body) = req.into_parts();
+            let (parts, body) = (*req).into_parts();
             let end = body.is_end_stream();
             let (response, stream) = ready
                 .send_request(http::Request::from_parts(parts, ()), end)

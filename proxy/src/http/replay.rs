@@ -179,55 +179,47 @@ impl HttpBody for ReplayBody {
 }
 
 /// Where each attempt's request comes from: the request itself, once (no retry policy), or a
-/// copy of its head with a replay of its body.
+/// copy of its head with a replay of its body (boxed: the enum is in every request's future,
+/// and most requests have no retry policy).
 pub enum Attempts {
-    Once(Option<http::Request<Body>>),
-    Replay {
-        method: http::Method,
-        uri: http::Uri,
-        version: http::Version,
-        headers: http::HeaderMap,
-        body: Replay,
-    },
+    Once(Option<super::BoxRequest>),
+    Replay(Box<Replayable>),
+}
+
+/// A request's head, copied for each attempt, and its body's replay.
+pub struct Replayable {
+    head: http::request::Parts,
+    body: Replay,
 }
 
 impl Attempts {
     pub fn replay(req: http::Request<Body>, max_body: usize) -> Attempts {
-        let (parts, body) = req.into_parts();
-        Attempts::Replay {
-            method: parts.method,
-            uri: parts.uri,
-            version: parts.version,
-            headers: parts.headers,
+        let (head, body) = req.into_parts();
+        Attempts::Replay(Box::new(Replayable {
+            head,
             body: Replay::new(body, max_body),
-        }
+        }))
     }
 
     /// The request for the next attempt; `None` once a request sent once is gone.
-    pub fn next_request(&mut self) -> Option<http::Request<Body>> {
+    pub fn next_request(&mut self) -> Option<super::BoxRequest> {
         match self {
             Attempts::Once(req) => req.take(),
-            Attempts::Replay {
-                method,
-                uri,
-                version,
-                headers,
-                body,
-            } => {
+            Attempts::Replay(r) => {
                 let mut req = http::Request::new(http_body_util::combinators::UnsyncBoxBody::new(
-                    body.attempt(),
+                    r.body.attempt(),
                 ));
-                *req.method_mut() = method.clone();
-                *req.uri_mut() = uri.clone();
-                *req.version_mut() = *version;
-                *req.headers_mut() = headers.clone();
-                Some(req)
+                *req.method_mut() = r.head.method.clone();
+                *req.uri_mut() = r.head.uri.clone();
+                *req.version_mut() = r.head.version;
+                *req.headers_mut() = r.head.headers.clone();
+                Some(Box::new(req))
             }
         }
     }
 
     /// A request that reached no endpoint, for the next attempt.
-    pub fn give_back(&mut self, req: http::Request<Body>) {
+    pub fn give_back(&mut self, req: super::BoxRequest) {
         if let Attempts::Once(slot) = self {
             *slot = Some(req);
         }
@@ -236,7 +228,7 @@ impl Attempts {
     pub fn can_replay(&self) -> bool {
         match self {
             Attempts::Once(_) => false,
-            Attempts::Replay { body, .. } => body.can_replay(),
+            Attempts::Replay(r) => r.body.can_replay(),
         }
     }
 }

@@ -692,7 +692,10 @@ mod tests {
         }
         let text = m.encode();
         for status in 300..340 {
-            assert!(text.contains(&format!("status_code=\"{status}\"")), "{status}");
+            assert!(
+                text.contains(&format!("status_code=\"{status}\"")),
+                "{status}"
+            );
         }
 
         // Idle, the series are dropped; the next request creates them again.
