@@ -618,10 +618,10 @@ def main():
     finally:
         cleanup()
         shutil.rmtree(d, ignore_errors=True)
-    report(args, results, idle, peak, streams)
+    report(args, results, idle, idle_anon, peak, streams)
 
 
-def report(args, results, idle, peak, streams):
+def report(args, results, idle, idle_anon, peak, streams):
     def med(runs, k):
         vals = [r[k] for r in runs if r.get(k) is not None]
         return statistics.median(vals) if vals else None
