@@ -27,36 +27,17 @@ dir=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
-wait_for() {
-  for _ in $(seq 1 1500); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.02; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
-json_field() { grep -o "\"$2\":\"[^\"]*\"" "$1" | head -1 | cut -d'"' -f4; }
+. benches/lib.sh
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 callgrind=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--callgrind-out-file=$dir/cg.out")
 
-$T/pillion demo-app --listen 127.0.0.1:0 --app-version v1 >"$dir/app.out" 2>/dev/null &
-pids+=($!)
-wait_for "$dir/app.out" "listening on"
-APP=$(sed -n 's/.*listening on //p' "$dir/app.out")
+start_app
 
 case $which in
 pillion)
-  cp examples/demo/services.yaml "$dir/services.yaml"
-  cat >"$dir/endpoints.yaml" <<YAML
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-v1-bench, labels: {kubernetes.io/service-name: web-v1}}
-addressType: IPv4
-ports: [{name: http, port: ${APP##*:}}]
-endpoints: [{addresses: ["127.0.0.1"]}]
-YAML
-  PILLION_LOG_FORMAT=json PILLION_LOG=warn,pillion_control_plane=info \
-    $T/pillion-control-plane --config-dir "$dir" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 2>"$dir/cp.log" &
-  pids+=($!)
-  wait_for "$dir/cp.log" "control plane listening"
+  start_control_plane
   PILLION_CORES=1 PILLION_LOG_FORMAT=json PILLION_LOG=warn,pillion_proxy=info \
-    PILLION_CONTROL_PLANE_ADDR=$(json_field "$dir/cp.log" addr) \
+    PILLION_CONTROL_PLANE_ADDR=$CP \
     PILLION_OUTBOUND_LISTEN=127.0.0.1:0 PILLION_INBOUND_LISTEN=127.0.0.1:0 PILLION_ADMIN_LISTEN=127.0.0.1:0 \
     "${callgrind[@]}" "${PROXY:-$T/pillion-proxy}" 2>"$dir/proxy.log" &
   PROXY_PID=$!
