@@ -107,9 +107,7 @@ pub fn legs(text: &str) -> Vec<pb::Leg> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::metrics::{
-        Classification, Direction, Label, LatencyLabels, RequestLabels, ResponseLabels,
-    };
+    use crate::telemetry::metrics::{Classification, Direction, Label, ResponseLabels};
 
     #[test]
     fn legs_sum_responses_failures_and_latency_per_backend() {
@@ -117,20 +115,13 @@ mod tests {
         let count = |backend: &str, status: u16, secs: f64| {
             let authority = Label::from("web.default.svc.cluster.local:80");
             let backend = Label::from(backend);
-            m.count_request(
-                RequestLabels {
-                    direction: Direction::outbound,
-                    authority: authority.clone(),
-                    route: Label::from("default/web"),
-                    backend: backend.clone(),
-                },
-                LatencyLabels {
-                    direction: Direction::outbound,
-                    authority: authority.clone(),
-                    backend: backend.clone(),
-                },
-                secs,
-            );
+            m.leg(
+                Direction::outbound,
+                &authority,
+                &Label::from("default/web"),
+                &backend,
+            )
+            .count_request(secs);
             m.count_response(ResponseLabels {
                 direction: Direction::outbound,
                 authority,

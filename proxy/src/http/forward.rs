@@ -206,8 +206,9 @@ impl From<ProxyError> for ForwardError {
 
 /// Rewrites the client's request, in place, into the one `endpoint` gets: hop-by-hop headers
 /// and the headers between proxies handled, the target and version of `protocol`. Returns the
-/// flag the request body raises if the client's body fails (none if it has ended). Not part of `forward`'s `async`
-/// block: the parts it works on would stay in the request's future across the send.
+/// flag the request body raises if the client's body fails (none if it has ended). Not part of
+/// `forward`'s `async` block: the parts it works on would stay in the request's future across
+/// the send.
 fn upstream_request(
     req: &mut Request<Body>,
     endpoint: &Endpoint,

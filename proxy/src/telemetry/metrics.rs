@@ -465,39 +465,10 @@ impl Metrics {
         self.responses.get_or_create_owned(labels)
     }
 
-    /// Counts one request and the latency of its response headers.
-    pub fn count_request(&self, req: RequestLabels, latency: LatencyLabels, secs: f64) {
-        // One lookup per family while the series exists (every request but its first); a new
-        // series is also noted under its authority so that it can be dropped when idle.
-        match self.requests.get(&req) {
-            Some(c) => {
-                c.inc();
-            }
-            None => {
-                self.track(&req.authority, |e| e.requests.push(req.clone()));
-                self.requests.get_or_create(&req).inc();
-            }
-        }
-        match self.latency.get(&latency) {
-            Some(h) => h.observe(secs),
-            None => {
-                self.track(&latency.authority, |e| e.latency.push(latency.clone()));
-                self.latency.get_or_create(&latency).observe(secs);
-            }
-        }
-    }
-
-    /// Counts one response (for gRPC, once its trailers say its status).
+    /// Counts one response (for gRPC, once its trailers say its status) through the family's
+    /// own lookup: [`Leg::count_response`] is the per-request path.
     pub fn count_response(&self, resp: ResponseLabels) {
-        match self.responses.get(&resp) {
-            Some(c) => {
-                c.inc();
-            }
-            None => {
-                self.track(&resp.authority, |e| e.responses.push(resp.clone()));
-                self.responses.get_or_create(&resp).inc();
-            }
-        }
+        self.response_counter(&resp).inc();
     }
 
     /// Notes a new series of `authority`, so that it can be dropped when idle.
@@ -569,8 +540,9 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn count(m: &Metrics, req: RequestLabels, resp: ResponseLabels, latency: LatencyLabels) {
-        m.count_request(req, latency, 0.001);
+    fn count(m: &Metrics, req: RequestLabels, resp: ResponseLabels, _: LatencyLabels) {
+        m.leg(req.direction, &req.authority, &req.route, &req.backend)
+            .count_request(0.001);
         m.count_response(resp);
     }
 
