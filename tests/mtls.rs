@@ -395,3 +395,57 @@ async fn upgrades_cross_mtls() {
         "the upgrade went over an HTTP/1.1 mTLS connection"
     );
 }
+
+/// A sidecar given one CPU (`PILLION_CORES=1`) runs every proxy on a single-threaded runtime:
+/// HTTP/1.1, a streamed upload, gRPC and many requests at once still cross mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_core_proxies_run_single_threaded_and_carry_every_protocol() {
+    let one = [("PILLION_CORES", "1".to_string())];
+    let mesh = Mesh::start_mtls_with("1h", &one, &one).await;
+    for p in std::iter::once(&mesh.client).chain(&mesh.server_proxies) {
+        let log = p
+            .proc
+            .wait_log("runtime", |v| message_is(v, "runtime started"));
+        assert_eq!(log["fields"]["cores"], 1, "{log}");
+        assert_eq!(log["fields"]["runtime"], "single-threaded", "{log}");
+    }
+    let out = mesh.client.outbound;
+    let h1 = http1_client();
+    let payload: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+    let a = request(
+        &h1,
+        out,
+        http::Request::builder().method("POST"),
+        "web",
+        "/echo",
+        Bytes::from(payload.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.error);
+    assert!(a.body == payload);
+
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let h1 = h1.clone();
+        calls.spawn(async move { get(&h1, out, "web", "/").await.map(|a| a.status) });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.unwrap().unwrap(), 200);
+    }
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{out}"))
+        .unwrap()
+        .origin("http://web.default:80".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let reply = EchoClient::new(channel)
+        .hello(HelloRequest {
+            name: "one core".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(reply.get_ref().message.contains("one core"), "{reply:?}");
+}

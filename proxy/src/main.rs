@@ -60,7 +60,7 @@ fn main() {
             .build()
     };
     match runtime {
-        Ok(rt) => rt.block_on(run()),
+        Ok(rt) => rt.block_on(run(cores)),
         Err(e) => {
             eprintln!("pillion-proxy: cannot start the runtime: {e}");
             std::process::exit(1);
@@ -68,11 +68,17 @@ fn main() {
     }
 }
 
-async fn run() {
+async fn run(cores: usize) {
     if let Err(e) = pillion_core::logging::init_from_env("info") {
         eprintln!("pillion-proxy: bad configuration: {e}");
         std::process::exit(2);
     }
+    let runtime = if cores == 1 {
+        "single-threaded"
+    } else {
+        "multi-threaded"
+    };
+    tracing::info!(cores, runtime, "runtime started");
     pillion_core::memory::return_freed_memory_in_background();
     let config = match Config::from_env(&ProcessEnv) {
         Ok(c) => c,
