@@ -7,8 +7,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
-      --bin pillion-control-plane --bin pillion-proxy --bin pillion-injector --bin pillion-init
+# Optimized with the proxy's profile (proxy/pgo/, scripts/build-release.sh).
+RUN bash scripts/build-release.sh --bin pillion-control-plane --bin pillion-injector --bin pillion-init
 
 # The control plane and the injector need nothing but libc: distroless, as the nonroot user.
 FROM gcr.io/distroless/cc-debian12:nonroot AS control-plane

@@ -8,6 +8,7 @@
 #   PROXY=/tmp/old-pillion-proxy bash benches/callgrind.sh    # another build, to A/B
 #   bash benches/callgrind.sh haproxy         # HAProxy with the same hop, for comparison
 #   N=50000 TOP=30 bash benches/callgrind.sh  # more requests, more functions listed
+#   KEEP=/tmp/cg.out bash benches/callgrind.sh  # keep the profile (callgrind_annotate, kcachegrind)
 #
 # The backend is the demo app; 5,000 requests warm up, the counters are zeroed, then N requests
 # (default 20,000) are counted, h2load -c 10 -m 10. Prints the instructions per request and the
@@ -21,7 +22,7 @@ for cmd in valgrind h2load; do
   command -v $cmd >/dev/null || { echo "needs $cmd (Debian: apt install valgrind nghttp2-client)" >&2; exit 1; }
 done
 [ -x $T/pillion ] && [ -x $T/pillion-proxy ] && [ -x $T/pillion-control-plane ] ||
-  { echo "build first: cargo build --release --locked --workspace --bins" >&2; exit 1; }
+  { echo "build first: bash scripts/build-release.sh" >&2; exit 1; }
 
 dir=$(mktemp -d)
 pids=()
@@ -79,7 +80,9 @@ load "$N"
 callgrind_control -d $PROXY_PID >/dev/null 2>&1
 for _ in $(seq 1 100); do ls "$dir"/cg.out.* >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 0.5
-python3 - "$(ls -t "$dir"/cg.out.* | head -1)" "$N" "${TOP:-15}" <<'PY'
+profile=$(ls -t "$dir"/cg.out.* | head -1)
+[ -z "${KEEP:-}" ] || cp "$profile" "$KEEP"
+python3 - "$profile" "$N" "${TOP:-15}" <<'PY'
 import collections, sys
 path, n, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 own = collections.Counter()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pillion side by side with Envoy, HAProxy and nginx, in one run on this machine.
 
-    cargo build --release --locked --workspace --bins
+    bash scripts/build-release.sh              # release binaries, with the proxy's PGO profile
     python3 benches/compare.py                 # 5 interleaved rounds, 5 s runs
     python3 benches/compare.py --rounds 8 --json out.json
     python3 benches/compare.py --smoke         # CI: debug binaries, 1 round, 1 s runs
@@ -72,16 +72,20 @@ def start(cmd, cores, name, env=None, log=None):
 
 
 def cleanup(*_):
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for p in procs:
-        try:
-            p.wait(timeout=5)
-        except Exception:
-            pass
+    """SIGTERM first, so that every process can end as it would in a pod (an instrumented
+    build writes its profile only then, see benches/pgo.sh); SIGKILL what is left after 5 s."""
+    for sig in [signal.SIGTERM, signal.SIGKILL]:
+        for p in procs:
+            try:
+                os.killpg(p.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + 5
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except Exception:
+                pass
 
 
 def log_field(path, field, timeout=30):
@@ -527,16 +531,17 @@ def main():
     ap.add_argument("--paths", default="direct,pillion,envoy,haproxy,nginx,pillion-mtls,envoy-mtls")
     ap.add_argument("--modes", default=MODES, help=f"what to measure (default {MODES})")
     ap.add_argument("--json", help="also write every figure here")
+    ap.add_argument("--bins", help="where the Pillion binaries are (default target/release, target/debug with --smoke)")
     ap.add_argument("--baseline", metavar="BIN", help="also measure this pillion-proxy binary as path 'baseline' "
                                                       "(one hop, like 'pillion'): an A/B of a change")
     args = ap.parse_args()
     modes = set(args.modes.split(","))
     if args.smoke:
         args.rounds, args.seconds = 1, 1
-    bins = os.path.join(ROOT, "target/debug" if args.smoke else "target/release")
+    bins = args.bins or os.path.join(ROOT, "target/debug" if args.smoke else "target/release")
     for b in ["pillion", "pillion-proxy", "pillion-control-plane", "pillion-grpc-load"]:
         if not os.path.exists(f"{bins}/{b}"):
-            sys.exit(f"{bins}/{b} is missing: cargo build {'' if args.smoke else '--release '}--locked --workspace --bins")
+            sys.exit(f"{bins}/{b} is missing: " + ("cargo build --locked --workspace --bins" if args.smoke else "bash scripts/build-release.sh"))
     envoy = install(args.smoke)
     cores = sorted(os.sched_getaffinity(0))
     proxy_cores = str(cores[0]) if len(cores) > 1 else ""

@@ -33,7 +33,7 @@ for tool in ["h2load"]:
 binary = lambda name: os.path.join(args.bin_dir, name)
 for name in ["pillion", "pillion-proxy", "pillion-control-plane"]:
     if not os.path.exists(binary(name)):
-        sys.exit(f"{binary(name)} is missing: cargo build --release --workspace --bins")
+        sys.exit(f"{binary(name)} is missing: bash scripts/build-release.sh")
 
 procs = []
 

@@ -8,7 +8,7 @@ N=${N:-100000}
 C=${C:-10}
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
-cargo build --release --locked --workspace --bins -q
+bash scripts/build-release.sh --workspace --bins --exclude pillion-proxy -q
 T=target/release
 dir=$(mktemp -d)
 pids=()

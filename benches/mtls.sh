@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 N=${N:-50000}
 T=${T:-10}
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
-cargo build --release --locked --workspace --bins -q
+bash scripts/build-release.sh --workspace --bins --exclude pillion-proxy -q
 B=target/release
 dir=$(mktemp -d)
 pids=()

@@ -2,7 +2,7 @@
 """What telemetry costs a proxy: CPU per request with tracing off and at 100 % sampling, and
 the time and size of a /metrics scrape with a few thousand series.
 
-    cargo build --release --locked --workspace --bins
+    bash scripts/build-release.sh
     python3 benches/telemetry.py [N]          (N requests per run, default 50,000)
 
 Everything runs on loopback on ports the OS picked: a control plane, the demo app, one proxy
