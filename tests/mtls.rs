@@ -36,18 +36,7 @@ async fn http1_h2c_and_grpc_cross_mtls_and_the_app_sees_the_client_identity() {
     assert!(!seen.contains("pillion-target-port"), "{seen}");
 
     // A chunked POST body streams through intact.
-    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let a = request(
-        &h1,
-        out,
-        http::Request::builder().method("POST"),
-        "web",
-        "/echo",
-        Bytes::from(payload.clone()),
-    )
-    .await
-    .unwrap();
-    assert!(a.body == payload);
+    assert_echoed(&h1, out, "web", 1024 * 1024).await;
 
     // gRPC, unary and bidi, and an error status.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{out}"))
@@ -411,19 +400,7 @@ async fn one_core_proxies_run_single_threaded_and_carry_every_protocol() {
     }
     let out = mesh.client.outbound;
     let h1 = http1_client();
-    let payload: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
-    let a = request(
-        &h1,
-        out,
-        http::Request::builder().method("POST"),
-        "web",
-        "/echo",
-        Bytes::from(payload.clone()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200, "{:?}", a.error);
-    assert!(a.body == payload);
+    assert_echoed(&h1, out, "web", 512 * 1024).await;
 
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..100 {

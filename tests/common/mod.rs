@@ -708,6 +708,25 @@ pub async fn get(
     .await
 }
 
+/// POSTs `len` bytes (a pattern that is not a multiple of a power of two) to the demo app's
+/// `/echo` through `proxy` and asserts they come back intact, streamed as hyper sends them.
+pub async fn assert_echoed(client: &H1Client, proxy: SocketAddr, host: &str, len: usize) {
+    let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let a = request(
+        client,
+        proxy,
+        http::Request::builder().method("POST"),
+        host,
+        "/echo",
+        Bytes::from(payload.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.error);
+    assert_eq!(a.body.len(), payload.len());
+    assert!(a.body == payload, "the body came back changed");
+}
+
 /// A plain HTTP/1.1 GET to an admin port.
 pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
     admin_request(http::Method::GET, admin, path).await
