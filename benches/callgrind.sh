@@ -7,6 +7,8 @@
 #   bash benches/callgrind.sh                 # Pillion (target/release/pillion-proxy)
 #   PROXY=/tmp/old-pillion-proxy bash benches/callgrind.sh    # another build, to A/B
 #   bash benches/callgrind.sh haproxy         # HAProxy with the same hop, for comparison
+#   bash benches/callgrind.sh pillion-mtls    # the mesh path: client proxy -> mTLS -> server
+#                                             # proxy, both counted (per request, summed)
 #   N=50000 TOP=30 bash benches/callgrind.sh  # more requests, more functions listed
 #   KEEP=/tmp/cg.out bash benches/callgrind.sh  # keep the profile (callgrind_annotate, kcachegrind)
 #
@@ -34,17 +36,64 @@ callgrind=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--
 
 start_app
 
+# A proxy under callgrind (env: extra PILLION_* settings): sets PROXY_PID and its log's path.
+start_proxy() { # name [VAR=value...]
+  local name=$1; shift
+  env "$@" PILLION_CORES=1 PILLION_LOG_FORMAT=json PILLION_LOG=warn,pillion_proxy=info \
+    PILLION_CONTROL_PLANE_ADDR=$CP \
+    PILLION_OUTBOUND_LISTEN=127.0.0.1:0 PILLION_INBOUND_LISTEN=127.0.0.1:0 PILLION_ADMIN_LISTEN=127.0.0.1:0 \
+    valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--callgrind-out-file=$dir/cg-$name.out" \
+    "${PROXY:-$T/pillion-proxy}" 2>"$dir/$name.log" &
+  PROXY_PID=$!
+  pids+=($PROXY_PID)
+  wait_for "$dir/$name.log" "proxy listening"
+}
+host=web-v1
+
 case $which in
 pillion)
   start_control_plane
-  PILLION_CORES=1 PILLION_LOG_FORMAT=json PILLION_LOG=warn,pillion_proxy=info \
-    PILLION_CONTROL_PLANE_ADDR=$CP \
-    PILLION_OUTBOUND_LISTEN=127.0.0.1:0 PILLION_INBOUND_LISTEN=127.0.0.1:0 PILLION_ADMIN_LISTEN=127.0.0.1:0 \
-    "${callgrind[@]}" "${PROXY:-$T/pillion-proxy}" 2>"$dir/proxy.log" &
-  PROXY_PID=$!
-  pids+=($PROXY_PID)
-  wait_for "$dir/proxy.log" "proxy listening"
+  start_proxy proxy
   ADDR=$(json_field "$dir/proxy.log" outbound_addr)
+  ;;
+pillion-mtls)
+  # The control plane as a CA; the server proxy (identity default/web) in front of the app,
+  # the client proxy (default/client) sending to Service `web-tls`, whose endpoint names it.
+  printf 'tok-web default/web\ntok-client default/client\n' >"$dir/tokens"
+  echo -n tok-web >"$dir/token-web"
+  echo -n tok-client >"$dir/token-client"
+  CP_ARGS=(--ca-dir "$dir/ca" --identity-tokens "$dir/tokens")
+  start_control_plane
+  anchors=PILLION_TRUST_ANCHORS=$dir/ca/trust-anchors.pem
+  start_proxy server "$anchors" PILLION_WORKLOAD=default/web PILLION_SERVICE_ACCOUNT=web \
+    PILLION_IDENTITY_TOKEN_FILE="$dir/token-web" PILLION_INBOUND_FORWARD="$APP"
+  SERVER_PID=$PROXY_PID
+  SERVER_IN=$(json_field "$dir/server.log" inbound_addr)
+  start_proxy client "$anchors" PILLION_WORKLOAD=default/client PILLION_SERVICE_ACCOUNT=client \
+    PILLION_IDENTITY_TOKEN_FILE="$dir/token-client"
+  ADDR=$(json_field "$dir/client.log" outbound_addr)
+  cat >"$dir/tls.yaml" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: web-tls}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-tls-bench
+  labels: {kubernetes.io/service-name: web-tls}
+  annotations: {pillion.dev/identity: "spiffe://cluster.local/ns/default/sa/web", pillion.dev/proxy-port: "${SERVER_IN##*:}"}
+addressType: IPv4
+ports: [{name: http, port: ${APP##*:}, appProtocol: kubernetes.io/h2c}]
+endpoints: [{addresses: ["127.0.0.1"]}]
+YAML
+  host=web-tls
+  # Until the route and both certificates are in place, requests fail: wait for a 200.
+  for _ in $(seq 1 600); do
+    h2load -n 1 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -q "1 succeeded" && break
+    sleep 0.2
+  done
   ;;
 haproxy)
   command -v haproxy >/dev/null || { echo "needs haproxy (Debian: apt install haproxy)" >&2; exit 1; }
@@ -70,33 +119,39 @@ CFG
   for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
   ADDR=127.0.0.1:$PORT
   ;;
-*) echo "usage: $0 [pillion|haproxy]" >&2; exit 2 ;;
+*) echo "usage: $0 [pillion|pillion-mtls|haproxy]" >&2; exit 2 ;;
 esac
+counted=$(pgrep -f "callgrind-out-file=$dir/" || true)
 
-load() { h2load -n "$1" -c 10 -m 10 -H ":authority: web-v1" "http://$ADDR/" 2>&1 | grep -E "^requests:"; }
+load() { h2load -n "$1" -c 10 -m 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"; }
 load 5000 >/dev/null
-callgrind_control -z $PROXY_PID >/dev/null 2>&1
+for p in $counted; do callgrind_control -z "$p" >/dev/null 2>&1; done
 load "$N"
-callgrind_control -d $PROXY_PID >/dev/null 2>&1
-for _ in $(seq 1 100); do ls "$dir"/cg.out.* >/dev/null 2>&1 && break; sleep 0.1; done
-sleep 0.5
-profile=$(ls -t "$dir"/cg.out.* | head -1)
-[ -z "${KEEP:-}" ] || cp "$profile" "$KEEP"
-python3 - "$profile" "$N" "${TOP:-15}" <<'PY'
+profiles=()
+for p in $counted; do
+  before=$(ls "$dir" | grep -c "\.out\.") || true
+  callgrind_control -d "$p" >/dev/null 2>&1
+  for _ in $(seq 1 100); do [ "$(ls "$dir" | grep -c "\.out\.")" -gt "$before" ] && break; sleep 0.1; done
+  sleep 0.5
+  profiles+=("$(ls -t "$dir"/*.out.* | head -1)")
+done
+[ -z "${KEEP:-}" ] || cat "${profiles[@]}" >"$KEEP"
+python3 - "$N" "${TOP:-15}" "${profiles[@]}" <<'PY'
 import collections, sys
-path, n, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+n, top, paths = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 own = collections.Counter()
-fn, in_call = None, False
-for line in open(path):
-    if line.startswith("fn="):
-        fn = line[3:].strip()
-    elif line.startswith("calls="):
-        in_call = True  # the next cost line is the callee's, not this function's own
-    elif line[:1].isdigit() or line[:1] in "+-*":
-        parts = line.split()
-        if len(parts) >= 2 and not in_call:
-            own[fn] += int(parts[1])
-        in_call = False
+for path in paths:  # the mTLS pair's two proxies are summed
+    fn, in_call = None, False
+    for line in open(path):
+        if line.startswith("fn="):
+            fn = line[3:].strip()
+        elif line.startswith("calls="):
+            in_call = True  # the next cost line is the callee's, not this function's own
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            parts = line.split()
+            if len(parts) >= 2 and not in_call:
+                own[fn] += int(parts[1])
+            in_call = False
 total = sum(own.values())
 print(f"instructions per request: {total / n:,.0f}")
 for f, c in own.most_common(top):

@@ -18,6 +18,7 @@ start_app() {
 }
 
 # A control plane on examples/demo's Services, with web-v1's endpoint the app: sets CP.
+# CP_ARGS (an array, optional): more arguments, e.g. its CA.
 start_control_plane() {
   cp examples/demo/services.yaml "$dir/services.yaml"
   cat >"$dir/endpoints.yaml" <<YAML
@@ -29,7 +30,8 @@ ports: [{name: http, port: ${APP##*:}}]
 endpoints: [{addresses: ["127.0.0.1"]}]
 YAML
   PILLION_LOG_FORMAT=json PILLION_LOG=warn,pillion_control_plane=info \
-    $T/pillion-control-plane --config-dir "$dir" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 2>"$dir/cp.log" &
+    $T/pillion-control-plane --config-dir "$dir" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    ${CP_ARGS[@]+"${CP_ARGS[@]}"} 2>"$dir/cp.log" &
   pids+=($!)
   wait_for "$dir/cp.log" "control plane listening"
   CP=$(json_field "$dir/cp.log" addr)
