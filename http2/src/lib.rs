@@ -4,4 +4,5 @@
 //! what a request costs the proxy now). So far: HPACK, the header compression (RFC 7541).
 //! Nothing here is on the request path yet.
 
+pub mod frame;
 pub mod hpack;
