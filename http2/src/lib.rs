@@ -1,8 +1,12 @@
 //! Pillion's own HTTP/2 (RFC 9113), built for a proxy's request path.
 //!
 //! Being built in steps (docs/benchmarks.md says why: the `h2` crate's machinery is most of
-//! what a request costs the proxy now). So far: HPACK, the header compression (RFC 7541).
-//! Nothing here is on the request path yet.
+//! what a request costs the proxy now): HPACK (RFC 7541), frames, and the server side of a
+//! connection. Not on the proxy's request path yet.
 
+mod conn;
 pub mod frame;
 pub mod hpack;
+pub mod server;
+
+pub use conn::{Config, ConnError, StreamError};
