@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 #[cfg(test)]
 use http::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -50,6 +50,30 @@ const MAX_SEND_FRAME: u32 = 64 << 10;
 /// refused unread (a compressed block is smaller than its list, so this only stops floods).
 const BLOCK_SLACK: usize = 2;
 
+/// Stream ids are distinct small integers: a multiplication spreads them over the table
+/// (SipHash, the default, was 17 % of a request's instructions).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = ((self.0 << 8) | b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        let h = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+type StreamMap = HashMap<u32, Stream, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnError {
@@ -88,7 +112,7 @@ pub(crate) struct Conn {
     pub out: BytesMut,
     /// The socket task's waker, woken when `out` gains bytes or a stream needs it.
     pub io_waker: Option<Waker>,
-    streams: HashMap<u32, Stream>,
+    streams: StreamMap,
     /// The highest stream the peer opened; lower unknown ones are closed ones.
     last_peer_stream: u32,
     accept: VecDeque<Accepted>,
@@ -163,7 +187,7 @@ impl Conn {
             decoder: hpack::Decoder::new(4096),
             out,
             io_waker: None,
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             last_peer_stream: 0,
             accept: VecDeque::new(),
             blocked: VecDeque::new(),
@@ -358,19 +382,11 @@ impl Conn {
         end_stream: bool,
     ) -> Result<(), ConnError> {
         // The block is decoded whatever becomes of the stream: the table must stay in step.
-        let mut list = Vec::with_capacity(12);
-        let mut size = 0usize;
-        if self
-            .decoder
-            .decode(&block, |h| {
-                size += h.size() + 32;
-                list.push(h);
-            })
-            .is_err()
-        {
+        let mut head = HeadBuilder::default();
+        if self.decoder.decode(&block, |h| head.push(h)).is_err() {
             return Err(self.fail(Reason::COMPRESSION_ERROR, "header block not decodable"));
         }
-        if let Some(s) = self.streams.get(&id.0) {
+        if let Some(s) = self.streams.get_mut(&id.0) {
             // Trailers: the last HEADERS of a request, after its data. On a stream we reset,
             // frames still in flight are ignored (§5.1).
             if s.reset.is_some() {
@@ -380,17 +396,11 @@ impl Conn {
                 self.reset_stream(id, Reason::STREAM_CLOSED);
                 return Ok(());
             }
-            let trailers = match end_stream {
-                true => trailers(list),
-                false => None,
-            };
-            let Some(trailers) = trailers else {
+            if !end_stream || head.pseudo_seen || head.error.is_some() {
                 self.reset_stream(id, Reason::PROTOCOL_ERROR);
                 return Ok(());
-            };
-            if let Some(s) = self.streams.get_mut(&id.0) {
-                s.trailers = Some(trailers);
             }
+            s.trailers = Some(head.headers);
             return self.end_recv(id);
         }
         if !id.is_client_initiated() {
@@ -412,18 +422,23 @@ impl Conn {
             frame::write_rst_stream(&mut self.out, id, Reason::REFUSED_STREAM);
             return Ok(());
         }
-        if size > self.config.max_header_list_size as usize {
+        if head.size > self.config.max_header_list_size as usize {
             // Answered here, without the handler: 431 Request Header Fields Too Large.
-            let mut block = Vec::new();
-            self.encoder
-                .encode([hpack::Field::Pseudo(Pseudo::Status, b"431")], &mut block);
-            frame::write_headers(&mut self.out, id, &block, true, self.peer_max_frame);
+            let status = [hpack::Field::Pseudo(Pseudo::Status, b"431")];
+            write_block(
+                &mut self.out,
+                &mut self.encoder,
+                id,
+                status,
+                true,
+                self.peer_max_frame,
+            );
             if !end_stream {
                 frame::write_rst_stream(&mut self.out, id, Reason::NO_ERROR);
             }
             return Ok(());
         }
-        let head = match request_head(list) {
+        let head = match head.request() {
             Ok(head) => head,
             Err(_why) => {
                 frame::write_rst_stream(&mut self.out, id, Reason::PROTOCOL_ERROR);
@@ -648,6 +663,8 @@ impl Conn {
                 frame::write_window_update(&mut self.out, id, s.recv_released as u32);
                 s.recv_window += s.recv_released;
                 s.recv_released = 0;
+                // Called by a stream's reader, not the socket's task: wake it to send this.
+                self.wake_io();
             }
         }
         self.release_connection(n);
@@ -663,6 +680,7 @@ impl Conn {
             );
             self.recv_window += self.recv_released;
             self.recv_released = 0;
+            self.wake_io();
         }
     }
 
@@ -697,19 +715,22 @@ impl Conn {
             // Too late for an interim response: the final one is out.
             return Ok(());
         }
-        let mut block = Vec::with_capacity(128);
-        let status = head.status.as_str().as_bytes();
-        self.encoder.encode(
-            std::iter::once(hpack::Field::Pseudo(Pseudo::Status, status)).chain(
-                head.headers
-                    .iter()
-                    .filter(|(n, _)| !is_connection_specific(n))
-                    .map(|(n, v)| hpack::Field::Header(n, v)),
-            ),
-            &mut block,
-        );
         let end = end_stream && !informational;
-        frame::write_headers(&mut self.out, id, &block, end, self.peer_max_frame);
+        let status = head.status.as_str().as_bytes();
+        let fields = std::iter::once(hpack::Field::Pseudo(Pseudo::Status, status)).chain(
+            head.headers
+                .iter()
+                .filter(|(n, _)| !is_connection_specific(n))
+                .map(|(n, v)| hpack::Field::Header(n, v)),
+        );
+        write_block(
+            &mut self.out,
+            &mut self.encoder,
+            id,
+            fields,
+            end,
+            self.peer_max_frame,
+        );
         if let Some(s) = self.streams.get_mut(&id.0) {
             s.headers_sent |= !informational;
             if end {
@@ -812,15 +833,18 @@ impl Conn {
         if s.send.is_empty() && s.send_end_queued && !s.send_closed {
             match s.send_trailers.take() {
                 Some(trailers) => {
-                    let mut block = Vec::with_capacity(64);
-                    self.encoder.encode(
-                        trailers
-                            .iter()
-                            .filter(|(n, _)| !is_connection_specific(n))
-                            .map(|(n, v)| hpack::Field::Header(n, v)),
-                        &mut block,
+                    let fields = trailers
+                        .iter()
+                        .filter(|(n, _)| !is_connection_specific(n))
+                        .map(|(n, v)| hpack::Field::Header(n, v));
+                    write_block(
+                        &mut self.out,
+                        &mut self.encoder,
+                        id,
+                        fields,
+                        true,
+                        self.peer_max_frame,
                     );
-                    frame::write_headers(&mut self.out, id, &block, true, self.peer_max_frame);
                 }
                 None => frame::write_data(&mut self.out, id, &[], true),
             }
@@ -931,91 +955,131 @@ fn is_connection_specific(name: &http::HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// A request's head from its decoded header list, checked as §8.3.1 and §8.2 require.
-fn request_head(list: Vec<Header>) -> Result<request::Parts, &'static str> {
-    let (mut method, mut scheme, mut authority, mut path) = (None, None, None, None);
-    let mut headers = HeaderMap::with_capacity(list.len());
-    let mut fields_started = false;
-    for h in list {
+/// A header section as it is decoded: a request's head (checked as §8.3.1 and §8.2
+/// require) or trailers, and its size as SETTINGS_MAX_HEADER_LIST_SIZE counts it.
+#[derive(Default)]
+struct HeadBuilder {
+    method: Option<Bytes>,
+    scheme: Option<Bytes>,
+    authority: Option<Bytes>,
+    path: Option<Bytes>,
+    headers: HeaderMap,
+    pseudo_seen: bool,
+    fields_seen: bool,
+    /// What makes the section malformed, if anything.
+    error: Option<&'static str>,
+    size: usize,
+}
+
+impl HeadBuilder {
+    fn push(&mut self, h: Header) {
+        self.size += h.size() + 32;
         match h {
             Header::Pseudo(p, v) => {
-                if fields_started {
-                    return Err("pseudo-header after a field");
+                self.pseudo_seen = true;
+                if self.fields_seen {
+                    self.error.get_or_insert("pseudo-header after a field");
+                    return;
                 }
                 let slot = match p {
-                    Pseudo::Method => &mut method,
-                    Pseudo::Scheme => &mut scheme,
-                    Pseudo::Authority => &mut authority,
-                    Pseudo::Path => &mut path,
+                    Pseudo::Method => &mut self.method,
+                    Pseudo::Scheme => &mut self.scheme,
+                    Pseudo::Authority => &mut self.authority,
+                    Pseudo::Path => &mut self.path,
                     Pseudo::Status | Pseudo::Protocol => {
-                        return Err("pseudo-header not for requests");
+                        self.error.get_or_insert("pseudo-header not for requests");
+                        return;
                     }
                 };
                 if slot.replace(v).is_some() {
-                    return Err("pseudo-header twice");
+                    self.error.get_or_insert("pseudo-header twice");
                 }
             }
             Header::Field(n, v) => {
-                fields_started = true;
+                self.fields_seen = true;
                 if is_connection_specific(&n) {
-                    return Err("connection-specific header");
+                    self.error.get_or_insert("connection-specific header");
+                } else if n == http::header::TE && v.as_bytes() != b"trailers" {
+                    self.error.get_or_insert("te other than trailers");
+                } else if self.size <= MAX_KEPT_LIST {
+                    self.headers.append(n, v);
                 }
-                if n == http::header::TE && v.as_bytes() != b"trailers" {
-                    return Err("te other than trailers");
-                }
-                headers.append(n, v);
             }
-            Header::Malformed { why, .. } => return Err(why),
+            Header::Malformed { why, .. } => {
+                self.error.get_or_insert(why);
+            }
         }
     }
-    let method = Method::from_bytes(&method.ok_or("no :method")?).map_err(|_| "bad :method")?;
-    let mut uri = http::uri::Parts::default();
-    if let Some(a) = authority {
-        uri.authority = Some(Authority::from_maybe_shared(a).map_err(|_| "bad :authority")?);
+
+    fn request(self) -> Result<request::Parts, &'static str> {
+        if let Some(why) = self.error {
+            return Err(why);
+        }
+        let method =
+            Method::from_bytes(&self.method.ok_or("no :method")?).map_err(|_| "bad :method")?;
+        let mut uri = http::uri::Parts::default();
+        if let Some(a) = self.authority {
+            uri.authority = Some(Authority::from_maybe_shared(a).map_err(|_| "bad :authority")?);
+        }
+        if method == Method::CONNECT {
+            if self.scheme.is_some() || self.path.is_some() {
+                return Err(":scheme or :path on CONNECT");
+            }
+            if uri.authority.is_none() {
+                return Err("CONNECT without :authority");
+            }
+        } else {
+            let (Some(scheme), Some(path)) = (self.scheme, self.path) else {
+                return Err("no :scheme or :path");
+            };
+            if path.is_empty() {
+                return Err("empty :path");
+            }
+            let scheme = Scheme::try_from(&scheme[..]).map_err(|_| "bad :scheme")?;
+            // A URI cannot have a scheme without an authority: without :authority (the Host
+            // header may say it), the scheme was checked and is left out.
+            if uri.authority.is_some() {
+                uri.scheme = Some(scheme);
+            }
+            uri.path_and_query =
+                Some(PathAndQuery::from_maybe_shared(path).map_err(|_| "bad :path")?);
+        }
+        let uri = Uri::from_parts(uri).map_err(|_| "bad request target")?;
+        let (mut head, ()) = http::Request::new(()).into_parts();
+        head.method = method;
+        head.uri = uri;
+        head.version = http::Version::HTTP_2;
+        head.headers = self.headers;
+        Ok(head)
     }
-    if method == Method::CONNECT {
-        if scheme.is_some() || path.is_some() {
-            return Err(":scheme or :path on CONNECT");
-        }
-        if uri.authority.is_none() {
-            return Err("CONNECT without :authority");
-        }
-    } else {
-        let (Some(scheme), Some(path)) = (scheme, path) else {
-            return Err("no :scheme or :path");
-        };
-        if path.is_empty() {
-            return Err("empty :path");
-        }
-        let scheme = Scheme::try_from(&scheme[..]).map_err(|_| "bad :scheme")?;
-        // A URI cannot have a scheme without an authority: without :authority (the Host
-        // header may say it), the scheme was checked and is left out.
-        if uri.authority.is_some() {
-            uri.scheme = Some(scheme);
-        }
-        uri.path_and_query = Some(PathAndQuery::from_maybe_shared(path).map_err(|_| "bad :path")?);
-    }
-    let uri = Uri::from_parts(uri).map_err(|_| "bad request target")?;
-    let (mut head, ()) = http::Request::new(()).into_parts();
-    head.method = method;
-    head.uri = uri;
-    head.version = http::Version::HTTP_2;
-    head.headers = headers;
-    Ok(head)
 }
 
-/// Trailers: fields only.
-fn trailers(list: Vec<Header>) -> Option<HeaderMap> {
-    let mut map = HeaderMap::with_capacity(list.len());
-    for h in list {
-        match h {
-            Header::Field(n, v) if !is_connection_specific(&n) => {
-                map.append(n, v);
-            }
-            _ => return None,
-        }
+/// Fields past this size are not kept (such a section is answered 431 anyway): a peer
+/// cannot make us hold more than this of one.
+const MAX_KEPT_LIST: usize = 1 << 20;
+
+/// Encodes `fields` as a HEADERS frame (with CONTINUATIONs if the block outgrows the peer's
+/// frame size) straight into `out`: the frame header is filled in once the block is written.
+fn write_block<'a>(
+    out: &mut BytesMut,
+    encoder: &mut hpack::Encoder,
+    id: StreamId,
+    fields: impl IntoIterator<Item = hpack::Field<'a>>,
+    end_stream: bool,
+    max_frame: u32,
+) {
+    let start = out.len();
+    out.put_slice(&[0; frame::HEAD_LEN]);
+    encoder.encode(fields, out);
+    let len = out.len() - start - frame::HEAD_LEN;
+    if len <= max_frame as usize {
+        out[start..start + frame::HEAD_LEN]
+            .copy_from_slice(&frame::headers_head(id, len, end_stream));
+        return;
     }
-    Some(map)
+    let block = out.split_off(start + frame::HEAD_LEN);
+    out.truncate(start);
+    frame::write_headers(out, id, &block, end_stream, max_frame);
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -474,6 +474,12 @@ pub fn data_head(stream: StreamId, len: usize, end_stream: bool) -> [u8; HEAD_LE
     head(len, DATA, if end_stream { END_STREAM } else { 0 }, stream)
 }
 
+/// The header of a HEADERS frame carrying a whole header block of `len` octets.
+pub fn headers_head(stream: StreamId, len: usize, end_stream: bool) -> [u8; HEAD_LEN] {
+    let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+    head(len, HEADERS, flags, stream)
+}
+
 pub fn write_data(dst: &mut impl BufMut, stream: StreamId, data: &[u8], end_stream: bool) {
     dst.put_slice(&data_head(stream, data.len(), end_stream));
     dst.put_slice(data);

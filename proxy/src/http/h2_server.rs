@@ -39,6 +39,17 @@ pub struct Limits {
     pub max_streams: u32,
     /// An HTTP/1.1 client must send a request's whole header section within this.
     pub header_read_timeout: std::time::Duration,
+    /// Which HTTP/2 server clients get (`PILLION_HTTP2_SERVER`).
+    pub server: Implementation,
+}
+
+/// The HTTP/2 server implementation: Pillion's own (`pillion_http2`, the default), or the
+/// `h2` crate's, kept for a release as a way back should a client meet a difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Implementation {
+    #[default]
+    Pillion,
+    H2,
 }
 
 impl Default for Limits {
@@ -47,6 +58,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_streams: 2048,
             header_read_timeout: std::time::Duration::from_secs(30),
+            server: Implementation::default(),
         }
     }
 }
@@ -57,6 +69,33 @@ pub(crate) const CONNECTION_WINDOW: u32 = 8 << 20;
 /// Serves requests until the connection ends, or until `stop` resolves (then gracefully: no
 /// new streams, those in flight finish). `serve` answers one request.
 pub async fn serve<I, S, F>(
+    io: I,
+    peer: SocketAddr,
+    limits: Limits,
+    serve: S,
+    stop: impl Future<Output = ()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: Fn(Request<Body>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    if limits.server == Implementation::H2 {
+        return serve_h2(io, peer, limits, serve, stop).await;
+    }
+    let config = pillion_http2::Config {
+        max_concurrent_streams: limits.max_streams,
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+        max_header_list_size: limits.max_header_bytes,
+    };
+    let handler = move |req: Request<pillion_http2::server::RecvBody>| serve(req.map(body::boxed));
+    if let Err(e) = pillion_http2::server::serve(io, config, Some(KEEP_ALIVE), handler, stop).await {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// `serve` on the `h2` crate's server.
+async fn serve_h2<I, S, F>(
     io: I,
     peer: SocketAddr,
     limits: Limits,
