@@ -105,6 +105,8 @@ pub(crate) struct Accepted {
 }
 
 pub(crate) struct Conn {
+    /// The client side of the connection (else the server's).
+    client: bool,
     config: Config,
     encoder: hpack::Encoder,
     decoder: hpack::Decoder,
@@ -132,6 +134,15 @@ pub(crate) struct Conn {
     pub error: Option<ConnError>,
     /// The peer sent GOAWAY.
     pub peer_gone: bool,
+    /// Client: the next stream we open, and how many we may have open (the peer's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS) against how many are.
+    next_stream: u32,
+    peer_max_streams: usize,
+    open: usize,
+    /// Client: tasks waiting for room under the peer's stream limit.
+    ready_wakers: Vec<Waker>,
+    /// Client: request senders alive; with none left and no stream open, the connection ends.
+    pub senders: usize,
 }
 
 #[derive(Default)]
@@ -160,16 +171,36 @@ struct Stream {
     /// Reset by either side: no more frames for it, either way.
     reset: Option<StreamError>,
     in_blocked: bool,
+    /// Client: the response's head once it came; the request was a HEAD (its response has
+    /// no body whatever its content-length says); counted among the open streams.
+    response: Option<http::response::Parts>,
+    headers_seen: bool,
+    head_request: bool,
+    counted: bool,
 }
 
 impl Conn {
     /// A server connection: our SETTINGS and the connection window's first update are the
     /// first frames out.
     pub fn server(config: Config) -> Conn {
+        Conn::new(config, false)
+    }
+
+    /// A client connection: the preface, our SETTINGS (no server push) and the connection
+    /// window's first update.
+    pub fn client(config: Config) -> Conn {
+        Conn::new(config, true)
+    }
+
+    fn new(config: Config, client: bool) -> Conn {
         let mut out = BytesMut::with_capacity(16 << 10);
+        if client {
+            out.put_slice(frame::PREFACE);
+        }
         frame::write_settings(
             &mut out,
             &Settings {
+                enable_push: client.then_some(false),
                 max_concurrent_streams: Some(config.max_concurrent_streams),
                 initial_window_size: Some(config.stream_window),
                 max_header_list_size: Some(config.max_header_list_size),
@@ -182,6 +213,7 @@ impl Conn {
             frame::write_window_update(&mut out, StreamId::CONNECTION, extra as u32);
         }
         Conn {
+            client,
             config,
             encoder: hpack::Encoder::new(),
             decoder: hpack::Decoder::new(4096),
@@ -201,6 +233,11 @@ impl Conn {
             going_away: None,
             error: None,
             peer_gone: false,
+            next_stream: 1,
+            peer_max_streams: usize::MAX,
+            open: 0,
+            ready_wakers: Vec::new(),
+            senders: 0,
         }
     }
 
@@ -267,9 +304,8 @@ impl Conn {
             Frame::Settings(s) => self.recv_settings(s),
             // Our SETTINGS change nothing that must wait for the ACK.
             Frame::SettingsAck => Ok(()),
-            Frame::PushPromise { .. } => {
-                Err(self.fail(Reason::PROTOCOL_ERROR, "PUSH_PROMISE from a client"))
-            }
+            // A client never asks for pushes (SETTINGS_ENABLE_PUSH 0).
+            Frame::PushPromise { .. } => Err(self.fail(Reason::PROTOCOL_ERROR, "PUSH_PROMISE")),
             Frame::Ping {
                 ack: false,
                 payload,
@@ -281,10 +317,37 @@ impl Conn {
                 self.pong = true;
                 Ok(())
             }
-            Frame::GoAway { reason, .. } => {
+            Frame::GoAway {
+                last_stream,
+                reason,
+                ..
+            } => {
                 self.peer_gone = true;
                 if reason != Reason::NO_ERROR {
                     self.error = Some(ConnError::Remote(reason));
+                }
+                if self.client {
+                    // Streams above the last one the server took were never processed: they
+                    // fail as refused, which callers may safely send again (§6.8).
+                    let unprocessed: Vec<u32> = self
+                        .streams
+                        .keys()
+                        .copied()
+                        .filter(|&id| id > last_stream.0)
+                        .collect();
+                    for id in unprocessed {
+                        if let Some(s) = self.streams.get_mut(&id) {
+                            s.reset
+                                .get_or_insert(StreamError::Reset(Reason::REFUSED_STREAM));
+                            s.recv_closed = true;
+                            s.send_closed = true;
+                            wake_both(s);
+                        }
+                        self.settle(StreamId(id));
+                    }
+                    for w in self.ready_wakers.drain(..) {
+                        w.wake();
+                    }
                 }
                 Ok(())
             }
@@ -346,9 +409,12 @@ impl Conn {
         }
     }
 
-    /// Nothing left to do: shut down (or the peer left) and no stream open.
+    /// Nothing left to do: shut down (or the peer left, or, for a client, nobody can send on
+    /// it any more) and no stream open.
     pub fn is_done(&self) -> bool {
-        (self.going_away.is_some() || self.peer_gone) && self.streams.is_empty()
+        let over =
+            self.going_away.is_some() || self.peer_gone || (self.client && self.senders == 0);
+        over && self.streams.is_empty()
     }
 
     pub fn pop_accepted(&mut self) -> Option<Accepted> {
@@ -367,9 +433,13 @@ impl Conn {
         Ok(())
     }
 
-    /// A frame on a stream the peer never opened is a connection error (§5.1: idle).
+    /// A frame on a stream never opened is a connection error (§5.1: idle).
     fn check_not_idle(&mut self, stream: StreamId) -> Result<(), ConnError> {
-        if stream.0 > self.last_peer_stream || !stream.is_client_initiated() {
+        let idle = match self.client {
+            true => stream.0 >= self.next_stream || !stream.is_client_initiated(),
+            false => stream.0 > self.last_peer_stream || !stream.is_client_initiated(),
+        };
+        if idle {
             return Err(self.fail(Reason::PROTOCOL_ERROR, "frame on an idle stream"));
         }
         Ok(())
@@ -385,6 +455,9 @@ impl Conn {
         let mut head = HeadBuilder::default();
         if self.decoder.decode(&block, |h| head.push(h)).is_err() {
             return Err(self.fail(Reason::COMPRESSION_ERROR, "header block not decodable"));
+        }
+        if self.client {
+            return self.recv_response_headers(id, head, end_stream);
         }
         if let Some(s) = self.streams.get_mut(&id.0) {
             // Trailers: the last HEADERS of a request, after its data. On a stream we reset,
@@ -468,6 +541,188 @@ impl Conn {
         Ok(())
     }
 
+    /// A response's head (after any 1xx), or its trailers.
+    fn recv_response_headers(
+        &mut self,
+        id: StreamId,
+        head: HeadBuilder,
+        end_stream: bool,
+    ) -> Result<(), ConnError> {
+        self.check_not_idle(id)?;
+        let Some(s) = self.streams.get_mut(&id.0) else {
+            // A stream that is over: a late frame of it, ignored.
+            return Ok(());
+        };
+        if s.reset.is_some() {
+            return Ok(());
+        }
+        if s.recv_closed {
+            self.reset_stream(id, Reason::STREAM_CLOSED);
+            return Ok(());
+        }
+        if s.headers_seen {
+            // Trailers.
+            if !end_stream || head.pseudo_seen || head.error.is_some() {
+                self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                return Ok(());
+            }
+            s.trailers = Some(head.headers);
+            return self.end_recv(id);
+        }
+        let head_request = s.head_request;
+        if head.size > self.config.max_header_list_size as usize {
+            // More than we said we would take (SETTINGS_MAX_HEADER_LIST_SIZE).
+            self.reset_stream(id, Reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
+        match head.response() {
+            Ok(resp) if resp.status.is_informational() => {
+                // 1xx: interim, the final response is still to come (101 has no place here).
+                if resp.status == http::StatusCode::SWITCHING_PROTOCOLS || end_stream {
+                    self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                }
+                Ok(())
+            }
+            Ok(resp) => {
+                let no_body = head_request
+                    || resp.status == http::StatusCode::NO_CONTENT
+                    || resp.status == http::StatusCode::NOT_MODIFIED;
+                let expected = if no_body {
+                    None
+                } else {
+                    content_length(&resp.headers)
+                };
+                if end_stream && expected.is_some_and(|n| n != 0) {
+                    self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+                if let Some(s) = self.streams.get_mut(&id.0) {
+                    s.expected_len = expected;
+                    s.response = Some(resp);
+                    s.headers_seen = true;
+                    if let Some(w) = s.recv_waker.take() {
+                        w.wake();
+                    }
+                }
+                if end_stream {
+                    self.end_recv(id)?;
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                Ok(())
+            }
+        }
+    }
+
+    /// Client: whether a new stream may be opened now (`Ok(false)`: not until one closes),
+    /// or never again on this connection.
+    pub fn can_open(&self) -> Result<bool, ConnError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if self.peer_gone || self.going_away.is_some() || self.next_stream > frame::MAX_WINDOW {
+            return Err(ConnError::Closed);
+        }
+        Ok(self.open < self.peer_max_streams)
+    }
+
+    /// Client: waits for room under the peer's stream limit. Fails once the connection can
+    /// take no new stream (the caller opens another connection).
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        match self.can_open() {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => {
+                self.ready_wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Client: opens a stream with the request's head (HEADERS goes out at once). The request
+    /// body, if any, follows by `send_data` and `send_trailers`.
+    pub fn open(
+        &mut self,
+        head: &request::Parts,
+        end_stream: bool,
+        refs: u8,
+    ) -> Result<StreamId, ConnError> {
+        // Past the server's limit (a caller that did not wait for `poll_ready`), the server
+        // refuses the stream, which the caller sees as REFUSED_STREAM.
+        self.can_open()?;
+        let id = StreamId(self.next_stream);
+        self.next_stream += 2;
+        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = head.uri.authority().map(|a| a.as_str().as_bytes());
+        let scheme = head.uri.scheme_str().unwrap_or("http");
+        let connect = head.method == Method::CONNECT;
+        let pseudo = [
+            Some(hpack::Field::Pseudo(
+                Pseudo::Method,
+                head.method.as_str().as_bytes(),
+            )),
+            (!connect).then_some(hpack::Field::Pseudo(Pseudo::Scheme, scheme.as_bytes())),
+            authority.map(|a| hpack::Field::Pseudo(Pseudo::Authority, a)),
+            (!connect).then_some(hpack::Field::Pseudo(Pseudo::Path, path.as_bytes())),
+        ];
+        let fields = pseudo.into_iter().flatten().chain(
+            head.headers
+                .iter()
+                .filter(|(n, v)| {
+                    !is_connection_specific(n)
+                        && *n != http::header::HOST
+                        && !(*n == http::header::TE && v.as_bytes() != b"trailers")
+                })
+                .map(|(n, v)| hpack::Field::Header(n, v)),
+        );
+        write_block(
+            &mut self.out,
+            &mut self.encoder,
+            id,
+            fields,
+            end_stream,
+            self.peer_max_frame,
+        );
+        self.streams.insert(
+            id.0,
+            Stream {
+                refs,
+                recv_window: self.config.stream_window as i64,
+                send_window: self.peer_initial_window,
+                headers_sent: true,
+                send_end_queued: end_stream,
+                send_closed: end_stream,
+                head_request: head.method == Method::HEAD,
+                counted: true,
+                ..Stream::default()
+            },
+        );
+        self.open += 1;
+        self.wake_io();
+        Ok(id)
+    }
+
+    /// Client: the response's head, once it has come.
+    pub fn poll_response(
+        &mut self,
+        id: StreamId,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<http::response::Parts, StreamError>> {
+        let Some(s) = self.streams.get_mut(&id.0) else {
+            return Poll::Ready(Err(StreamError::Connection(ConnError::Closed)));
+        };
+        if let Some(resp) = s.response.take() {
+            return Poll::Ready(Ok(resp));
+        }
+        if let Some(e) = &s.reset {
+            return Poll::Ready(Err(e.clone()));
+        }
+        s.recv_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
     fn recv_data(
         &mut self,
         id: StreamId,
@@ -498,6 +753,15 @@ impl Conn {
                 self.reset_stream(id, Reason::STREAM_CLOSED);
             }
             return Ok(());
+        }
+        if self.client && s.response.is_none() && !s.recv_closed && s.trailers.is_none() {
+            // DATA before the response's head. (A head already taken by the caller is
+            // `response: None` too: `headers_seen` tells them apart.)
+            if !s.headers_seen {
+                self.release_connection(flow);
+                self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                return Ok(());
+            }
         }
         s.recv_window -= flow;
         if s.recv_window < 0 {
@@ -546,6 +810,12 @@ impl Conn {
         }
         if let Some(size) = s.max_frame_size {
             self.peer_max_frame = size;
+        }
+        if let Some(n) = s.max_concurrent_streams {
+            self.peer_max_streams = n as usize;
+            for w in self.ready_wakers.drain(..) {
+                w.wake();
+            }
         }
         if let Some(window) = s.initial_window_size {
             let delta = window as i64 - self.peer_initial_window;
@@ -901,6 +1171,17 @@ impl Conn {
     /// reset: CANCEL if the response is unfinished, NO_ERROR if only the request body is left
     /// (§8.1); a response whose end waits behind flow control is let finish first.
     fn settle(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id.0) else {
+            return;
+        };
+        if s.counted && (s.reset.is_some() || (s.recv_closed && s.send_closed)) {
+            // No longer open as the peer counts: room for another under its limit.
+            s.counted = false;
+            self.open -= 1;
+            for w in self.ready_wakers.drain(..) {
+                w.wake();
+            }
+        }
         let Some(s) = self.streams.get(&id.0) else {
             return;
         };
@@ -912,7 +1193,9 @@ impl Conn {
             if s.send_end_queued && !s.send_closed {
                 return;
             }
-            let reason = if s.send_closed {
+            // A server whose response is whole needs no more of the request: NO_ERROR. A
+            // client that stops reading its response, or a server its request: CANCEL.
+            let reason = if s.send_closed && !self.client {
                 Reason::NO_ERROR
             } else {
                 Reason::CANCEL
@@ -924,7 +1207,7 @@ impl Conn {
         self.streams.remove(&id.0);
     }
 
-    fn wake_io(&mut self) {
+    pub fn wake_io(&mut self) {
         if let Some(w) = self.io_waker.take() {
             w.wake();
         }
@@ -963,6 +1246,7 @@ struct HeadBuilder {
     scheme: Option<Bytes>,
     authority: Option<Bytes>,
     path: Option<Bytes>,
+    status: Option<Bytes>,
     headers: HeaderMap,
     pseudo_seen: bool,
     fields_seen: bool,
@@ -986,8 +1270,10 @@ impl HeadBuilder {
                     Pseudo::Scheme => &mut self.scheme,
                     Pseudo::Authority => &mut self.authority,
                     Pseudo::Path => &mut self.path,
-                    Pseudo::Status | Pseudo::Protocol => {
-                        self.error.get_or_insert("pseudo-header not for requests");
+                    Pseudo::Status => &mut self.status,
+                    Pseudo::Protocol => {
+                        self.error
+                            .get_or_insert(":protocol without extended CONNECT");
                         return;
                     }
                 };
@@ -1011,7 +1297,30 @@ impl HeadBuilder {
         }
     }
 
+    fn response(self) -> Result<http::response::Parts, &'static str> {
+        if let Some(why) = self.error {
+            return Err(why);
+        }
+        if self.method.is_some()
+            || self.scheme.is_some()
+            || self.authority.is_some()
+            || self.path.is_some()
+        {
+            return Err("request pseudo-header in a response");
+        }
+        let status = self.status.ok_or("no :status")?;
+        let status = http::StatusCode::from_bytes(&status).map_err(|_| "bad :status")?;
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.status = status;
+        head.version = http::Version::HTTP_2;
+        head.headers = self.headers;
+        Ok(head)
+    }
+
     fn request(self) -> Result<request::Parts, &'static str> {
+        if self.status.is_some() {
+            return Err("pseudo-header not for requests");
+        }
         if let Some(why) = self.error {
             return Err(why);
         }

@@ -4,9 +4,12 @@
 //! what a request costs the proxy now): HPACK (RFC 7541), frames, and the server side of a
 //! connection. Not on the proxy's request path yet.
 
+pub mod client;
 mod conn;
 pub mod frame;
 pub mod hpack;
+mod io;
 pub mod server;
+mod stream;
 
 pub use conn::{Config, ConnError, StreamError};

@@ -215,16 +215,22 @@ async fn streams_large_bodies_both_ways_within_flow_control() {
 async fn a_large_upload_read_before_the_answer_is_not_stalled() {
     let server = start(Config::default()).await;
     let mut send = client(server.addr).await;
-    let req = Request::post(format!("http://{}/trailers", server.addr)).body(()).unwrap();
+    let req = Request::post(format!("http://{}/trailers", server.addr))
+        .body(())
+        .unwrap();
     let (resp, mut body) = send.send_request(req, false).unwrap();
     let upload = tokio::spawn(async move {
         let mut rest = 12usize << 20;
         while rest > 0 {
             body.reserve_capacity(rest.min(1 << 20));
-            let n = std::future::poll_fn(|cx| body.poll_capacity(cx)).await.unwrap().unwrap();
+            let n = std::future::poll_fn(|cx| body.poll_capacity(cx))
+                .await
+                .unwrap()
+                .unwrap();
             let n = n.min(rest);
             rest -= n;
-            body.send_data(Bytes::from(vec![b'u'; n]), rest == 0).unwrap();
+            body.send_data(Bytes::from(vec![b'u'; n]), rest == 0)
+                .unwrap();
         }
     });
     let resp = tokio::time::timeout(Duration::from_secs(20), resp)

@@ -236,12 +236,12 @@ impl Config {
                 )?,
                 max_streams: bounded(env, "PILLION_MAX_CONCURRENT_STREAMS", 2048, 1, 1 << 20)?,
                 header_read_timeout: duration(env, "PILLION_HEADER_READ_TIMEOUT", "30s")?,
-                server: match env.get("PILLION_HTTP2_SERVER").as_deref().map(str::trim) {
+                server: match env.get("PILLION_HTTP2").as_deref().map(str::trim) {
                     None | Some("pillion") => crate::http::h2_server::Implementation::Pillion,
                     Some("h2") => crate::http::h2_server::Implementation::H2,
                     Some(other) => {
                         return Err(ConfigError {
-                            var: "PILLION_HTTP2_SERVER",
+                            var: "PILLION_HTTP2",
                             value: other.to_string(),
                             reason: "expected pillion or h2".into(),
                         });
@@ -568,7 +568,7 @@ mod tests {
             ("PILLION_DNS", "ns1.example"),
             ("PILLION_MAX_HEADER_BYTES", "10"),
             ("PILLION_MAX_CONCURRENT_STREAMS", "0"),
-            ("PILLION_HTTP2_SERVER", "nghttp2"),
+            ("PILLION_HTTP2", "nghttp2"),
             ("PILLION_MAX_REQUESTS_PER_ENDPOINT", "-1"),
             ("PILLION_OUTLIER_CONSECUTIVE_FAILURES", "many"),
             ("PILLION_OUTLIER_BASE_EJECTION", "a while"),

@@ -131,6 +131,7 @@ impl Proxy {
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_tx = Arc::new(shutdown_tx);
+        pool::use_h2_crate(config.limits.server == http::h2_server::Implementation::H2);
         let listener_cfg = Arc::new(listener::ListenerConfig {
             detect_timeout: config.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),

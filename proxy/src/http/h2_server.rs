@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::http::body::{self, Body, BoxError};
 
 /// How often an idle peer is pinged, and how long it has to answer.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Streams reset by the client before the server took them, allowed per connection (h2's
 /// default is 20: a peer proxy whose callers cancelled a burst of requests had the shared
 /// connection, and every request on it, closed). Still bounded against rapid reset
@@ -39,12 +39,13 @@ pub struct Limits {
     pub max_streams: u32,
     /// An HTTP/1.1 client must send a request's whole header section within this.
     pub header_read_timeout: std::time::Duration,
-    /// Which HTTP/2 server clients get (`PILLION_HTTP2_SERVER`).
+    /// Which HTTP/2 implementation serves clients and reaches endpoints (`PILLION_HTTP2`).
     pub server: Implementation,
 }
 
-/// The HTTP/2 server implementation: Pillion's own (`pillion_http2`, the default), or the
-/// `h2` crate's, kept for a release as a way back should a client meet a difference.
+/// The HTTP/2 implementation, both as a server and as a client: Pillion's own
+/// (`pillion_http2`, the default), or the `h2` crate's, kept for a release as a way back
+/// should a peer meet a difference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Implementation {
     #[default]
@@ -89,7 +90,8 @@ pub async fn serve<I, S, F>(
         max_header_list_size: limits.max_header_bytes,
     };
     let handler = move |req: Request<pillion_http2::server::RecvBody>| serve(req.map(body::boxed));
-    if let Err(e) = pillion_http2::server::serve(io, config, Some(KEEP_ALIVE), handler, stop).await {
+    if let Err(e) = pillion_http2::server::serve(io, config, Some(KEEP_ALIVE), handler, stop).await
+    {
         tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
     }
 }

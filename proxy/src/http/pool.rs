@@ -2,12 +2,13 @@
 //! connections. Requests that provably never reached the peer (the connection was found dead
 //! before the request was written) are sent again on a fresh connection.
 //!
-//! HTTP/2 is spoken with the `h2` crate directly: the request's own task sends the headers and
-//! awaits the response. (hyper's HTTP/2 client hands every request to the connection's task
-//! over a channel and spawns a task per request to await its response: two task hops and a
-//! spawn per request, the largest cost left on the proxy's request path.)
+//! HTTP/2 is spoken with Pillion's own client (`pillion_http2`; the `h2` crate's with
+//! `PILLION_HTTP2=h2`): the request's own task sends the headers and awaits the response.
+//! (hyper's HTTP/2 client hands every request to the connection's task over a channel and
+//! spawns a task per request to await its response: two task hops and a spawn per request.)
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,34 @@ type IdleH1 = (http1::SendRequest<Body>, Instant);
 /// A connection checked out for one request.
 pub enum Sender {
     H1(http1::SendRequest<Body>),
-    H2(h2::client::SendRequest<Bytes>),
+    H2(H2Sender),
+}
+
+/// An HTTP/2 connection to an endpoint, on Pillion's client or the `h2` crate's.
+#[derive(Clone)]
+pub enum H2Sender {
+    Pillion(pillion_http2::client::SendRequest),
+    Crate(h2::client::SendRequest<Bytes>),
+}
+
+/// New HTTP/2 connections use the `h2` crate's client (`PILLION_HTTP2=h2`): one setting for
+/// the whole process, set once at start.
+static H2_CRATE: AtomicBool = AtomicBool::new(false);
+
+pub fn use_h2_crate(yes: bool) {
+    H2_CRATE.store(yes, Ordering::Relaxed);
+}
+
+/// What this proxy lets an endpoint's HTTP/2 responses be: their header sections up to 1 MiB
+/// (as clients commonly allow; the endpoint is trusted more than a client), the windows the
+/// server side uses.
+fn client_config() -> pillion_http2::Config {
+    pillion_http2::Config {
+        max_concurrent_streams: 0,
+        stream_window: h2_server::STREAM_WINDOW,
+        connection_window: h2_server::CONNECTION_WINDOW,
+        max_header_list_size: 1 << 20,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +92,7 @@ pub struct Conns {
     connect_timeout: Duration,
     tls: Option<TlsTarget>,
     /// Held across the handshake so that concurrent requests share one new connection.
-    h2: tokio::sync::Mutex<Option<h2::client::SendRequest<Bytes>>>,
+    h2: tokio::sync::Mutex<Option<H2Sender>>,
     h1_idle: Arc<Mutex<Vec<IdleH1>>>,
 }
 
@@ -170,46 +198,92 @@ impl Conns {
     #[allow(clippy::manual_async_fn)]
     fn send_h2(
         &self,
-        sender: h2::client::SendRequest<Bytes>,
+        sender: H2Sender,
         req: crate::http::BoxRequest,
     ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
         // Not an `async fn`: its state would hold each by-value argument twice (see `forward::forward`).
         async move {
-            // Waits for a stream slot under the peer's limit. A connection found closed here has
-            // not seen the request: once more on a new one.
-            let mut ready = match sender.ready().await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
-                    self.h2_sender(true)
-                        .await?
-                        .ready()
-                        .await
-                        .map_err(|e| ProxyError::Upstream(e.into()))?
-                }
-            };
-            let (parts, body) = (*req).into_parts();
-            let end = body.is_end_stream();
-            let (response, stream) = ready
-                .send_request(http::Request::from_parts(parts, ()), end)
-                .map_err(|e| ProxyError::Upstream(e.into()))?;
-            if !end {
-                // The body goes up beside the wait for the response (a server may answer first).
-                let mut pipe = Box::pin(h2_server::send_body(body, stream, h2::Reason::CANCEL));
-                if futures_util::poll!(pipe.as_mut()).is_pending() {
-                    tokio::spawn(pipe);
-                }
+            match sender {
+                H2Sender::Pillion(sender) => self.send_pillion(sender, req).await,
+                H2Sender::Crate(sender) => Box::pin(self.send_h2_crate(sender, req)).await,
             }
-            let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
-            let (parts, recv) = resp.into_parts();
-            Ok(http::Response::from_parts(
-                parts,
-                h2_server::RequestBody::response(recv),
-            ))
         }
     }
 
-    async fn h2_sender(&self, fresh: bool) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
+    #[allow(clippy::manual_async_fn)]
+    fn send_pillion(
+        &self,
+        sender: pillion_http2::client::SendRequest,
+        req: crate::http::BoxRequest,
+    ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
+        async move {
+            let mut sender = sender;
+            // Waits for a stream slot under the peer's limit. A connection found closed here has
+            // not seen the request: once more on a new one.
+            if let Err(e) = sender.ready().await {
+                tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
+                sender = match self.h2_sender(true).await? {
+                    H2Sender::Pillion(s) => s,
+                    H2Sender::Crate(_) => {
+                        return Err(ProxyError::Unavailable("HTTP/2 client changed"));
+                    }
+                };
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| ProxyError::Upstream(e.into()))?;
+            }
+            let response = sender
+                .send_request(*req)
+                .map_err(|e| ProxyError::Upstream(e.into()))?;
+            let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
+            Ok(resp.map(body::boxed))
+        }
+    }
+
+    async fn send_h2_crate(
+        &self,
+        sender: h2::client::SendRequest<Bytes>,
+        req: crate::http::BoxRequest,
+    ) -> Result<http::Response<Body>, ProxyError> {
+        // Waits for a stream slot under the peer's limit. A connection found closed here has
+        // not seen the request: once more on a new one.
+        let mut ready = match sender.ready().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
+                match self.h2_sender(true).await? {
+                    H2Sender::Crate(s) => s
+                        .ready()
+                        .await
+                        .map_err(|e| ProxyError::Upstream(e.into()))?,
+                    H2Sender::Pillion(_) => {
+                        return Err(ProxyError::Unavailable("HTTP/2 client changed"));
+                    }
+                }
+            }
+        };
+        let (parts, body) = (*req).into_parts();
+        let end = body.is_end_stream();
+        let (response, stream) = ready
+            .send_request(http::Request::from_parts(parts, ()), end)
+            .map_err(|e| ProxyError::Upstream(e.into()))?;
+        if !end {
+            // The body goes up beside the wait for the response (a server may answer first).
+            let mut pipe = Box::pin(h2_server::send_body(body, stream, h2::Reason::CANCEL));
+            if futures_util::poll!(pipe.as_mut()).is_pending() {
+                tokio::spawn(pipe);
+            }
+        }
+        let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
+        let (parts, recv) = resp.into_parts();
+        Ok(http::Response::from_parts(
+            parts,
+            h2_server::RequestBody::response(recv),
+        ))
+    }
+
+    async fn h2_sender(&self, fresh: bool) -> Result<H2Sender, ProxyError> {
         let mut slot = self.h2.lock().await;
         if !fresh && let Some(s) = slot.as_ref() {
             return Ok(s.clone());
@@ -222,15 +296,30 @@ impl Conns {
         Ok(sender)
     }
 
-    async fn dial_h2(&self) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
+    async fn dial_h2(&self) -> Result<H2Sender, ProxyError> {
         let io = self.connect(Protocol::Http2).await?;
+        let addr = self.addr;
+        if !H2_CRATE.load(Ordering::Relaxed) {
+            let (sender, conn) = pillion_http2::client::handshake(
+                io.into_inner(),
+                client_config(),
+                Some(h2_server::KEEP_ALIVE),
+            );
+            // The connection is driven by its own task (which pings the peer, too).
+            let conn = super::batch::Batched::new(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
+                }
+            });
+            return Ok(H2Sender::Pillion(sender));
+        }
         let (sender, mut conn) = h2::client::Builder::new()
             .initial_window_size(h2_server::STREAM_WINDOW)
             .initial_connection_window_size(h2_server::CONNECTION_WINDOW)
             .handshake::<_, Bytes>(io.into_inner())
             .await
             .map_err(|e| ProxyError::Upstream(e.into()))?;
-        let addr = self.addr;
         // The connection is driven by its own task; pings find a peer that stopped answering.
         let (dead_tx, dead_rx) = tokio::sync::oneshot::channel();
         if let Some(pings) = conn.ping_pong() {
@@ -245,7 +334,7 @@ impl Conns {
                 Ok(()) = dead_rx => tracing::debug!(%addr, "HTTP/2 peer stopped answering pings; closed"),
             }
         });
-        Ok(sender)
+        Ok(H2Sender::Crate(sender))
     }
 
     async fn h1_sender(&self, fresh: bool) -> Result<http1::SendRequest<Body>, ProxyError> {
