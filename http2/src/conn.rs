@@ -170,6 +170,8 @@ struct Stream {
     send_waker: Option<Waker>,
     /// Reset by either side: no more frames for it, either way.
     reset: Option<StreamError>,
+    /// Reset by the peer after it had ended its side: only our sending stopped.
+    send_stopped: Option<Reason>,
     in_blocked: bool,
     /// Client: the response's head once it came; the request was a HEAD (its response has
     /// no body whatever its content-length says); counted among the open streams.
@@ -291,11 +293,24 @@ impl Conn {
             Frame::RstStream { stream, reason } => {
                 self.check_not_idle(stream)?;
                 if let Some(s) = self.streams.get_mut(&stream.0) {
-                    s.reset = Some(StreamError::Reset(reason));
-                    s.recv_closed = true;
-                    s.send_closed = true;
-                    wake_both(s);
-                    self.release_stream_window(stream);
+                    if s.recv_closed && s.reset.is_none() {
+                        // The peer had sent all it had (a whole response, or a whole request):
+                        // its reset only stops what we send (§8.1: a server that answered early
+                        // resets with NO_ERROR). What was received stays readable to its end.
+                        s.send_stopped = Some(reason);
+                        s.send.clear();
+                        s.queued = 0;
+                        s.send_trailers = None;
+                        s.send_closed = true;
+                        wake_both(s);
+                    } else {
+                        s.reset = Some(StreamError::Reset(reason));
+                        s.recv_closed = true;
+                        s.send_closed = true;
+                        wake_both(s);
+                        // Nobody reads the rest: its credit goes back to the connection.
+                        self.release_stream_window(stream);
+                    }
                     self.accept.retain(|a| a.id != stream);
                     self.settle(stream);
                 }
@@ -977,7 +992,7 @@ impl Conn {
         let Some(s) = self.streams.get_mut(&id.0) else {
             return Err(StreamError::Connection(ConnError::Closed));
         };
-        if let Some(e) = &s.reset {
+        if let Some(e) = send_error(s) {
             return Err(e.clone());
         }
         let informational = head.status.is_informational();
@@ -1022,7 +1037,7 @@ impl Conn {
         let Some(s) = self.streams.get_mut(&id.0) else {
             return Poll::Ready(Err(StreamError::Connection(ConnError::Closed)));
         };
-        if let Some(e) = &s.reset {
+        if let Some(e) = send_error(s) {
             return Poll::Ready(Err(e.clone()));
         }
         if s.queued < SEND_BUFFER {
@@ -1042,7 +1057,7 @@ impl Conn {
         let Some(s) = self.streams.get_mut(&id.0) else {
             return Err(StreamError::Connection(ConnError::Closed));
         };
-        if let Some(e) = &s.reset {
+        if let Some(e) = send_error(s) {
             return Err(e.clone());
         }
         s.queued += data.len();
@@ -1059,7 +1074,7 @@ impl Conn {
         let Some(s) = self.streams.get_mut(&id.0) else {
             return Err(StreamError::Connection(ConnError::Closed));
         };
-        if let Some(e) = &s.reset {
+        if let Some(e) = send_error(s) {
             return Err(e.clone());
         }
         s.send_trailers = Some(trailers);
@@ -1137,7 +1152,7 @@ impl Conn {
         let Some(s) = self.streams.get_mut(&id.0) else {
             return Poll::Ready(StreamError::Connection(ConnError::Closed));
         };
-        if let Some(e) = &s.reset {
+        if let Some(e) = send_error(s) {
             return Poll::Ready(e.clone());
         }
         s.send_waker = Some(cx.waker().clone());
@@ -1216,6 +1231,15 @@ impl Conn {
     #[cfg(test)]
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+}
+
+/// Why nothing more may be sent on a stream, if so.
+fn send_error(s: &Stream) -> Option<StreamError> {
+    match (&s.reset, s.send_stopped) {
+        (Some(e), _) => Some(e.clone()),
+        (None, Some(reason)) => Some(StreamError::Reset(reason)),
+        (None, None) => None,
     }
 }
 

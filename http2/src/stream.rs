@@ -135,7 +135,10 @@ impl Body for RecvBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data_done && lock(&self.stream.shared).is_recv_end(self.stream.id)
+        // Without `data_done`: a stream that ended with nothing (a gRPC trailers-only
+        // response) is at its end before it is read, and says so (the proxy then sends the
+        // response's HEADERS with END_STREAM, as the trailers-only form requires).
+        lock(&self.stream.shared).is_recv_end(self.stream.id)
     }
 
     fn size_hint(&self) -> SizeHint {

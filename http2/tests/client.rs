@@ -67,6 +67,21 @@ async fn h2_server(
                                     .unwrap();
                                 let _ = resets.send(reason);
                             }
+                            "/early" => {
+                                // Answers without reading the request body; dropping it
+                                // makes h2 reset the stream with NO_ERROR (RFC 9113 §8.1).
+                                drop(req);
+                                let mut send =
+                                    respond.send_response(Response::new(()), false).unwrap();
+                                send.send_data(Bytes::from_static(b"early answer"), true)
+                                    .unwrap();
+                            }
+                            "/trailers-only" => {
+                                let mut resp = Response::new(());
+                                resp.headers_mut()
+                                    .insert("grpc-status", HeaderValue::from_static("5"));
+                                respond.send_response(resp, true).unwrap();
+                            }
                             "/continue" => {
                                 let mut interim = Response::new(());
                                 *interim.status_mut() = StatusCode::CONTINUE;
@@ -137,6 +152,12 @@ async fn requests_to_the_h2_server() {
     let resp = send.send_request(req).unwrap();
     let (status, body, _) = read(resp.await.unwrap()).await;
     assert_eq!((status, body.len()), (StatusCode::OK, 0));
+    // A response that is only a head (gRPC's trailers-only form) says at once that its body
+    // is over: a proxy passes it on as one HEADERS with END_STREAM.
+    let resp = send.send_request(get(addr, "/trailers-only")).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.headers()["grpc-status"], "5");
+    assert!(http_body::Body::is_end_stream(resp.body()));
     // An interim 100 before the response is skipped.
     let resp = send.send_request(get(addr, "/continue")).unwrap();
     let (status, body, _) = read(resp.await.unwrap()).await;
@@ -165,6 +186,42 @@ async fn a_large_body_both_ways_through_flow_control() {
         payload.len()
     );
     assert_eq!(trailers.unwrap()["x-done"], "yes");
+}
+
+/// A request body that never runs out: 16 KiB chunks, forever.
+struct Endless;
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![
+            b'e';
+            16 << 10
+        ])))))
+    }
+}
+
+#[tokio::test]
+async fn an_early_answer_is_read_whole_though_the_server_resets_the_upload() {
+    let (addr, _) = h2_server(100).await;
+    let (mut send, _conn) = connect(addr).await;
+    for _ in 0..3 {
+        let req = Request::post(format!("http://{addr}/early"))
+            .body(Endless)
+            .unwrap();
+        let resp = send.send_request(req).unwrap();
+        let resp = tokio::time::timeout(DEADLINE, resp).await.unwrap().unwrap();
+        // Read after the reset has surely come: the answer is still whole.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, body, _) = read(resp).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"early answer"[..]));
+        send.ready().await.unwrap();
+    }
 }
 
 #[tokio::test]
