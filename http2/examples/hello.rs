@@ -1,5 +1,5 @@
 //! A trivial HTTP/2 server on one thread, with our server or the h2 crate's, to compare what
-//! each costs per request (benches/http2-server.sh runs both under callgrind with h2load).
+//! each costs per request (`bash benches/http2-server.sh` runs both under callgrind with h2load).
 //!
 //!   cargo run --release -p pillion-http2 --example hello -- ours|h2
 //!

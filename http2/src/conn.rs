@@ -682,16 +682,7 @@ impl Conn {
             authority.map(|a| hpack::Field::Pseudo(Pseudo::Authority, a)),
             (!connect).then_some(hpack::Field::Pseudo(Pseudo::Path, path.as_bytes())),
         ];
-        let fields = pseudo.into_iter().flatten().chain(
-            head.headers
-                .iter()
-                .filter(|(n, v)| {
-                    !is_connection_specific(n)
-                        && *n != http::header::HOST
-                        && !(*n == http::header::TE && v.as_bytes() != b"trailers")
-                })
-                .map(|(n, v)| hpack::Field::Header(n, v)),
-        );
+        let fields = pseudo.into_iter().flatten().chain(sendable(&head.headers));
         write_block(
             &mut self.out,
             &mut self.encoder,
@@ -1002,12 +993,8 @@ impl Conn {
         }
         let end = end_stream && !informational;
         let status = head.status.as_str().as_bytes();
-        let fields = std::iter::once(hpack::Field::Pseudo(Pseudo::Status, status)).chain(
-            head.headers
-                .iter()
-                .filter(|(n, _)| !is_connection_specific(n))
-                .map(|(n, v)| hpack::Field::Header(n, v)),
-        );
+        let fields = std::iter::once(hpack::Field::Pseudo(Pseudo::Status, status))
+            .chain(sendable(&head.headers));
         write_block(
             &mut self.out,
             &mut self.encoder,
@@ -1118,10 +1105,7 @@ impl Conn {
         if s.send.is_empty() && s.send_end_queued && !s.send_closed {
             match s.send_trailers.take() {
                 Some(trailers) => {
-                    let fields = trailers
-                        .iter()
-                        .filter(|(n, _)| !is_connection_specific(n))
-                        .map(|(n, v)| hpack::Field::Header(n, v));
+                    let fields = sendable(&trailers);
                     write_block(
                         &mut self.out,
                         &mut self.encoder,
@@ -1252,7 +1236,21 @@ fn wake_both(s: &mut Stream) {
     }
 }
 
-/// Headers HTTP/2 forbids (§8.2.2); never sent, whatever the application put in.
+/// The fields of `headers` HTTP/2 may carry: connection-specific ones (§8.2.2), Host (the
+/// URI's authority is `:authority`) and a `te` other than "trailers" are left out, whatever
+/// the application put in.
+fn sendable(headers: &HeaderMap) -> impl Iterator<Item = hpack::Field<'_>> {
+    headers
+        .iter()
+        .filter(|(n, v)| {
+            !is_connection_specific(n)
+                && *n != http::header::HOST
+                && !(*n == http::header::TE && v.as_bytes() != b"trailers")
+        })
+        .map(|(n, v)| hpack::Field::Header(n, v))
+}
+
+/// Headers HTTP/2 forbids (§8.2.2).
 fn is_connection_specific(name: &http::HeaderName) -> bool {
     use http::header::*;
     *name == CONNECTION

@@ -118,6 +118,12 @@ async fn start(config: Config) -> TestServer {
     }
 }
 
+fn get(server: &TestServer, path: &str) -> Request<()> {
+    Request::get(format!("http://{}{path}", server.addr))
+        .body(())
+        .unwrap()
+}
+
 async fn client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     let io = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(io).await.unwrap();
@@ -144,9 +150,7 @@ async fn answers_requests_from_the_h2_client() {
     let server = start(Config::default()).await;
     let mut send = client(server.addr).await;
     for _ in 0..3 {
-        let req = Request::get(format!("http://{}/", server.addr))
-            .body(())
-            .unwrap();
+        let req = get(&server, "/");
         let (resp, _) = send.send_request(req, true).unwrap();
         let (status, headers, body, _) =
             read_all(tokio::time::timeout(DEADLINE, resp).await.unwrap().unwrap()).await;
@@ -273,9 +277,7 @@ async fn many_concurrent_streams_and_a_limit_on_them() {
     .await;
     let mut send = client(server.addr).await;
     // One request first: the client has the server's SETTINGS (its limit) before the rush.
-    let req = Request::get(format!("http://{}/", server.addr))
-        .body(())
-        .unwrap();
+    let req = get(&server, "/");
     let (resp, _) = send.send_request(req, true).unwrap();
     assert_eq!(resp.await.unwrap().status(), 200);
     let mut calls = Vec::new();
@@ -304,9 +306,7 @@ async fn a_client_reset_drops_the_handler() {
     let server = start(Config::default()).await;
     let mut send = client(server.addr).await;
     for _ in 0..5 {
-        let req = Request::get(format!("http://{}/hang", server.addr))
-            .body(())
-            .unwrap();
+        let req = get(&server, "/hang");
         let (resp, _) = send.send_request(req, true).unwrap();
         // Give the server the request, then walk away (h2 sends RST_STREAM(CANCEL)).
         tokio::time::timeout(Duration::from_millis(50), resp)
@@ -323,9 +323,7 @@ async fn a_client_reset_drops_the_handler() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The connection still serves.
-    let req = Request::get(format!("http://{}/", server.addr))
-        .body(())
-        .unwrap();
+    let req = get(&server, "/");
     let (resp, _) = send.send_request(req, true).unwrap();
     assert_eq!(resp.await.unwrap().status(), 200);
 }
