@@ -1170,16 +1170,11 @@ impl Conn {
     /// reset: CANCEL if the response is unfinished, NO_ERROR if only the request body is left
     /// (§8.1); a response whose end waits behind flow control is let finish first.
     fn settle(&mut self, id: StreamId) {
-        let Some(s) = self.streams.get_mut(&id.0) else {
+        let Some(s) = self.streams.get(&id.0) else {
             return;
         };
-        if s.counted && (s.reset.is_some() || (s.recv_closed && s.send_closed)) {
-            // No longer open as the peer counts: room for another under its limit.
-            s.counted = false;
-            self.open -= 1;
-            for w in self.ready_wakers.drain(..) {
-                w.wake();
-            }
+        if s.reset.is_some() || (s.recv_closed && s.send_closed) {
+            self.uncount(id);
         }
         let Some(s) = self.streams.get(&id.0) else {
             return;
@@ -1202,8 +1197,23 @@ impl Conn {
             frame::write_rst_stream(&mut self.out, id, reason);
             self.wake_io();
         }
+        self.uncount(id);
         self.release_stream_window(id);
         self.streams.remove(&id.0);
+    }
+
+    /// Client: the stream no longer counts against the server's limit (it is over, or is
+    /// about to be forgotten): room for another.
+    fn uncount(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.get_mut(&id.0)
+            && s.counted
+        {
+            s.counted = false;
+            self.open -= 1;
+            for w in self.ready_wakers.drain(..) {
+                w.wake();
+            }
+        }
     }
 
     pub fn wake_io(&mut self) {

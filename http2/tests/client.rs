@@ -330,6 +330,36 @@ async fn a_server_that_refuses_streams_is_seen_as_refused() {
     );
 }
 
+/// Requests given up on (their responses dropped before they came) free their place under the
+/// server's stream limit: with a limit of 2, the third request after two cancelled ones goes.
+#[tokio::test]
+async fn cancelled_requests_free_their_place_under_the_limit() {
+    let (addr, mut resets) = h2_server(2).await;
+    let (mut send, _conn) = connect(addr).await;
+    // The server's SETTINGS (its limit) first.
+    send.send_request(get(addr, "/")).unwrap().await.unwrap();
+    for _ in 0..10 {
+        tokio::time::timeout(Duration::from_secs(10), send.ready())
+            .await
+            .expect("room under the limit again")
+            .unwrap();
+        let resp = send.send_request(get(addr, "/hang")).unwrap();
+        tokio::time::timeout(Duration::from_millis(20), resp)
+            .await
+            .unwrap_err();
+        tokio::time::timeout(DEADLINE, resets.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), send.ready())
+        .await
+        .expect("room under the limit again")
+        .unwrap();
+    let resp = send.send_request(get(addr, "/")).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn our_client_and_our_server_together() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
