@@ -973,6 +973,18 @@ impl Conn {
         }
     }
 
+    /// The stream, if it may still send.
+    fn sending(&mut self, id: StreamId) -> Result<&mut Stream, StreamError> {
+        let s = self
+            .streams
+            .get_mut(&id.0)
+            .ok_or(StreamError::Connection(ConnError::Closed))?;
+        match send_error(s) {
+            Some(e) => Err(e),
+            None => Ok(s),
+        }
+    }
+
     /// Sends the response head (or an interim 1xx one: `end_stream` false, more to come).
     pub fn send_headers(
         &mut self,
@@ -980,12 +992,7 @@ impl Conn {
         head: &http::response::Parts,
         end_stream: bool,
     ) -> Result<(), StreamError> {
-        let Some(s) = self.streams.get_mut(&id.0) else {
-            return Err(StreamError::Connection(ConnError::Closed));
-        };
-        if let Some(e) = send_error(s) {
-            return Err(e.clone());
-        }
+        let s = self.sending(id)?;
         let informational = head.status.is_informational();
         if informational && s.headers_sent {
             // Too late for an interim response: the final one is out.
@@ -1041,12 +1048,7 @@ impl Conn {
         data: Bytes,
         end_stream: bool,
     ) -> Result<(), StreamError> {
-        let Some(s) = self.streams.get_mut(&id.0) else {
-            return Err(StreamError::Connection(ConnError::Closed));
-        };
-        if let Some(e) = send_error(s) {
-            return Err(e.clone());
-        }
+        let s = self.sending(id)?;
         s.queued += data.len();
         if !data.is_empty() {
             s.send.push_back(data);
@@ -1058,12 +1060,7 @@ impl Conn {
 
     /// Queues the trailers, which end the stream once the data before them is out.
     pub fn send_trailers(&mut self, id: StreamId, trailers: HeaderMap) -> Result<(), StreamError> {
-        let Some(s) = self.streams.get_mut(&id.0) else {
-            return Err(StreamError::Connection(ConnError::Closed));
-        };
-        if let Some(e) = send_error(s) {
-            return Err(e.clone());
-        }
+        let s = self.sending(id)?;
         s.send_trailers = Some(trailers);
         s.send_end_queued = true;
         self.flush_stream(id);
