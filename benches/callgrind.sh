@@ -7,6 +7,7 @@
 #   bash benches/callgrind.sh                 # Pillion (target/release/pillion-proxy)
 #   PROXY=/tmp/old-pillion-proxy bash benches/callgrind.sh    # another build, to A/B
 #   bash benches/callgrind.sh haproxy         # HAProxy with the same hop, for comparison
+#   bash benches/callgrind.sh pillion-traced  # the same hop, 100 % sampled, spans to a collector
 #   bash benches/callgrind.sh pillion-mtls    # the mesh path: client proxy -> mTLS -> server
 #                                             # proxy, both counted (per request, summed)
 #   N=50000 TOP=30 bash benches/callgrind.sh  # more requests, more functions listed
@@ -54,6 +55,16 @@ case $which in
 pillion)
   start_control_plane
   start_proxy proxy
+  ADDR=$(json_field "$dir/proxy.log" outbound_addr)
+  ;;
+pillion-traced)
+  # The same hop, every request sampled, its spans sent to a collector (answers 202).
+  python3 benches/benchlib.py collector >"$dir/collector.out" &
+  pids+=($!)
+  wait_for "$dir/collector.out" "127.0.0.1:"
+  start_control_plane
+  start_proxy proxy PILLION_TRACE_SAMPLE_RATE=1 \
+    "PILLION_ZIPKIN_URL=http://$(cat "$dir/collector.out")/api/v2/spans"
   ADDR=$(json_field "$dir/proxy.log" outbound_addr)
   ;;
 pillion-mtls)
@@ -119,7 +130,7 @@ CFG
   for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
   ADDR=127.0.0.1:$PORT
   ;;
-*) echo "usage: $0 [pillion|pillion-mtls|haproxy]" >&2; exit 2 ;;
+*) echo "usage: $0 [pillion|pillion-traced|pillion-mtls|haproxy]" >&2; exit 2 ;;
 esac
 counted=$(pgrep -f "callgrind-out-file=$dir/" || true)
 

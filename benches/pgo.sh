@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes the sidecar's optimization profile, proxy/pgo/pillion-proxy.profdata.xz, which
 # scripts/build-release.sh builds with. An instrumented proxy (-Cprofile-generate) carries the
-# benchmark harness's Pillion paths: h2c, HTTP/1.1 and gRPC clients, 1,000 streams in flight and
-# the two-proxy mTLS path (benches/compare.py, one round); its counts, merged, are the profile.
+# benchmark harness's Pillion paths: h2c, HTTP/1.1 and gRPC clients, 1,000 streams in flight,
+# HTTP/1.1 to the application (pillion-h1) and the two-proxy mTLS path (benches/compare.py, one
+# round); its counts, merged, are the profile.
 #   bash benches/pgo.sh          # about 25 minutes: two builds of the proxy and the load
 # Then measure (benches/callgrind.sh, compare.py) and commit the profile.
 set -euo pipefail
@@ -25,7 +26,7 @@ for b in pillion pillion-control-plane pillion-grpc-load; do ln -s "$PWD/target/
 ln -s "$PWD/target/pgo-gen/release/pillion-proxy" "$work/bins/pillion-proxy"
 
 # The proxies write their counts when they exit on SIGTERM (compare.py ends them so).
-python3 benches/compare.py --bins "$work/bins" --paths pillion,pillion-mtls --modes h2,h1,grpc,streams \
+python3 benches/compare.py --bins "$work/bins" --paths pillion,pillion-h1,pillion-mtls --modes h2,h1,grpc,streams \
   --rounds 1 --seconds 3
 ls "$raw"/*.profraw >/dev/null 2>&1 || { echo "the instrumented proxies wrote no profile" >&2; exit 1; }
 "$profdata" merge -o "$work/merged.profdata" "$raw"/*.profraw

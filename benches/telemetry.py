@@ -9,9 +9,9 @@ Everything runs on loopback on ports the OS picked: a control plane, the demo ap
 per run, an in-process Zipkin collector (answers 202), and h2load (HTTP/1.1, 10 connections).
 CPU is the proxy's user + system time from /proc, divided by the requests.
 """
-import http.server, json, os, subprocess, sys, tempfile, threading, time, urllib.request
+import json, os, subprocess, sys, tempfile, time, urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import wait_fields  # noqa: E402
+from benchlib import Collector, start_collector, wait_fields  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T = os.path.join(ROOT, "target/release")
@@ -38,24 +38,7 @@ def cpu_seconds(pid):
     return (int(rest[11]) + int(rest[12])) / 100.0
 
 
-class Collector(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as real collectors do
-    spans = 0
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["content-length"]))
-        # Counted, not parsed: the collector shares the machine with what is measured.
-        Collector.spans += body.count(b'"traceId"')
-        self.send_response(202)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *a):
-        pass
-
-
-zipkin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-threading.Thread(target=zipkin.serve_forever, daemon=True).start()
+zipkin = start_collector()
 
 conf = tempfile.mkdtemp(prefix="pillion-bench-")
 app = subprocess.Popen([f"{T}/pillion", "demo-app", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True, env=env)
