@@ -6,7 +6,8 @@ the time and size of a /metrics scrape with a few thousand series.
     python3 benches/telemetry.py [N]          (N requests per run, default 50,000)
 
 Everything runs on loopback on ports the OS picked: a control plane, the demo app, one proxy
-per run, an in-process Zipkin collector (answers 202), and h2load (HTTP/1.1, 10 connections).
+per run, an in-process Zipkin collector (answers 202), and h2load (HTTP/1.1, 10 connections;
+H2=1: h2c, 10 connections x 10 streams).
 CPU is the proxy's user + system time from /proc, divided by the requests.
 """
 import json, os, subprocess, sys, tempfile, time, urllib.request
@@ -21,6 +22,8 @@ CONNS = int(os.environ.get("CONNS", "10"))
 # Requests per second per connection (h2load --rps): a fixed load below saturation, where CPU
 # per request does not depend on how busy the proxy already is.
 RPS = os.environ.get("RPS")
+# H2=1: h2c clients (CONNS connections x 10 streams), as the side-by-side harness's one hop.
+SHAPE = ["-m", "10"] if os.environ.get("H2") == "1" else ["--h1"]
 # The proxy on core 0 (one worker thread, as a sidecar limited to one core runs), everything
 # else (this script and its collector, the app, h2load) on core 1: fewer migrations, less noise.
 PIN_PROXY = []
@@ -72,11 +75,11 @@ def proxy(extra):
 def run(label, extra):
     p, addrs = proxy(extra)
     out = addrs["outbound_addr"]
-    subprocess.run(["h2load", "--h1", "-n", "200", "-c", "2", "-H", ":authority: web-v1", f"http://{out}/"],
+    subprocess.run(["h2load", *SHAPE, "-n", "200", "-c", "2", "-H", ":authority: web-v1", f"http://{out}/"],
                    capture_output=True, check=True)
     before = cpu_seconds(p.pid)
     rate = ["--rps", RPS] if RPS else []
-    r = subprocess.run(["h2load", "--h1", "-n", str(N), "-c", str(CONNS), *rate, "-H", ":authority: web-v1", f"http://{out}/"],
+    r = subprocess.run(["h2load", *SHAPE, "-n", str(N), "-c", str(CONNS), *rate, "-H", ":authority: web-v1", f"http://{out}/"],
                        capture_output=True, text=True, check=True).stdout
     used = cpu_seconds(p.pid) - before
     rps = [l for l in r.splitlines() if l.startswith("finished in")][0].split(",")[1].strip()

@@ -140,7 +140,7 @@ fn tracing(c: &mut Criterion) {
     let span = queue.take().pop().expect("queued");
     c.bench_function("span as Zipkin JSON", |b| {
         b.iter(|| {
-            let mut out = String::with_capacity(1024);
+            let mut out = Vec::with_capacity(1024);
             span.write_json(&mut out);
             black_box(out)
         })

@@ -60,17 +60,23 @@ pub fn encoded_len(src: &[u8]) -> usize {
 
 /// Appends `src` Huffman-coded to `dst`.
 pub fn encode(src: &[u8], dst: &mut impl bytes::BufMut) {
-    // Bits waiting to be written, at the low end of `acc`; at most 7 + 30 of them.
+    // Bits waiting to be written, at the low end of `acc`: fewer than 32 between symbols, so
+    // at most 31 + 30 with one added; written four bytes at a time (a byte at a time, the
+    // buffer's bookkeeping cost more than the coding).
     let mut acc: u64 = 0;
     let mut pending: u32 = 0;
     for &b in src {
         let (code, len) = CODES[b as usize];
         acc = (acc << len) | code as u64;
         pending += len as u32;
-        while pending >= 8 {
-            pending -= 8;
-            dst.put_u8((acc >> pending) as u8);
+        if pending >= 32 {
+            pending -= 32;
+            dst.put_u32((acc >> pending) as u32);
         }
+    }
+    while pending >= 8 {
+        pending -= 8;
+        dst.put_u8((acc >> pending) as u8);
     }
     if pending > 0 {
         // Padding: the most significant bits of EOS, i.e. ones (§5.2).

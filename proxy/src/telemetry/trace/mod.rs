@@ -3,6 +3,7 @@
 //! with. Spans go to a Zipkin collector in the background; nothing here waits on it.
 
 pub mod context;
+mod digits;
 pub mod zipkin;
 
 use std::borrow::Cow;
@@ -178,7 +179,7 @@ impl Tracer {
         let ctx = match incoming {
             Some(c) if !c.trace_id.is_empty() => c,
             other => Context {
-                trace_id: format!("{:016x}{:016x}", random_id(), random_id()),
+                trace_id: digits::trace_id(random_id(), random_id()),
                 span_id: None,
                 sampling: other.as_ref().map_or(Sampling::Defer, |c| c.sampling),
                 format: other.as_ref().map_or(Format::W3c, |c| c.format),
