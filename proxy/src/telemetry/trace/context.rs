@@ -56,44 +56,51 @@ fn not_zero(s: &str) -> bool {
     s.bytes().any(|b| b != b'0')
 }
 
-/// The trace headers a request carries (the first value of each), found in one pass over its
-/// headers: a lookup per name hashed each of the seven names, ~1,200 instructions a request
-/// that carries none of them.
-#[derive(Default)]
+/// Every header a format reads or writes (all removed before the context goes on), indexed by
+/// the constants below.
+const NAMES: [&str; 7] = [
+    "traceparent",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+const I_TRACEPARENT: usize = 0;
+const I_B3: usize = 1;
+const I_TRACE_ID: usize = 2;
+const I_SPAN_ID: usize = 3;
+const I_SAMPLED: usize = 5;
+const I_FLAGS: usize = 6;
+
+/// The first value of each of `NAMES` a request carries, found in one pass over its headers:
+/// a lookup per name hashed each of the seven names, ~1,200 instructions a request that
+/// carries none of them.
 struct Found<'a> {
-    traceparent: Option<&'a HeaderValue>,
-    b3: Option<&'a HeaderValue>,
-    trace_id: Option<&'a HeaderValue>,
-    span_id: Option<&'a HeaderValue>,
-    sampled: Option<&'a HeaderValue>,
-    flags: Option<&'a HeaderValue>,
-    /// Which of the headers `inject` removes are present (bit i for its i-th).
+    values: [Option<&'a HeaderValue>; NAMES.len()],
+    /// Bit i: `NAMES[i]` is present.
     present: u8,
 }
 
 fn find(headers: &HeaderMap) -> Found<'_> {
-    let mut f = Found::default();
+    let mut f = Found {
+        values: [None; NAMES.len()],
+        present: 0,
+    };
     for (name, value) in headers {
-        let (bit, slot) = match name.as_str() {
-            "traceparent" => (0, Some(&mut f.traceparent)),
-            "b3" => (1, Some(&mut f.b3)),
-            "x-b3-traceid" => (2, Some(&mut f.trace_id)),
-            "x-b3-spanid" => (3, Some(&mut f.span_id)),
-            "x-b3-parentspanid" => (4, None),
-            "x-b3-sampled" => (5, Some(&mut f.sampled)),
-            "x-b3-flags" => (6, Some(&mut f.flags)),
-            _ => continue,
-        };
-        if let Some(slot) = slot {
-            slot.get_or_insert(value);
+        if let Some(i) = NAMES.iter().position(|n| *n == name.as_str()) {
+            f.values[i].get_or_insert(value);
+            f.present |= 1 << i;
         }
-        f.present |= 1 << bit;
     }
     f
 }
 
-fn text(v: Option<&HeaderValue>) -> Option<&str> {
-    v.and_then(|v| v.to_str().ok()).map(str::trim)
+impl<'a> Found<'a> {
+    fn text(&self, i: usize) -> Option<&'a str> {
+        self.values[i].and_then(|v| v.to_str().ok()).map(str::trim)
+    }
 }
 
 /// Reads the context, trying `traceparent`, then `b3`, then `X-B3-*` (B3 says the single
@@ -103,9 +110,10 @@ pub fn extract(headers: &HeaderMap) -> Option<Context> {
     if found.present == 0 {
         return None;
     }
-    text(found.traceparent)
+    found
+        .text(I_TRACEPARENT)
         .and_then(parse_traceparent)
-        .or_else(|| text(found.b3).and_then(parse_b3_single))
+        .or_else(|| found.text(I_B3).and_then(parse_b3_single))
         .or_else(|| parse_b3_multi(&found))
 }
 
@@ -184,14 +192,14 @@ fn parse_b3_single(v: &str) -> Option<Context> {
 }
 
 fn parse_b3_multi(found: &Found<'_>) -> Option<Context> {
-    let debug = text(found.flags) == Some("1");
-    let sampled = text(found.sampled).and_then(b3_sampling);
+    let debug = found.text(I_FLAGS) == Some("1");
+    let sampled = found.text(I_SAMPLED).and_then(b3_sampling);
     let sampling = match (debug, sampled) {
         (true, _) => Sampling::Debug,
         (false, Some(s)) => s,
         (false, None) => Sampling::Defer,
     };
-    let ids = text(found.trace_id).zip(text(found.span_id));
+    let ids = found.text(I_TRACE_ID).zip(found.text(I_SPAN_ID));
     match ids {
         Some((trace_id, span_id)) => {
             let trace_id = trace_id.to_ascii_lowercase();
@@ -231,20 +239,9 @@ pub fn inject(
 ) {
     // Only those present: each removal by name hashes it.
     let present = find(headers).present;
-    if present != 0 {
-        let names = [
-            TRACEPARENT,
-            B3,
-            B3_TRACE_ID,
-            B3_SPAN_ID,
-            B3_PARENT_ID,
-            B3_SAMPLED,
-            B3_FLAGS,
-        ];
-        for (bit, name) in names.iter().enumerate() {
-            if present & (1 << bit) != 0 {
-                headers.remove(name);
-            }
+    for (i, name) in NAMES.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
         }
     }
     let debug = ctx.sampling == Sampling::Debug;
@@ -392,6 +389,21 @@ mod tests {
             ("x-b3-spanid", "a2fb4a1d1a96d312"),
         ]);
         assert_eq!(extract(&both).unwrap().format, Format::B3Single);
+    }
+
+    #[test]
+    fn the_names_read_are_the_names_written() {
+        for (i, name) in [
+            (I_TRACEPARENT, TRACEPARENT),
+            (I_B3, B3),
+            (I_TRACE_ID, B3_TRACE_ID),
+            (I_SPAN_ID, B3_SPAN_ID),
+            (4, B3_PARENT_ID),
+            (I_SAMPLED, B3_SAMPLED),
+            (I_FLAGS, B3_FLAGS),
+        ] {
+            assert_eq!(NAMES[i], name.as_str());
+        }
     }
 
     #[test]
