@@ -20,7 +20,8 @@ Paths, each with the same 90/10 split over two backends where the path has a spl
 
 Per path (--modes, all by default):
   h2       requests/s at saturation (h2load -c 10 -m 10), CPU time per request of the proxy
-           processes (user + system, all threads, from /proc), p50/p99/p99.9 latency at a fixed
+           processes (user + system, all threads, from /proc), the same at a fixed open-loop
+           20,000 requests/s (every path sent the same requests), p50/p99/p99.9 latency at a fixed
            open-loop 2,000 requests/s (h2load --rps, percentiles from --log-file) and what it
            adds over direct; RSS idle and peak (VmHWM), and the private part of it (RssAnon:
            RSS less the program's code and libraries, which every copy on a node shares)
@@ -490,6 +491,25 @@ def saturate(addr, host, pids, seconds, load_cores, h1=False):
     return {"rps": rps, "cpu_us": used / ok * 1e6 if ok and used is not None else None, "failed": done - ok}
 
 
+def fixed_rate(addr, host, pids, seconds, load_cores):
+    """CPU per request at the same open-loop FIXED_RATE for every path (10 h2c connections x 10
+    streams, each connection sending FIXED_RATE / 10 requests/s). At saturation a proxy that
+    answers faster than the load generator asks waits for it, and reads and writes fewer
+    requests per system call than a slower one: CPU per request there favours the slower proxy.
+    Here each gets the same requests at the same times (a path that cannot keep up reports what
+    it reached)."""
+    per_conn = FIXED_RATE // 10
+    out, used = run_load(["h2load", "-c", "10", "-m", "10", "--rps", str(per_conn), "-n", str(FIXED_RATE * seconds),
+                          "-H", f":authority: {host}", f"http://{addr}/"], pids, seconds, load_cores)
+    ok, rps = 0, None
+    for line in out.splitlines():
+        if line.startswith("requests:"):
+            ok = int(line.split(",")[3].split()[0])  # "N succeeded"
+        if line.startswith("finished in"):
+            rps = float(line.split(",")[1].split()[0])  # "finished in 3.00s, 20000.00 req/s, ..."
+    return {"fixed_rps": rps, "fixed_cpu_us": used / ok * 1e6 if ok and used is not None else None}
+
+
 def grpc_load(bins, addr, host, pids, seconds, load_cores, rate=0):
     """Unary gRPC calls with our own client: closed loop (10 connections x 10 calls in flight) or
     an open loop of `rate` calls/s over 20 connections."""
@@ -565,6 +585,9 @@ MODES = "h2,h1,grpc,streams"
 # Paths that differ from another only in how they reach the backends: measured in the h2 mode
 # alone.
 TWINS = {"pillion-h1", "nginx-h2c"}
+# The open-loop rate at which every path's CPU per request is also measured (h2 mode): below
+# Pillion's, HAProxy's and nginx's saturation on this machine; Envoy one hop saturates near it.
+FIXED_RATE = 20000
 
 
 def main():
@@ -650,6 +673,7 @@ def main():
                 run = {}
                 if "h2" in modes:
                     run.update(saturate(addr, host, pids, args.seconds, load_cores))
+                    run.update(fixed_rate(addr, host, pids, args.seconds, load_cores))
                     run.update(latency(addr, host, args.seconds, load_cores, d))
                 if "h1" in modes and name not in TWINS:
                     sat = saturate(H1_ADDR.get(name, addr), host, pids, args.seconds, load_cores, h1=True)
@@ -699,15 +723,18 @@ def report(args, results, idle, idle_anon, peak, streams):
     h2 = any("rps" in r for runs in results.values() for r in runs)
     if h2:
         print("h2c clients:\n")
-        print("| path | req/s at saturation | CPU µs/request | p50 ms (added) | p99 ms (added) | p99.9 ms | RSS idle / peak / 1,000 streams MB | private (RssAnon) idle / 1,000 streams MB |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"| path | req/s at saturation | CPU µs/request | CPU µs/request at {FIXED_RATE:,} req/s (reached) | p50 ms (added) | "
+              "p99 ms (added) | p99.9 ms | RSS idle / peak / 1,000 streams MB | private (RssAnon) idle / 1,000 streams MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, runs in results.items():
             added = None if name == "direct" else direct
             rss = "-" if name == "direct" else f"{idle[name] / 1024:.1f} / {peak[name] / 1024:.1f} / " + (
                 f"{streams[name][0]:.1f}" if name in streams else "-")
             anon = "-" if name == "direct" else f"{idle_anon[name] / 1024:.1f} / " + (
                 f"{streams[name][2]:.1f}" if name in streams else "-")
-            print(f"| {name} | {col(runs, 'rps', 0)} | {col(runs, 'cpu_us')} | {col(runs, 'p50', 3, added)} | "
+            reached = med(runs, "fixed_rps")
+            fixed = "-" if name == "direct" else col(runs, "fixed_cpu_us") + (f" ({reached:,.0f}/s)" if reached else "")
+            print(f"| {name} | {col(runs, 'rps', 0)} | {col(runs, 'cpu_us')} | {fixed} | {col(runs, 'p50', 3, added)} | "
                   f"{col(runs, 'p99', 3, added)} | {col(runs, 'p999', 3)} | {rss} | {anon} |")
     if any("h1_rps" in r or "grpc_rps" in r for runs in results.values() for r in runs):
         print("\nHTTP/1.1 clients (100 connections) and gRPC (pillion-grpc-load; latency at 2,000 calls/s):\n")
@@ -738,6 +765,10 @@ def report(args, results, idle, idle_anon, peak, streams):
     for a, b, k, what in [("pillion", "baseline", "cpu_us", "CPU/request, one hop, vs the baseline binary"),
                           ("pillion", "baseline", "grpc_cpu_us", "gRPC CPU/call, one hop, vs the baseline binary"),
                           ("pillion", "haproxy", "cpu_us", "CPU/request, one hop, vs HAProxy"),
+                          ("pillion", "haproxy", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, vs HAProxy"),
+                          ("pillion", "nginx-h2c", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, vs nginx-h2c"),
+                          ("pillion", "envoy", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, vs Envoy"),
+                          ("pillion-mtls", "envoy-mtls", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, mTLS pair, vs Envoy's pair"),
                           ("pillion", "nginx", "cpu_us", "CPU/request, one hop, vs nginx"),
                           ("pillion", "envoy", "cpu_us", "CPU/request, one hop, vs Envoy"),
                           ("pillion-mtls", "envoy-mtls", "cpu_us", "CPU/request, mTLS pair, vs Envoy's pair"),
