@@ -317,10 +317,12 @@ async fn serve_http<I: Io, H: Handler>(
             let seen = seen.clone();
             // Boxed before the `async` block: a by-value request would stay in its state.
             let req = Box::new(req);
-            async move {
+            // The request's future boxed: the per-request task that runs it is moved several
+            // times on its way into tokio's task cell, each a copy of its whole size.
+            Box::pin(async move {
                 let _busy = seen.start();
                 handler.http(req, conn).await
-            }
+            })
         };
         let idle_timeout = cfg.idle_timeout;
         let mut shutdown = shutdown;
