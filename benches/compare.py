@@ -501,13 +501,15 @@ def fixed_rate(addr, host, pids, seconds, load_cores):
     per_conn = FIXED_RATE // 10
     out, used = run_load(["h2load", "-c", "10", "-m", "10", "--rps", str(per_conn), "-n", str(FIXED_RATE * seconds),
                           "-H", f":authority: {host}", f"http://{addr}/"], pids, seconds, load_cores)
-    ok, rps = 0, None
+    done, ok, rps = 0, 0, None
     for line in out.splitlines():
         if line.startswith("requests:"):
-            ok = int(line.split(",")[3].split()[0])  # "N succeeded"
+            parts = line.split(",")
+            done = int(parts[2].split()[0])  # "N done"
+            ok = int(parts[3].split()[0])    # "N succeeded"
         if line.startswith("finished in"):
             rps = float(line.split(",")[1].split()[0])  # "finished in 3.00s, 20000.00 req/s, ..."
-    return {"fixed_rps": rps, "fixed_cpu_us": used / ok * 1e6 if ok and used is not None else None}
+    return {"fixed_rps": rps, "fixed_cpu_us": used / ok * 1e6 if ok and used is not None else None, "fixed_failed": done - ok}
 
 
 def grpc_load(bins, addr, host, pids, seconds, load_cores, rate=0):
@@ -794,7 +796,7 @@ def report(args, results, idle, idle_anon, peak, streams):
             json.dump({"rounds": args.rounds, "seconds": args.seconds, "summary": summary, "runs": results,
                        "streams": streams}, f, indent=1)
     bad = [n for n, runs in results.items()
-           if any(r.get(k) for r in runs for k in ["failed", "h1_failed", "grpc_failed"])
+           if any(r.get(k) for r in runs for k in ["failed", "fixed_failed", "h1_failed", "grpc_failed"])
            or any(r.get(k) == 0 for r in runs for k in ["rps", "h1_rps", "grpc_rps"])]
     bad += [f"{n} (1,000 streams)" for n, (_, ok, _) in streams.items() if not ok]
     if bad:
