@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, Uri, request};
 
 use crate::frame::{self, Frame, FrameError, Reason, Settings, StreamId};
 use crate::hpack::{self, Header, Pseudo};
+use crate::queue::Chunks;
 
 /// What a connection lets its peer do, and how it sizes what it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +73,9 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-type StreamMap = HashMap<u32, Stream, std::hash::BuildHasherDefault<IdHasher>>;
+/// Streams boxed: a stream's state is ~570 bytes, which the map's insert and remove each
+/// copied (twice a request on each side of a hop); a box moves as a pointer.
+type StreamMap = HashMap<u32, Box<Stream>, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,7 +154,7 @@ struct Stream {
     refs: u8,
     /// The peer's side: END_STREAM received (or reset).
     recv_closed: bool,
-    recv: VecDeque<Bytes>,
+    recv: Chunks,
     trailers: Option<HeaderMap>,
     recv_window: i64,
     recv_released: i64,
@@ -163,7 +166,7 @@ struct Stream {
     headers_sent: bool,
     send_end_queued: bool,
     send_closed: bool,
-    send: VecDeque<Bytes>,
+    send: Chunks,
     send_trailers: Option<HeaderMap>,
     queued: usize,
     send_window: i64,
@@ -540,13 +543,13 @@ impl Conn {
         }
         self.streams.insert(
             id.0,
-            Stream {
+            Box::new(Stream {
                 recv_closed: end_stream,
                 recv_window: self.config.stream_window as i64,
                 send_window: self.peer_initial_window,
                 expected_len,
                 ..Stream::default()
-            },
+            }),
         );
         self.accept.push_back(Accepted {
             id,
@@ -693,7 +696,7 @@ impl Conn {
         );
         self.streams.insert(
             id.0,
-            Stream {
+            Box::new(Stream {
                 refs,
                 recv_window: self.config.stream_window as i64,
                 send_window: self.peer_initial_window,
@@ -703,7 +706,7 @@ impl Conn {
                 head_request: head.method == Method::HEAD,
                 counted: true,
                 ..Stream::default()
-            },
+            }),
         );
         self.open += 1;
         self.wake_io();
@@ -965,7 +968,7 @@ impl Conn {
         let Some(s) = self.streams.get_mut(&id.0) else {
             return;
         };
-        let unread: i64 = s.recv.drain(..).map(|b| b.len() as i64).sum();
+        let unread = s.recv.clear() as i64;
         // Octets already released were given back to the connection as they were read.
         s.recv_released = 0;
         if unread > 0 {
@@ -1167,19 +1170,22 @@ impl Conn {
     /// reset: CANCEL if the response is unfinished, NO_ERROR if only the request body is left
     /// (§8.1); a response whose end waits behind flow control is let finish first.
     fn settle(&mut self, id: StreamId) {
-        let Some(s) = self.streams.get(&id.0) else {
+        // One lookup for the common case (called several times a stream, mostly while the
+        // application still holds it).
+        let Some(s) = self.streams.get_mut(&id.0) else {
             return;
         };
-        if s.reset.is_some() || (s.recv_closed && s.send_closed) {
-            self.uncount(id);
+        let over = s.reset.is_some() || (s.recv_closed && s.send_closed);
+        if over && s.counted {
+            s.counted = false;
+            self.open -= 1;
+            for w in self.ready_wakers.drain(..) {
+                w.wake();
+            }
         }
-        let Some(s) = self.streams.get(&id.0) else {
-            return;
-        };
         if s.refs > 0 || self.accept.iter().any(|a| a.id == id) {
             return;
         }
-        let over = s.reset.is_some() || (s.recv_closed && s.send_closed);
         if !over {
             if s.send_end_queued && !s.send_closed {
                 return;
@@ -1260,11 +1266,15 @@ fn sendable(headers: &HeaderMap) -> impl Iterator<Item = hpack::Field<'_>> {
 /// Headers HTTP/2 forbids (§8.2.2).
 fn is_connection_specific(name: &http::HeaderName) -> bool {
     use http::header::*;
+    // Compared as names: a standard name is a number, and spelling one out (`as_str`) to
+    // compare it with these two cost more than the rest of the check, for every field.
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     *name == CONNECTION
         || *name == TRANSFER_ENCODING
         || *name == UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 /// A header section as it is decoded: a request's head (checked as §8.3.1 and §8.2
@@ -1537,6 +1547,33 @@ mod tests {
     }
 
     #[test]
+    fn connection_specific_fields_are_not_sent() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("host", "a"),
+            ("te", "trailers"),
+            ("x-keep-alive", "1"),
+        ] {
+            h.append(
+                http::HeaderName::from_static(n),
+                HeaderValue::from_static(v),
+            );
+        }
+        let sent: Vec<String> = sendable(&h)
+            .map(|f| match f {
+                hpack::Field::Header(n, _) => n.to_string(),
+                hpack::Field::Pseudo(..) => String::new(),
+            })
+            .collect();
+        assert_eq!(sent, ["te", "x-keep-alive"]);
+    }
+
+    #[test]
     fn malformed_requests_are_reset_and_never_handed_on() {
         for fields in [
             vec![(":method", "GET"), (":scheme", "http"), (":authority", "a")],
@@ -1551,6 +1588,30 @@ mod tests {
                 (":scheme", "http"),
                 (":path", "/"),
                 ("connection", "close"),
+            ],
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                ("keep-alive", "timeout=5"),
+            ],
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                ("proxy-connection", "keep-alive"),
+            ],
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                ("transfer-encoding", "chunked"),
+            ],
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                ("upgrade", "h2c"),
             ],
             vec![
                 (":method", "GET"),

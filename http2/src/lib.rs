@@ -20,6 +20,7 @@ mod conn;
 pub mod frame;
 pub mod hpack;
 mod io;
+mod queue;
 pub mod server;
 mod stream;
 

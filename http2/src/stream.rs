@@ -85,6 +85,10 @@ where
 pub struct RecvBody {
     stream: StreamRef,
     data_done: bool,
+    /// The message ended with its HEADERS: no data and no trailers will come. Known without
+    /// the connection's lock, which `is_end_stream` (asked several times a request by the
+    /// proxy's layers) would otherwise take each time.
+    empty: bool,
     wants_continue: bool,
 }
 
@@ -93,6 +97,7 @@ impl RecvBody {
         RecvBody {
             stream,
             data_done,
+            empty: data_done,
             wants_continue,
         }
     }
@@ -138,7 +143,7 @@ impl Body for RecvBody {
         // Without `data_done`: a stream that ended with nothing (a gRPC trailers-only
         // response) is at its end before it is read, and says so (the proxy then sends the
         // response's HEADERS with END_STREAM, as the trailers-only form requires).
-        lock(&self.stream.shared).is_recv_end(self.stream.id)
+        self.empty || lock(&self.stream.shared).is_recv_end(self.stream.id)
     }
 
     fn size_hint(&self) -> SizeHint {

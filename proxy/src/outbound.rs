@@ -90,13 +90,13 @@ impl Outbound {
             // By name first; in transparent mode also by the original destination's address (a
             // Service's cluster IP, or a meshed endpoint), which is all an app calling by IP gives.
             let mut snapshot = match fqdn {
-                Some(fqdn) => Some(self.dests.get(&fqdn).await?),
+                Some(fqdn) => Some(self.dests.get_at(&fqdn, obs.started).await?),
                 None => None,
             };
             if snapshot.as_ref().is_none_or(|s| !s.in_mesh())
                 && let Some(dst) = conn.orig_dst
             {
-                snapshot = Some(self.dests.get(&dst.to_string()).await?);
+                snapshot = Some(self.dests.get_at(&dst.to_string(), obs.started).await?);
             }
             let Some(snapshot) = snapshot.filter(|s| s.in_mesh()) else {
                 return Box::pin(self.passthrough(req, conn.clone(), authority, obs)).await;

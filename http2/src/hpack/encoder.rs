@@ -76,6 +76,17 @@ impl Entry {
             Name::Field(n) => n.as_str().as_bytes(),
         }
     }
+
+    /// Whether the field has this entry's name. Names compared as names, not as bytes: a
+    /// standard header's name is a number, and spelling it out for every entry a field is
+    /// checked against cost a fifth of encoding.
+    fn same_name(&self, field: &Field<'_>) -> bool {
+        match (&self.name, field) {
+            (Name::Pseudo(a), Field::Pseudo(b, _)) => a == b,
+            (Name::Field(a), Field::Header(b, _)) => a == *b,
+            _ => false,
+        }
+    }
 }
 
 impl Default for Encoder {
@@ -137,7 +148,7 @@ impl Encoder {
         let mut dynamic_name = None;
         if !sensitive {
             for (i, e) in self.entries.iter().enumerate() {
-                if e.name_bytes() == name {
+                if e.same_name(&field) {
                     if e.value == value {
                         return encode_int(62 + i, 7, 0x80, dst);
                     }
@@ -148,7 +159,7 @@ impl Encoder {
             dynamic_name = self
                 .entries
                 .iter()
-                .position(|e| e.name_bytes() == name)
+                .position(|e| e.same_name(&field))
                 .map(|i| 62 + i);
         }
         let name_index = static_name.or(dynamic_name);

@@ -170,7 +170,11 @@ impl Destinations {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Remembers that `fqdn` is not in the mesh and closes its watch (if it is still `id`).
@@ -241,13 +245,23 @@ impl Destinations {
     /// The current snapshot for a canonical destination name, opening a watch the first time.
     /// Only a destination never seen before waits (for its first answer, bounded).
     pub async fn get(self: &Arc<Self>, fqdn: &str) -> Result<Arc<Snapshot>, ProxyError> {
+        self.get_at(fqdn, Instant::now()).await
+    }
+
+    /// `get` for a request that read the clock when it started (`now`, which marks the
+    /// destination used): one clock read fewer per request.
+    pub async fn get_at(
+        self: &Arc<Self>,
+        fqdn: &str,
+        now: Instant,
+    ) -> Result<Arc<Snapshot>, ProxyError> {
         if let Some((at, snapshot)) = read(&self.negative).get(fqdn)
             && at.elapsed() < NEGATIVE_TTL
         {
             return Ok(snapshot.clone());
         }
         let watched = self.watched(fqdn);
-        watched.last_used.store(self.now_ms(), Ordering::Relaxed);
+        watched.last_used.store(self.ms_at(now), Ordering::Relaxed);
         if let Some(s) = watched.rx.borrow().as_ref() {
             return Ok(s.clone());
         }

@@ -349,7 +349,8 @@ pub fn forward(
         let result = within(timeout, send).await;
         let mut resp = match result {
             Ok(resp) => {
-                endpoint.observe(started.elapsed());
+                let now = Instant::now();
+                endpoint.observe_at(now.saturating_duration_since(started), now);
                 if resp.status().is_server_error() {
                     endpoint.outlier.failure();
                 } else {
