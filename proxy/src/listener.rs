@@ -188,7 +188,10 @@ async fn serve_conn<H: Handler>(
     let (detected, prefix) = if cfg.opaque_ports.contains(&port) {
         (Detected::Opaque, bytes::Bytes::new())
     } else {
-        match detect::detect(&mut stream, cfg.detect_timeout).await {
+        // Boxed, like each protocol's future below: the connection's task is as large as its
+        // largest state for the connection's whole life, and detection (its timer and read)
+        // lasts only until the first bytes.
+        match Box::pin(detect::detect(&mut stream, cfg.detect_timeout)).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection failed before detection");
@@ -329,7 +332,7 @@ async fn serve_h2<I: Io, H: Handler>(
     let idle_timeout = cfg.idle_timeout;
     let mut shutdown = shutdown;
     let stop = async move {
-        let check = (idle_timeout / 4).max(Duration::from_millis(10));
+        let check = (idle_timeout / 8).max(Duration::from_millis(10));
         let mut quiet = IdleWatch::new();
         loop {
             tokio::select! {
@@ -419,7 +422,7 @@ async fn drive<C, G>(
     G: Fn(std::pin::Pin<&mut C>),
 {
     tokio::pin!(conn);
-    let check = (idle_timeout / 4).max(Duration::from_millis(10));
+    let check = (idle_timeout / 8).max(Duration::from_millis(10));
     let mut quiet = IdleWatch::new();
     loop {
         tokio::select! {
@@ -463,7 +466,8 @@ impl Activity {
 }
 
 /// The idle check's memory between its rounds: the count it saw, and since when nothing
-/// happened (as of its own rounds: a connection is found idle at most a round late).
+/// happened, as of its own rounds. Rounds come every eighth of the timeout: a connection is
+/// closed after between one and one and a quarter timeouts without a request.
 struct IdleWatch {
     seen: u64,
     quiet_since: Instant,
