@@ -637,7 +637,9 @@ def main():
         paths = {"direct": (f"127.0.0.1:{backends['v1']}", "web", [])}
         paths.update(pillion(d, bins, proxy_cores, load_cores, backends["v1"], backends["v2"], args.baseline))
         paths.update(peers(d, envoy, proxy_cores, backends["v1"], backends["v2"]))
-        wanted = [p for p in args.paths.split(",") + (["baseline"] if args.baseline else []) if p in paths]
+        named = args.paths.split(",") + (["baseline"] if args.baseline else [])
+        # Each path once, in the order named (naming `baseline` in --paths too ran it twice a round).
+        wanted = [p for p in dict.fromkeys(named) if p in paths]
         # Every path answers before anything is measured (the mesh paths wait for discovery).
         for name in wanted:
             addr, host, _ = paths[name]
@@ -765,6 +767,7 @@ def report(args, results, idle, idle_anon, peak, streams):
         return [x[k] / y[k] for x, y in zip(results[a], results[b]) if x.get(k) is not None and (y.get(k) or 0) > 0]
     print()
     for a, b, k, what in [("pillion", "baseline", "cpu_us", "CPU/request, one hop, vs the baseline binary"),
+                          ("pillion", "baseline", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, vs the baseline binary"),
                           ("pillion", "baseline", "grpc_cpu_us", "gRPC CPU/call, one hop, vs the baseline binary"),
                           ("pillion", "haproxy", "cpu_us", "CPU/request, one hop, vs HAProxy"),
                           ("pillion", "haproxy", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, vs HAProxy"),
