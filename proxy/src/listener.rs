@@ -329,23 +329,7 @@ async fn serve_h2<I: Io, H: Handler>(
             handler.http(req, conn).await
         })
     };
-    let idle_timeout = cfg.idle_timeout;
-    let mut shutdown = shutdown;
-    let stop = async move {
-        let check = (idle_timeout / 8).max(Duration::from_millis(10));
-        let mut quiet = IdleWatch::new();
-        loop {
-            tokio::select! {
-                _ = signalled(&mut shutdown) => return,
-                _ = tokio::time::sleep(check) => {
-                    if quiet.idle(&activity, idle_timeout) {
-                        tracing::debug!(%peer, "idle connection closed");
-                        return;
-                    }
-                }
-            }
-        }
-    };
+    let stop = idle_or_shutdown(peer, activity, cfg.idle_timeout, shutdown);
     crate::http::batch::Batched::new(crate::http::h2_server::serve(
         io, peer, cfg.limits, serve, stop,
     ))
@@ -416,28 +400,41 @@ async fn drive<C, G>(
     peer: SocketAddr,
     activity: Arc<Activity>,
     idle_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
     G: Fn(std::pin::Pin<&mut C>),
 {
     tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return log_end(peer, r),
+        _ = idle_or_shutdown(peer, activity, idle_timeout, shutdown) => {}
+    }
+    graceful(conn.as_mut());
+    log_end(peer, conn.await);
+}
+
+/// Resolves on shutdown, or once the connection has had no request for `idle_timeout`: when
+/// it should be closed gracefully.
+async fn idle_or_shutdown(
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let check = (idle_timeout / 8).max(Duration::from_millis(10));
     let mut quiet = IdleWatch::new();
     loop {
         tokio::select! {
-            r = conn.as_mut() => return log_end(peer, r),
-            _ = signalled(&mut shutdown) => break,
+            _ = signalled(&mut shutdown) => return,
             _ = tokio::time::sleep(check) => {
                 if quiet.idle(&activity, idle_timeout) {
                     tracing::debug!(%peer, "idle connection closed");
-                    break;
+                    return;
                 }
             }
         }
     }
-    graceful(conn.as_mut());
-    log_end(peer, conn.await);
 }
 
 /// Requests in flight on a connection, and how many have ended. The idle check compares the

@@ -102,12 +102,14 @@ impl Endpoint {
         rtt * f64::from(self.pending.load(Ordering::Relaxed) + 1)
     }
 
-    /// Records one observed latency: a peak is taken at once, a dip decays in over `DECAY`.
+    /// `observe_at`, the answer having come now.
+    #[cfg(test)]
     pub fn observe(&self, rtt: Duration) {
         self.observe_at(rtt, Instant::now());
     }
 
-    /// `observe`, with the clock already read: `now` is when the answer came.
+    /// Records one observed latency, the answer having come at `now` (the caller's clock
+    /// reading, which timed it): a peak is taken at once, a dip decays in over `DECAY`.
     pub fn observe_at(&self, rtt: Duration, now: Instant) {
         let rtt = rtt.as_nanos() as f64;
         let mut e = self.ewma();
