@@ -12,6 +12,9 @@
 #                                             # proxy, both counted (per request, summed)
 #   N=50000 TOP=30 bash benches/callgrind.sh  # more requests, more functions listed
 #   KEEP=/tmp/cg.out bash benches/callgrind.sh  # keep the profile (callgrind_annotate, kcachegrind)
+#   ATOMICS=1 bash benches/callgrind.sh       # also the atomic operations per request (lock-
+#                                             # prefixed instructions, found with objdump), by
+#                                             # function: each costs ~20 cycles even uncontended
 #
 # The backend is the demo app; 5,000 requests warm up, the counters are zeroed, then N requests
 # (default 20,000) are counted, h2load -c 10 -m 10. Prints the instructions per request and the
@@ -33,7 +36,11 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 . benches/lib.sh
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-callgrind=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--callgrind-out-file=$dir/cg.out")
+# Per-instruction counts when atomics are counted: the instruction addresses are matched
+# against objdump's.
+cg_extra=()
+[ -z "${ATOMICS:-}" ] || cg_extra=(--dump-instr=yes)
+callgrind=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no "${cg_extra[@]}" "--callgrind-out-file=$dir/cg.out")
 
 start_app
 
@@ -43,7 +50,7 @@ start_proxy() { # name [VAR=value...]
   env "$@" PILLION_CORES=1 PILLION_LOG_FORMAT=json PILLION_LOG=warn,pillion_proxy=info \
     PILLION_CONTROL_PLANE_ADDR=$CP \
     PILLION_OUTBOUND_LISTEN=127.0.0.1:0 PILLION_INBOUND_LISTEN=127.0.0.1:0 PILLION_ADMIN_LISTEN=127.0.0.1:0 \
-    valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--callgrind-out-file=$dir/cg-$name.out" \
+    valgrind --tool=callgrind --compress-strings=no --compress-pos=no "${cg_extra[@]}" "--callgrind-out-file=$dir/cg-$name.out" \
     "${PROXY:-$T/pillion-proxy}" 2>"$dir/$name.log" &
   PROXY_PID=$!
   pids+=($PROXY_PID)
@@ -147,24 +154,45 @@ for p in $counted; do
   profiles+=("$(ls -t "$dir"/*.out.* | head -1)")
 done
 [ -z "${KEEP:-}" ] || cat "${profiles[@]}" >"$KEEP"
-python3 - "$N" "${TOP:-15}" "${profiles[@]}" <<'PY'
-import collections, sys
-n, top, paths = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-own = collections.Counter()
+binary=${PROXY:-$T/pillion-proxy}
+[ "$which" != haproxy ] || binary=$(command -v haproxy)
+python3 - "$N" "${TOP:-15}" "${ATOMICS:+$binary}" "${profiles[@]}" <<'PY'
+import collections, re, subprocess, sys
+n, top, binary, paths = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+# Addresses of atomic instructions: lock-prefixed, or xchg with memory (locked implicitly).
+# Position-independent binaries load at their link addresses under valgrind here, so the
+# profile's instruction addresses match objdump's (a miss shows as 0 atomics).
+atomic = set()
+if binary:
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True, check=True)
+    for line in dis.stdout.splitlines():
+        m = re.match(r"\s*([0-9a-f]+):\s+(\S+)(.*)", line)
+        if m and (m.group(2) == "lock" or (m.group(2).startswith("xchg") and "(" in m.group(3))):
+            atomic.add(int(m.group(1), 16))
+own, atomics = collections.Counter(), collections.Counter()
 for path in paths:  # the mTLS pair's two proxies are summed
-    fn, in_call = None, False
+    fn, in_call, positions = None, False, 1
     for line in open(path):
-        if line.startswith("fn="):
+        if line.startswith("positions:"):
+            positions = len(line.split()) - 1  # "instr line" with --dump-instr=yes
+        elif line.startswith("fn="):
             fn = line[3:].strip()
         elif line.startswith("calls="):
             in_call = True  # the next cost line is the callee's, not this function's own
         elif line[:1].isdigit() or line[:1] in "+-*":
             parts = line.split()
-            if len(parts) >= 2 and not in_call:
-                own[fn] += int(parts[1])
+            if len(parts) > positions and not in_call:
+                cost = int(parts[positions])
+                own[fn] += cost
+                if atomic and int(parts[0], 0) in atomic:
+                    atomics[fn] += cost
             in_call = False
 total = sum(own.values())
 print(f"instructions per request: {total / n:,.0f}")
 for f, c in own.most_common(top):
     print(f"{c / n:8,.0f}  {100 * c / total:5.1f} %  {f[:120]}")
+if binary:
+    print(f"atomic operations per request: {sum(atomics.values()) / n:,.1f}")
+    for f, c in atomics.most_common(top):
+        print(f"{c / n:8,.1f}  {f[:120]}")
 PY

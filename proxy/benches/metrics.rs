@@ -14,7 +14,6 @@ fn metrics(c: &mut Criterion) {
     let authority = Label::from("web.default.svc.cluster.local:80");
     let route = Label::from("web-canary");
     let backend = Label::from("web-v1.default.svc.cluster.local:80");
-    let empty = Label::from("");
     let record = || {
         let leg = metrics.leg(Direction::outbound, &authority, &route, &backend);
         leg.count_request(black_box(0.000_412));
@@ -26,8 +25,8 @@ fn metrics(c: &mut Criterion) {
                 route: route.clone(),
                 backend: backend.clone(),
                 status_code: 200,
-                grpc_status: empty.clone(),
-                error: empty.clone(),
+                grpc_status: None,
+                error: None,
                 tls: true,
                 peer_identity: Label::from("spiffe://cluster.local/ns/default/sa/web"),
                 classification: Classification::success,

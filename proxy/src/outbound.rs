@@ -223,7 +223,9 @@ impl Outbound {
                 timeout: per_try,
                 protocol: None,
             };
-            let mut tried: Vec<Arc<balance::Endpoint>> = Vec::new();
+            // The endpoints already tried, borrowed from the snapshot; filled only when a request
+            // goes round again, so a request sent once allocates and clones nothing for it.
+            let mut tried: Vec<&Arc<balance::Endpoint>> = Vec::new();
             let (mut retries, mut unreachable) = (0u32, 0usize);
             loop {
                 let mut endpoint =
@@ -232,16 +234,16 @@ impl Outbound {
                     endpoint = balance::below_limit(endpoints, self.max_requests_per_endpoint)
                         .ok_or(ProxyError::Unavailable("endpoints at their request limit"))?;
                 }
-                self.prepare(&endpoint, name, obs).await?;
-                tried.push(endpoint.clone());
+                self.prepare(endpoint, name, obs).await?;
                 let req = attempts.next_request().ok_or(ProxyError::NoEndpoints)?;
-                let result = forward::forward(&endpoint, req, opts()).await;
+                let result = forward::forward(endpoint, req, opts()).await;
                 let reason = match &result {
                     Ok(resp) => policy.and_then(|p| p.retryable_response(resp)),
                     // Nothing reached an endpoint that failed to connect: the request goes to
                     // another endpoint, up to MAX_CONNECT_ATTEMPTS in all, policy or not.
                     Err(ForwardError::NotSent(e, _)) => {
                         unreachable += 1;
+                        tried.push(endpoint);
                         if unreachable >= MAX_CONNECT_ATTEMPTS || tried.len() >= endpoints.len() {
                             return result.map_err(ForwardError::into_error);
                         }
@@ -284,6 +286,7 @@ impl Outbound {
                     return result.map_err(ForwardError::into_error);
                 }
                 count(&self.metrics.retries, reason.label());
+                tried.push(endpoint);
                 retries += 1;
                 obs.tag("pillion.retries", retries.to_string());
                 tracing::debug!(endpoint = %endpoint.addr, reason = %reason.label(), retries, "retrying");
@@ -306,7 +309,7 @@ impl Outbound {
             .meshed
             .as_ref()
             .map_or(endpoint.addr, |m| m.proxy_addr);
-        obs.remote(remote, Some(backend.clone()));
+        obs.remote(remote, Some(backend));
         if let Some(m) = &endpoint.meshed {
             obs.peer_identity = Label(m.identity.clone());
         }

@@ -197,7 +197,9 @@ impl EndpointCache {
 
 /// Two endpoints at random; the one with the lower load. Ejected endpoints are passed over
 /// while any other is left.
-pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+/// Generic over how the endpoints are held (`Arc<Endpoint>` in a snapshot, `&Arc<Endpoint>`
+/// when a retry passes over those tried), so that the pick borrows and clones nothing.
+pub fn pick<E: AsRef<Endpoint>>(endpoints: &[E]) -> Option<&E> {
     match endpoints.len() {
         0 => None,
         1 => endpoints.first(),
@@ -211,12 +213,13 @@ pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
             let (ea, eb) = (&endpoints[a], &endpoints[b]);
             // One clock read for both (a read is ~75 ns in a VM, a request's whole pick less).
             let now = Instant::now();
-            let lower = if ea.load_at(now) <= eb.load_at(now) {
+            let lower = if ea.as_ref().load_at(now) <= eb.as_ref().load_at(now) {
                 ea
             } else {
                 eb
             };
-            Some(match (ea.outlier.is_ejected(), eb.outlier.is_ejected()) {
+            let ejected = |e: &E| e.as_ref().outlier.is_ejected();
+            Some(match (ejected(ea), ejected(eb)) {
                 (false, false) => lower,
                 (false, true) => ea,
                 (true, false) => eb,
@@ -228,10 +231,10 @@ pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
 
 /// Both random picks were ejected: a live endpoint at random, if there is one.
 #[cold]
-fn pick_live(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
-    let live: Vec<&Arc<Endpoint>> = endpoints
+fn pick_live<E: AsRef<Endpoint>>(endpoints: &[E]) -> Option<&E> {
+    let live: Vec<&E> = endpoints
         .iter()
-        .filter(|e| !e.outlier.is_ejected())
+        .filter(|e| !e.as_ref().outlier.is_ejected())
         .collect();
     match live.len() {
         0 => None,
@@ -241,27 +244,25 @@ fn pick_live(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
 
 /// An endpoint not tried yet for this request (a retry goes elsewhere where it can), or any
 /// endpoint once all have been tried.
-pub fn pick_untried(endpoints: &[Arc<Endpoint>], tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+pub fn pick_untried<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    tried: &[&Arc<Endpoint>],
+) -> Option<&'a Arc<Endpoint>> {
     if tried.is_empty() {
-        return pick(endpoints).cloned();
+        return pick(endpoints);
     }
-    let others: Vec<Arc<Endpoint>> = endpoints
+    let others: Vec<&'a Arc<Endpoint>> = endpoints
         .iter()
         .filter(|ep| !tried.iter().any(|t| Arc::ptr_eq(t, ep)))
-        .cloned()
         .collect();
-    pick(&others).or_else(|| pick(endpoints)).cloned()
+    pick(&others).copied().or_else(|| pick(endpoints))
 }
 
 /// Shedding load: an endpoint with room for one more request, if any has.
 #[cold]
-pub fn below_limit(endpoints: &[Arc<Endpoint>], limit: u32) -> Option<Arc<Endpoint>> {
-    let room: Vec<Arc<Endpoint>> = endpoints
-        .iter()
-        .filter(|e| e.pending() < limit)
-        .cloned()
-        .collect();
-    pick(&room).cloned()
+pub fn below_limit(endpoints: &[Arc<Endpoint>], limit: u32) -> Option<&Arc<Endpoint>> {
+    let room: Vec<&Arc<Endpoint>> = endpoints.iter().filter(|e| e.pending() < limit).collect();
+    pick(&room).copied()
 }
 
 #[cfg(test)]

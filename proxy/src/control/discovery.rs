@@ -132,6 +132,9 @@ pub struct Destinations {
     map: RwLock<foldhash::HashMap<String, Arc<Watched>>>,
     /// Not-in-mesh answers: authority → (when answered, the answer).
     negative: RwLock<foldhash::HashMap<String, (Instant, Arc<Snapshot>)>>,
+    /// How many `negative` holds, read without its lock: most proxies never hold one, and a
+    /// request then skips that lock (two atomic operations).
+    negative_len: AtomicUsize,
     next_id: AtomicU64,
     max_watches: AtomicUsize,
     ready: AtomicBool,
@@ -158,6 +161,7 @@ impl Destinations {
             epoch: Instant::now(),
             map: RwLock::new(foldhash::HashMap::default()),
             negative: RwLock::new(foldhash::HashMap::default()),
+            negative_len: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             max_watches: AtomicUsize::new(MAX_WATCHES),
             ready: AtomicBool::new(false),
@@ -193,6 +197,7 @@ impl Destinations {
                 }
             }
             negative.insert(fqdn.to_string(), (Instant::now(), snapshot));
+            self.negative_len.store(negative.len(), Ordering::Relaxed);
         }
         let mut map = write(&self.map);
         if map.get(fqdn).is_some_and(|w| w.id == id) {
@@ -255,10 +260,19 @@ impl Destinations {
         fqdn: &str,
         now: Instant,
     ) -> Result<Arc<Snapshot>, ProxyError> {
-        if let Some((at, snapshot)) = read(&self.negative).get(fqdn)
+        if self.negative_len.load(Ordering::Relaxed) > 0
+            && let Some((at, snapshot)) = read(&self.negative).get(fqdn)
             && at.elapsed() < NEGATIVE_TTL
         {
             return Ok(snapshot.clone());
+        }
+        // A destination watched and answered: its snapshot, read under the map's lock (no
+        // clone of the watch itself).
+        if let Some(w) = read(&self.map).get(fqdn) {
+            w.last_used.store(self.ms_at(now), Ordering::Relaxed);
+            if let Some(s) = w.rx.borrow().as_ref() {
+                return Ok(s.clone());
+            }
         }
         let watched = self.watched(fqdn);
         watched.last_used.store(self.ms_at(now), Ordering::Relaxed);
@@ -418,7 +432,10 @@ impl Destinations {
             });
             self.metrics.destinations.set(map.len() as i64);
             drop(map);
-            write(&self.negative).retain(|_, (at, _)| at.elapsed() < NEGATIVE_TTL);
+            let mut negative = write(&self.negative);
+            negative.retain(|_, (at, _)| at.elapsed() < NEGATIVE_TTL);
+            self.negative_len.store(negative.len(), Ordering::Relaxed);
+            drop(negative);
             self.metrics.expire_idle_series(IDLE_AFTER);
         }
     }

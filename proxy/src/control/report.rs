@@ -128,8 +128,8 @@ mod tests {
                 route: Label::from("default/web"),
                 backend,
                 status_code: status,
-                grpc_status: Label::default(),
-                error: Label::default(),
+                grpc_status: None,
+                error: None,
                 tls: false,
                 peer_identity: Label::default(),
                 classification: if status >= 500 {

@@ -516,10 +516,11 @@ impl Observation {
 
     /// The span's remote end: the endpoint (outbound) or the caller (inbound).
     /// `backend`: the Service's canonical name (`web.default.svc.cluster.local:80`).
-    pub fn remote(&mut self, addr: std::net::SocketAddr, backend: Option<Arc<str>>) {
+    /// `backend` is cloned only for a sampled request.
+    pub fn remote(&mut self, addr: std::net::SocketAddr, backend: Option<&Arc<str>>) {
         if let Some((_, span)) = self.span.as_deref_mut() {
             span.remote = Some(addr);
-            span.remote_service = backend;
+            span.remote_service = backend.cloned();
         }
     }
 
@@ -532,7 +533,7 @@ impl Observation {
         grpc: bool,
     ) -> Response<Body> {
         let (resp, error) = match result {
-            Ok(resp) => (resp, Label::default()),
+            Ok(resp) => (resp, None),
             Err(e) => {
                 let reason = e.reason();
                 match &e {
@@ -543,24 +544,26 @@ impl Observation {
                         tracing::debug!(authority = %self.authority.0, error = %e, "request refused")
                     }
                 }
-                (e.into_response(grpc), Label::from(reason))
+                (e.into_response(grpc), Some(Label::from(reason)))
             }
         };
-        let header_status = resp
-            .headers()
-            .get(GRPC_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .map(Label::from);
+        let header_status = grpc_status(resp.headers());
         let leg = metrics.leg(self.direction, &self.authority, &self.route, &self.backend);
         leg.count_request(self.started.elapsed().as_secs_f64());
-        let authority = leg.authority.clone();
+        // The counted authority is the request's own unless it is past the bound: then moved,
+        // not cloned.
+        let authority = if Arc::ptr_eq(&leg.authority.0, &self.authority.0) {
+            self.authority
+        } else {
+            leg.authority.clone()
+        };
         let mut pending_span = None;
         if let Some((tracer, mut span)) = self.span.take().map(|b| *b) {
             span.tag("http.status_code", resp.status().as_u16());
             if let Some(g) = &header_status {
                 span.tag("grpc.status_code", g.0.clone());
             }
-            if !error.0.is_empty() {
+            if let Some(error) = &error {
                 span.tag("error", error.0.clone());
             } else if resp.status().is_server_error() {
                 span.tag("error", resp.status().as_u16());
@@ -571,7 +574,7 @@ impl Observation {
             span.tag("pillion.peer_identity", self.peer_identity.0.clone());
             pending_span = Some((tracer, span));
         }
-        if !error.0.is_empty() {
+        if let Some(error) = &error {
             metrics
                 .proxy_errors
                 .get_or_create(&ErrorLabels {
@@ -591,7 +594,7 @@ impl Observation {
                 path = %a.path,
                 status = resp.status().as_u16(),
                 grpc_status = header_status.as_ref().map_or("", |g| &*g.0),
-                error = %error.0,
+                error = error.as_ref().map_or("", |e| &*e.0),
                 route = %self.route.0,
                 backend = %self.backend.0,
                 peer = %a.peer,
@@ -606,7 +609,7 @@ impl Observation {
             route: self.route,
             backend: self.backend,
             status_code: resp.status().as_u16(),
-            grpc_status: header_status.clone().unwrap_or_default(),
+            grpc_status: header_status.clone(),
             error,
             tls: self.tls,
             peer_identity: self.peer_identity,
@@ -619,10 +622,7 @@ impl Observation {
             let metrics = metrics.clone();
             let body = body::OnEnd::wrap(body, move |trailers| {
                 let mut labels = labels;
-                let status = trailers
-                    .and_then(|t| t.get(GRPC_STATUS))
-                    .and_then(|v| v.to_str().ok())
-                    .map(Label::from);
+                let status = trailers.and_then(grpc_status);
                 // A gRPC stream that ends without a status (cancelled, reset) failed.
                 labels.classification = match &status {
                     Some(s) if &*s.0 == "0" => Classification::success,
@@ -641,7 +641,7 @@ impl Observation {
                     }
                     tracer.finish(span);
                 }
-                labels.grpc_status = status.unwrap_or_default();
+                labels.grpc_status = status;
                 leg.count_response(&metrics, labels);
             });
             return Response::from_parts(parts, body);
@@ -652,6 +652,16 @@ impl Observation {
         leg.count_response(metrics, labels);
         resp
     }
+}
+
+/// The `grpc-status` of headers or trailers as a label value; none when absent, or empty (a
+/// label `Some("")` would be a second series printed exactly as the one without).
+fn grpc_status(headers: &HeaderMap) -> Option<Label> {
+    headers
+        .get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(Label::from)
 }
 
 /// A response failed when its status is 5xx or a gRPC status other than OK came with it. A
@@ -668,6 +678,16 @@ fn classify(status: http::StatusCode, grpc: Option<&Label>) -> Classification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_grpc_status_is_no_status() {
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_status(&h), None);
+        h.insert(GRPC_STATUS, HeaderValue::from_static(""));
+        assert_eq!(grpc_status(&h), None, "one series, not two printed alike");
+        h.insert(GRPC_STATUS, HeaderValue::from_static("14"));
+        assert_eq!(grpc_status(&h), Some(Label::from("14")));
+    }
 
     #[test]
     fn responses_are_classified() {

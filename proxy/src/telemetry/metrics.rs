@@ -46,6 +46,61 @@ pub struct RequestLabels {
     pub backend: Label,
 }
 
+/// A leg's labels borrowed, as a request has them: what [`Metrics::leg`] looks the leg up by,
+/// so that a lookup clones (and later drops) no `Arc`: each is an atomic operation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct LegKey<'a> {
+    direction: Direction,
+    authority: &'a str,
+    route: &'a str,
+    backend: &'a str,
+}
+
+/// The std map looks keys up through `Borrow`; a key of borrowed parts cannot be borrowed
+/// from `RequestLabels`, but both can be seen as this trait's objects. `LegKey`'s derived
+/// `Hash` writes what `RequestLabels`'s does (the direction, then each `str`), so the map
+/// finds a leg by either.
+trait AsLegKey {
+    fn key(&self) -> LegKey<'_>;
+}
+
+impl AsLegKey for RequestLabels {
+    fn key(&self) -> LegKey<'_> {
+        LegKey {
+            direction: self.direction,
+            authority: &self.authority.0,
+            route: &self.route.0,
+            backend: &self.backend.0,
+        }
+    }
+}
+
+impl AsLegKey for LegKey<'_> {
+    fn key(&self) -> LegKey<'_> {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn AsLegKey + 'a> for RequestLabels {
+    fn borrow(&self) -> &(dyn AsLegKey + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn AsLegKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
+}
+
+impl PartialEq for dyn AsLegKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn AsLegKey + '_ {}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResponseLabels {
     pub direction: Direction,
@@ -54,9 +109,9 @@ pub struct ResponseLabels {
     pub backend: Label,
     pub status_code: u16,
     /// The `grpc-status` of the response headers (trailers-only answers), empty otherwise.
-    pub grpc_status: Label,
+    pub grpc_status: Option<Label>,
     /// The proxy's own error reason, empty when the answer came from the application.
-    pub error: Label,
+    pub error: Option<Label>,
     /// The hop between proxies was mTLS.
     pub tls: bool,
     /// The peer's SPIFFE ID (inbound: the client; outbound: the endpoint's proxy), or empty.
@@ -419,15 +474,21 @@ impl Metrics {
         route: &Label,
         backend: &Label,
     ) -> Arc<Leg> {
+        let borrowed = LegKey {
+            direction,
+            authority: &authority.0,
+            route: &route.0,
+            backend: &backend.0,
+        };
+        if let Some(leg) = read(&self.legs).get(&borrowed as &dyn AsLegKey) {
+            return leg.clone();
+        }
         let key = RequestLabels {
             direction,
             authority: authority.clone(),
             route: route.clone(),
             backend: backend.clone(),
         };
-        if let Some(leg) = read(&self.legs).get(&key) {
-            return leg.clone();
-        }
         let counted = self.authority_label(authority);
         let requests = RequestLabels {
             authority: counted.clone(),
@@ -566,8 +627,8 @@ mod tests {
                 route,
                 backend: backend.clone(),
                 status_code: 200,
-                grpc_status: Label::default(),
-                error: Label::default(),
+                grpc_status: None,
+                error: None,
                 tls: false,
                 peer_identity: Label::default(),
                 classification: Classification::success,
@@ -616,6 +677,37 @@ mod tests {
         assert!(!text.contains("host-1\""), "idle series dropped");
         // Room for new authorities again.
         assert_eq!(m.authority_label(&Label::from("fresh")).0.as_ref(), "fresh");
+    }
+
+    #[test]
+    fn a_leg_is_found_by_its_labels_borrowed() {
+        use std::hash::BuildHasher as _;
+        let hasher = foldhash::fast::RandomState::default();
+        let labels = RequestLabels {
+            direction: Direction::outbound,
+            authority: Label::from("web.default.svc.cluster.local:80"),
+            route: Label::from("canary"),
+            backend: Label::default(),
+        };
+        let borrowed = LegKey {
+            direction: Direction::outbound,
+            authority: "web.default.svc.cluster.local:80",
+            route: "canary",
+            backend: "",
+        };
+        // The map hashes stored keys as `RequestLabels` and looks them up as `dyn AsLegKey`.
+        assert_eq!(
+            hasher.hash_one(&labels),
+            hasher.hash_one(&borrowed as &dyn AsLegKey)
+        );
+        let mut map = foldhash::HashMap::default();
+        map.insert(labels.clone(), 1);
+        assert_eq!(map.get(&borrowed as &dyn AsLegKey), Some(&1));
+        let other = LegKey {
+            route: "stable",
+            ..borrowed
+        };
+        assert_eq!(map.get(&other as &dyn AsLegKey), None);
     }
 
     #[test]
@@ -729,8 +821,8 @@ mod tests {
                 route,
                 backend,
                 status_code: 200,
-                grpc_status: Label::default(),
-                error: Label::default(),
+                grpc_status: None,
+                error: None,
                 tls: false,
                 peer_identity: Label::default(),
                 classification: Classification::success,
