@@ -12,6 +12,9 @@
 #                                             # proxy, both counted (per request, summed)
 #   N=50000 TOP=30 bash benches/callgrind.sh  # more requests, more functions listed
 #   KEEP=/tmp/cg.out bash benches/callgrind.sh  # keep the profile (callgrind_annotate, kcachegrind)
+#   FUNCTIONS=/tmp/f.txt bash benches/callgrind.sh pillion-mtls  # instead, every function the
+#                                             # proxies ran from start to exit (h2c and HTTP/1.1
+#                                             # requests), by symbol: benches/pgo_order.sh's input
 #   ATOMICS=1 bash benches/callgrind.sh       # also the atomic operations per request (lock-
 #                                             # prefixed instructions, found with objdump), by
 #                                             # function: each costs ~20 cycles even uncontended
@@ -40,6 +43,8 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 # against objdump's.
 cg_extra=()
 [ -z "${ATOMICS:-}" ] || cg_extra=(--dump-instr=yes)
+# Symbols as the linker knows them, for a link order.
+[ -z "${FUNCTIONS:-}" ] || cg_extra=(--demangle=no)
 callgrind=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no "${cg_extra[@]}" "--callgrind-out-file=$dir/cg.out")
 
 start_app
@@ -142,6 +147,19 @@ esac
 counted=$(pgrep -f "callgrind-out-file=$dir/" || true)
 
 load() { h2load -n "$1" -c 10 -m 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"; }
+if [ -n "${FUNCTIONS:-}" ]; then
+  load 2000
+  h2load --h1 -n 2000 -c 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"
+  # Shut down as in production (SIGTERM, drain), which callgrind records as it exits.
+  for p in $counted; do kill -TERM "$p"; done
+  for p in $counted; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+  # "fn=name" for each function with instructions of its own; addresses without a symbol and
+  # callgrind's own entries ("(below main)") left out; recursion marks ('2) dropped.
+  sed -n 's/^fn=//p' "$dir"/cg-*.out* | grep -v '^0x\|^(' |
+    sed "s/'[0-9]*$//" | sort -u >"$FUNCTIONS"
+  echo "$(wc -l <"$FUNCTIONS") functions ran: $FUNCTIONS"
+  exit 0
+fi
 load 5000 >/dev/null
 for p in $counted; do callgrind_control -z "$p" >/dev/null 2>&1; done
 load "$N"

@@ -5,7 +5,7 @@
 # HTTP/1.1 to the application (pillion-h1) and the two-proxy mTLS path (benches/compare.py, one
 # round), with 1 % of requests traced; its counts, merged, are the profile.
 #   bash benches/pgo.sh          # about 25 minutes: two builds of the proxy and the load
-# Then measure (benches/callgrind.sh, compare.py) and commit the profile.
+# Then measure (benches/callgrind.sh, compare.py) and commit the profile and the link order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup component add llvm-tools >/dev/null 2>&1 || true
@@ -42,4 +42,5 @@ ls "$raw"/*.profraw >/dev/null 2>&1 || { echo "the instrumented proxies wrote no
 "$profdata" merge -o "$work/merged.profdata" "$raw"/*.profraw
 xz -9 -c "$work/merged.profdata" >proxy/pgo/pillion-proxy.profdata.xz
 echo "wrote proxy/pgo/pillion-proxy.profdata.xz ($(stat -c %s proxy/pgo/pillion-proxy.profdata.xz) bytes); building with it"
-bash scripts/build-release.sh --proxy-only
+# The link order follows the profile (it builds the proxy, then links it again in that order).
+bash benches/pgo_order.sh

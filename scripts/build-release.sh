@@ -37,6 +37,19 @@ if [ ! -s "$profile" ]; then
   fi
   mv "$profile.tmp" "$profile"
 fi
+# The link order (benches/pgo_order.sh): the functions the proxy runs, first and together. A
+# name the binary no longer has is skipped (the linker would warn about each).
+order_packed=proxy/pgo/pillion-proxy.order.xz
+order=$PWD/target/pgo/pillion-proxy-order-$(sha256sum "$order_packed" | cut -c1-16).txt
+if [ ! -s "$order" ]; then
+  mkdir -p target/pgo
+  if command -v xz >/dev/null; then
+    xz -dc "$order_packed" >"$order.tmp"
+  else
+    python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$order_packed" >"$order.tmp"
+  fi
+  mv "$order.tmp" "$order"
+fi
 # Functions changed since the profile was made get no profile; LLVM would warn about each.
 #
 # The proxy is linked statically with glibc (a static PIE, so its addresses are still
@@ -48,7 +61,8 @@ fi
 # address may still be a name. The flag goes to the binary's own link only (`cargo rustc`): given
 # in RUSTFLAGS it would reach build scripts and proc macros, which cannot be static.
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch" CARGO_TARGET_DIR=target/pgo-use \
-  cargo rustc --release --locked -p pillion-proxy --bin pillion-proxy -- -C target-feature=+crt-static
+  cargo rustc --release --locked -p pillion-proxy --bin pillion-proxy -- -C target-feature=+crt-static \
+  -C link-arg=-Wl,--symbol-ordering-file="$order" -C link-arg=-Wl,--no-warn-symbol-ordering
 if readelf -lW target/pgo-use/release/pillion-proxy | grep -q INTERP; then
   echo "target/pgo-use/release/pillion-proxy was linked dynamically; the release proxy is static" >&2
   exit 1
