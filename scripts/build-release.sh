@@ -28,27 +28,27 @@ packed=proxy/pgo/pillion-proxy.profdata.xz
 # Named by its checksum: a new profile changes RUSTFLAGS, so cargo rebuilds with it.
 sum=$(sha256sum "$packed" | cut -c1-16)
 profile=$PWD/target/pgo/pillion-proxy-$sum.profdata
-if [ ! -s "$profile" ]; then
-  mkdir -p target/pgo
+# Unpacks proxy/pgo's FILE.xz once to DEST (xz, or Python's lzma where xz is missing).
+unpack() { # FILE.xz DEST
+  [ ! -s "$2" ] || return 0
+  mkdir -p "$(dirname "$2")"
   if command -v xz >/dev/null; then
-    xz -dc "$packed" >"$profile.tmp"
+    xz -dc "$1" >"$2.tmp"
   else
-    python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$packed" >"$profile.tmp"
+    python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$1" >"$2.tmp"
   fi
-  mv "$profile.tmp" "$profile"
-fi
+  mv "$2.tmp" "$2"
+}
+unpack "$packed" "$profile"
 # The link order (benches/pgo_order.sh): the functions the proxy runs, first and together. A
 # name the binary no longer has is skipped (the linker would warn about each).
 order_packed=proxy/pgo/pillion-proxy.order.xz
 order=$PWD/target/pgo/pillion-proxy-order-$(sha256sum "$order_packed" | cut -c1-16).txt
-if [ ! -s "$order" ]; then
-  mkdir -p target/pgo
-  if command -v xz >/dev/null; then
-    xz -dc "$order_packed" >"$order.tmp"
-  else
-    python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$order_packed" >"$order.tmp"
-  fi
-  mv "$order.tmp" "$order"
+unpack "$order_packed" "$order"
+# lld's option: rustc links with lld by default on x86_64 Linux only (elsewhere, no order).
+link_order=()
+if rustc -vV | grep -q '^host: x86_64-unknown-linux-gnu'; then
+  link_order=(-C link-arg=-Wl,--symbol-ordering-file="$order" -C link-arg=-Wl,--no-warn-symbol-ordering)
 fi
 # Functions changed since the profile was made get no profile; LLVM would warn about each.
 #
@@ -62,7 +62,7 @@ fi
 # in RUSTFLAGS it would reach build scripts and proc macros, which cannot be static.
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch" CARGO_TARGET_DIR=target/pgo-use \
   cargo rustc --release --locked -p pillion-proxy --bin pillion-proxy -- -C target-feature=+crt-static \
-  -C link-arg=-Wl,--symbol-ordering-file="$order" -C link-arg=-Wl,--no-warn-symbol-ordering
+  "${link_order[@]}"
 if readelf -lW target/pgo-use/release/pillion-proxy | grep -q INTERP; then
   echo "target/pgo-use/release/pillion-proxy was linked dynamically; the release proxy is static" >&2
   exit 1
