@@ -12,6 +12,8 @@ profdata=$(find "$(rustc --print sysroot)/lib/rustlib" -name llvm-profdata -type
 [ -n "$profdata" ] || { echo "needs llvm-profdata of this toolchain: rustup component add llvm-tools" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The app and control plane callgrind.sh runs the proxy with, and the proxy as it is now.
+cargo build --release --locked --workspace --bins --exclude pillion-proxy
 bash scripts/build-release.sh --proxy-only
 FUNCTIONS="$work/plain" bash benches/callgrind.sh pillion
 FUNCTIONS="$work/mtls" bash benches/callgrind.sh pillion-mtls
