@@ -509,3 +509,42 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         Err(p) => p.into_inner(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_destination_not_in_the_mesh_is_answered_from_memory() {
+        // A control plane that is never reached: an answer can only come from memory.
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let dests = Destinations::new(
+            channel,
+            "default".into(),
+            "default/client".into(),
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+            Arc::new(Metrics::new()),
+            None,
+        );
+        let update = pb::DestinationUpdate {
+            version: "1".into(),
+            state: Some(pb::destination_update::State::NotInMesh(pb::NotInMesh {
+                reason: "no such Service".into(),
+            })),
+        };
+        let snapshot = Arc::new(
+            Snapshot::compile(
+                update,
+                &mut Carried::default(),
+                Duration::from_secs(1),
+                None,
+            )
+            .unwrap(),
+        );
+        dests.forget_as_not_in_mesh("example.com:80", 0, snapshot.clone());
+        let got = dests.get("example.com:80").await.unwrap();
+        assert!(Arc::ptr_eq(&got, &snapshot));
+        assert_eq!(dests.watched_count(), 0, "no watch opened for it again");
+    }
+}
