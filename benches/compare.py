@@ -21,7 +21,8 @@ Paths, each with the same 90/10 split over two backends where the path has a spl
 Per path (--modes, all by default):
   h2       requests/s at saturation (h2load -c 10 -m 10), CPU time per request of the proxy
            processes (user + system, all threads, from /proc), the same at a fixed open-loop
-           20,000 requests/s (every path sent the same requests), p50/p99/p99.9 latency at a fixed
+           20,000 requests/s (every path sent the same requests; also split into user and
+           system time, with the times a proxy slept per request), p50/p99/p99.9 latency at a fixed
            open-loop 2,000 requests/s (h2load --rps, percentiles from --log-file) and what it
            adds over direct; RSS idle and peak (VmHWM), and the private part of it (RssAnon:
            RSS less the program's code and libraries, which every copy on a node shares)
@@ -125,16 +126,26 @@ def family(pid):
     return out
 
 
-def cpu_seconds(pids):
-    t = 0
+def cpu_split(pids):
+    """User and system CPU seconds of the processes (all threads), and how many times their
+    threads went to sleep waiting (voluntary context switches): on a VM each sleep and wake-up
+    costs the process several µs of system time, so it says where system time goes."""
+    user = system = sleeps = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 rest = f.read().rsplit(")", 1)[1].split()
-            t += int(rest[11]) + int(rest[12])
-        except FileNotFoundError:
+            user += int(rest[11])
+            system += int(rest[12])
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            sleeps += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
             pass
-    return t / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick, sleeps
 
 
 def memory_kb(pids, field):
@@ -466,14 +477,18 @@ def h2load(args, timeout):
     return r.stdout
 
 
-def run_load(cmd, pids, seconds, load_cores):
+def run_load(cmd, pids, seconds, load_cores, split=False):
     """Runs a load generator on the load cores; returns what it printed and the CPU seconds the
-    proxy processes used meanwhile (None when the path has no proxy)."""
+    proxy processes used meanwhile (None when the path has no proxy); with `split`, as (user
+    seconds, system seconds, sleeps)."""
     pids = [q for p in pids for q in family(p)]
-    before = cpu_seconds(pids)
+    before = cpu_split(pids)
     pin = ["taskset", "-c", load_cores] if load_cores else []
     out = subprocess.run([*pin, *cmd], capture_output=True, text=True, timeout=seconds + 60).stdout
-    return out, (cpu_seconds(pids) - before) if pids else None
+    if not pids:
+        return out, None
+    used = tuple(a - b for a, b in zip(cpu_split(pids), before))
+    return out, used if split else used[0] + used[1]
 
 
 def saturate(addr, host, pids, seconds, load_cores, h1=False):
@@ -499,8 +514,9 @@ def fixed_rate(addr, host, pids, seconds, load_cores):
     Here each gets the same requests at the same times (a path that cannot keep up reports what
     it reached)."""
     per_conn = FIXED_RATE // 10
-    out, used = run_load(["h2load", "-c", "10", "-m", "10", "--rps", str(per_conn), "-n", str(FIXED_RATE * seconds),
-                          "-H", f":authority: {host}", f"http://{addr}/"], pids, seconds, load_cores)
+    out, split = run_load(["h2load", "-c", "10", "-m", "10", "--rps", str(per_conn), "-n", str(FIXED_RATE * seconds),
+                           "-H", f":authority: {host}", f"http://{addr}/"], pids, seconds, load_cores, split=True)
+    used = split[0] + split[1] if split else None
     done, ok, rps = 0, 0, None
     for line in out.splitlines():
         if line.startswith("requests:"):
@@ -509,7 +525,10 @@ def fixed_rate(addr, host, pids, seconds, load_cores):
             ok = int(parts[3].split()[0])    # "N succeeded"
         if line.startswith("finished in"):
             rps = float(line.split(",")[1].split()[0])  # "finished in 3.00s, 20000.00 req/s, ..."
-    return {"fixed_rps": rps, "fixed_cpu_us": used / ok * 1e6 if ok and used is not None else None, "fixed_failed": done - ok}
+    per = (lambda v: v / ok * 1e6) if ok and split else (lambda v: None)
+    return {"fixed_rps": rps, "fixed_cpu_us": per(used) if used is not None else None, "fixed_failed": done - ok,
+            "fixed_user_us": per(split[0]) if split else None, "fixed_sys_us": per(split[1]) if split else None,
+            "fixed_sleeps": split[2] / ok if ok and split else None}
 
 
 def grpc_load(bins, addr, host, pids, seconds, load_cores, rate=0):
@@ -740,6 +759,15 @@ def report(args, results, idle, idle_anon, peak, streams):
             fixed = "-" if name == "direct" else col(runs, "fixed_cpu_us") + (f" ({reached:,.0f}/s)" if reached else "")
             print(f"| {name} | {col(runs, 'rps', 0)} | {col(runs, 'cpu_us')} | {fixed} | {col(runs, 'p50', 3, added)} | "
                   f"{col(runs, 'p99', 3, added)} | {col(runs, 'p999', 3)} | {rss} | {anon} |")
+    if any(r.get("fixed_sys_us") is not None for runs in results.values() for r in runs):
+        # Most of a proxy's CPU here is the kernel's (TCP over loopback, epoll, sleeping and
+        # waking): what user space saves shows only in the first column.
+        print(f"\nWhere the CPU goes at {FIXED_RATE:,} req/s (h2c), per request:\n")
+        print("| path | user µs | system µs | sleeps (voluntary context switches) |")
+        print("|---|---|---|---|")
+        for name, runs in results.items():
+            if name != "direct":
+                print(f"| {name} | {col(runs, 'fixed_user_us')} | {col(runs, 'fixed_sys_us')} | {col(runs, 'fixed_sleeps', 3)} |")
     if any("h1_rps" in r or "grpc_rps" in r for runs in results.values() for r in runs):
         print("\nHTTP/1.1 clients (100 connections) and gRPC (pillion-grpc-load; latency at 2,000 calls/s):\n")
         print("| path | HTTP/1.1 req/s | HTTP/1.1 CPU µs/request | gRPC calls/s | gRPC CPU µs/call | gRPC p50 ms (added) | gRPC p99 ms (added) |")
@@ -771,6 +799,8 @@ def report(args, results, idle, idle_anon, peak, streams):
                           ("pillion", "baseline", "grpc_cpu_us", "gRPC CPU/call, one hop, vs the baseline binary"),
                           ("pillion", "haproxy", "cpu_us", "CPU/request, one hop, vs HAProxy"),
                           ("pillion", "haproxy", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, vs HAProxy"),
+                          ("pillion", "haproxy", "fixed_user_us", f"user CPU/request at {FIXED_RATE:,} req/s, one hop, vs HAProxy"),
+                          ("pillion", "haproxy", "fixed_sys_us", f"system CPU/request at {FIXED_RATE:,} req/s, one hop, vs HAProxy"),
                           ("pillion", "nginx-h2c", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, vs nginx-h2c"),
                           ("pillion", "envoy", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, vs Envoy"),
                           ("pillion-mtls", "envoy-mtls", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, mTLS pair, vs Envoy's pair"),
