@@ -559,3 +559,99 @@ async fn unreachable_endpoints_do_not_fail_requests() {
         );
     }
 }
+
+/// An h2c-only application that allows `limit` streams per connection and answers a request
+/// only once `together` requests are in it at once; counts its connections.
+async fn gathering_app(
+    limit: u32,
+    together: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(together));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let barrier = barrier.clone();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let barrier = barrier.clone();
+                    async move {
+                        // The warm-up request passes alone.
+                        if req.uri().path() == "/together" {
+                            barrier.wait().await;
+                        }
+                        let resp = http::Response::builder()
+                            .header("x-version", "v1")
+                            .body(http_body_util::Full::new(Bytes::from_static(b"ok")))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .max_concurrent_streams(limit)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// A server that allows 2 streams per connection gets 6 requests in flight at once through
+/// the proxy, on more connections, as a client talking to it directly would send them. (The
+/// proxy kept one connection per endpoint: 4 of the 6 waited for streams that were waiting for
+/// them, and every request at a server's limit waited behind the ones before it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_stream_limit_opens_more_connections_not_a_queue() {
+    const TOGETHER: usize = 6;
+    let (app, connections) = gathering_app(2, TOGETHER).await;
+    let (other, _) = gathering_app(2, TOGETHER).await;
+    let mesh = Mesh::start_with_apps(1, 0, vec![app, other], &[]).await;
+    // One h2c connection to the proxy (HTTP/2 to the application too), six streams on it.
+    let tcp = tokio::net::TcpStream::connect(mesh.client.outbound)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // Discovery in place, and the proxy's first connection has the server's SETTINGS.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let mut ready = client.clone().ready().await.unwrap();
+        let req = http::Request::get("http://web/").body(()).unwrap();
+        let (resp, _) = ready.send_request(req, true).unwrap();
+        let status = resp.await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut calls = Vec::new();
+    for _ in 0..TOGETHER {
+        let mut client = client.clone().ready().await.unwrap();
+        let req = http::Request::get("http://web/together").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        calls.push(resp);
+    }
+    for call in calls {
+        let resp = tokio::time::timeout(DEADLINE, call)
+            .await
+            .expect("all six in the application at once")
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    }
+    let n = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= TOGETHER / 2, "{n} connections");
+}

@@ -99,6 +99,28 @@ impl SendRequest {
         lock(&self.shared).can_open().is_err()
     }
 
+    /// Whether a request sent now gets a stream at once (`Ok(false)`: only when one of the
+    /// streams open ends; `Err`: never, the connection takes no new stream).
+    pub fn has_room(&self) -> Result<bool, ConnError> {
+        lock(&self.shared).can_open()
+    }
+
+    /// True while no stream is open on the connection.
+    pub fn is_idle(&self) -> bool {
+        lock(&self.shared).open_streams() == 0
+    }
+
+    /// The server's limit on concurrent streams (presumed until its SETTINGS arrive).
+    pub fn max_streams(&self) -> usize {
+        lock(&self.shared).peer_max_streams()
+    }
+
+    /// Presumes the server allows `n` concurrent streams until its SETTINGS say: for a
+    /// connection opened because another to the same server is at that server's limit.
+    pub fn presume_max_streams(&self, n: usize) {
+        lock(&self.shared).presume_peer_max_streams(n);
+    }
+
     /// Sends `req`: its HEADERS now (END_STREAM if its body is empty), its body as the
     /// server's windows allow, from the returned future until the response's head arrives and
     /// from a task of its own after that if there is more. A body that fails resets the

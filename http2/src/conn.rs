@@ -77,6 +77,12 @@ impl std::hash::Hasher for IdHasher {
 /// copied (twice a request on each side of a hop); a box moves as a pointer.
 type StreamMap = HashMap<u32, Box<Stream>, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// Client: the server's limit on concurrent streams presumed until its SETTINGS arrive.
+/// RFC 9113 §6.5.2 makes it unlimited until then, but a burst sent before the server's SETTINGS
+/// would see what exceeds its real limit refused; 100 is the smallest limit §6.5.2 recommends
+/// a server allow (and what the `h2` crate presumes).
+pub const PRESUMED_PEER_MAX_STREAMS: usize = 100;
+
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnError {
@@ -141,6 +147,8 @@ pub(crate) struct Conn {
     /// SETTINGS_MAX_CONCURRENT_STREAMS) against how many are.
     next_stream: u32,
     peer_max_streams: usize,
+    /// Client: the peer's first SETTINGS arrived (until then its stream limit is presumed).
+    peer_settings_seen: bool,
     open: usize,
     /// Client: tasks waiting for room under the peer's stream limit.
     ready_wakers: Vec<Waker>,
@@ -239,7 +247,12 @@ impl Conn {
             error: None,
             peer_gone: false,
             next_stream: 1,
-            peer_max_streams: usize::MAX,
+            peer_max_streams: if client {
+                PRESUMED_PEER_MAX_STREAMS
+            } else {
+                usize::MAX
+            },
+            peer_settings_seen: false,
             open: 0,
             ready_wakers: Vec::new(),
             senders: 0,
@@ -646,6 +659,25 @@ impl Conn {
         Ok(self.open < self.peer_max_streams)
     }
 
+    /// Client: the peer's limit on concurrent streams (presumed until its SETTINGS say).
+    pub fn peer_max_streams(&self) -> usize {
+        self.peer_max_streams
+    }
+
+    /// Client: streams open now (counted against the peer's limit).
+    pub fn open_streams(&self) -> usize {
+        self.open
+    }
+
+    /// Client: the limit to presume until the peer's first SETTINGS arrives. A client that
+    /// opens this connection because another to the same server is at that server's limit
+    /// knows the limit already; presuming none would send streams the server then refuses.
+    pub fn presume_peer_max_streams(&mut self, n: usize) {
+        if !self.peer_settings_seen {
+            self.peer_max_streams = n;
+        }
+    }
+
     /// Client: waits for room under the peer's stream limit. Fails once the connection can
     /// take no new stream (the caller opens another connection).
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
@@ -820,8 +852,14 @@ impl Conn {
         if let Some(size) = s.max_frame_size {
             self.peer_max_frame = size;
         }
-        if let Some(n) = s.max_concurrent_streams {
-            self.peer_max_streams = n as usize;
+        // The first SETTINGS replaces the presumed limit, with none if it names none.
+        let limit = s
+            .max_concurrent_streams
+            .map(|n| n as usize)
+            .or((!self.peer_settings_seen).then_some(usize::MAX));
+        self.peer_settings_seen = true;
+        if let Some(n) = limit {
+            self.peer_max_streams = n;
             for w in self.ready_wakers.drain(..) {
                 w.wake();
             }
@@ -1880,5 +1918,34 @@ mod tests {
         assert_eq!(c.stream_count(), 0);
         // Its data still in flight is ignored, and the connection's credit comes back.
         c.recv(data(1, 10, true)).unwrap();
+    }
+
+    /// A client presumes a stream limit only until the server's SETTINGS say what it is.
+    #[test]
+    fn a_presumed_stream_limit_holds_until_the_servers_settings() {
+        let mut c = Conn::client(Config::default());
+        let (head, ()) = http::Request::get("http://a/")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(c.peer_max_streams(), PRESUMED_PEER_MAX_STREAMS);
+        c.presume_peer_max_streams(2);
+        for _ in 0..2 {
+            c.open(&head, true, 1).unwrap();
+        }
+        assert_eq!(c.can_open(), Ok(false));
+        c.recv(Frame::Settings(Settings {
+            max_concurrent_streams: Some(3),
+            ..Settings::default()
+        }))
+        .unwrap();
+        assert_eq!(c.can_open(), Ok(true));
+        // Once the server has spoken, a presumption changes nothing.
+        c.presume_peer_max_streams(1);
+        assert_eq!(c.peer_max_streams(), 3);
+        // A server whose SETTINGS name no limit has none.
+        let mut c = Conn::client(Config::default());
+        c.recv(Frame::Settings(Settings::default())).unwrap();
+        assert_eq!(c.peer_max_streams(), usize::MAX);
     }
 }

@@ -1,4 +1,5 @@
-//! Connections to one endpoint: one multiplexed HTTP/2 connection, and a pool of idle HTTP/1.1
+//! Connections to one endpoint: multiplexed HTTP/2 connections (one, and another only while
+//! every one has as many streams open as the server allows), and a pool of idle HTTP/1.1
 //! connections. Requests that provably never reached the peer (the connection was found dead
 //! before the request was written) are sent again on a fresh connection.
 //!
@@ -24,6 +25,11 @@ use crate::http::h2_server;
 
 /// HTTP/1.1 connections kept per endpoint (busy or idle), and how long an idle one is kept.
 const MAX_IDLE: usize = 64;
+/// HTTP/2 connections per endpoint at most. A server limits the streams open at once on each
+/// connection (SETTINGS_MAX_CONCURRENT_STREAMS: 100 to 250 in common servers); past it on every
+/// connection, a request opens another rather than waiting for a stream to end, as a client
+/// talking to the server directly would. With 64 x 100 requests in flight, they wait.
+const MAX_H2_CONNS: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An idle HTTP/1.1 connection and when it became idle.
@@ -40,6 +46,31 @@ pub enum Sender {
 pub enum H2Sender {
     Pillion(pillion_http2::client::SendRequest),
     Crate(h2::client::SendRequest<Bytes>),
+}
+
+impl H2Sender {
+    /// Whether a request gets a stream at once (`Err`: the connection takes no new one). The
+    /// `h2` crate's client does not say: one connection per endpoint there, as before.
+    fn has_room(&self) -> Result<bool, pillion_http2::ConnError> {
+        match self {
+            H2Sender::Pillion(s) => s.has_room(),
+            H2Sender::Crate(_) => Ok(true),
+        }
+    }
+
+    fn max_streams(&self) -> usize {
+        match self {
+            H2Sender::Pillion(s) => s.max_streams(),
+            H2Sender::Crate(_) => usize::MAX,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        match self {
+            H2Sender::Pillion(s) => s.is_idle(),
+            H2Sender::Crate(_) => false,
+        }
+    }
 }
 
 /// New HTTP/2 connections use the `h2` crate's client (`PILLION_HTTP2=h2`): one setting for
@@ -91,8 +122,9 @@ pub struct Conns {
     addr: SocketAddr,
     connect_timeout: Duration,
     tls: Option<TlsTarget>,
-    /// Held across the handshake so that concurrent requests share one new connection.
-    h2: tokio::sync::Mutex<Option<H2Sender>>,
+    /// Held across the handshake so that concurrent requests share one new connection. Each
+    /// with when a request last took it (kept only while there is more than one).
+    h2: tokio::sync::Mutex<Vec<(H2Sender, Instant)>>,
     h1_idle: Arc<Mutex<Vec<IdleH1>>>,
 }
 
@@ -103,7 +135,7 @@ impl Conns {
             addr,
             connect_timeout,
             tls,
-            h2: tokio::sync::Mutex::new(None),
+            h2: tokio::sync::Mutex::new(Vec::new()),
             h1_idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -283,16 +315,55 @@ impl Conns {
         ))
     }
 
+    /// A connection for one request: the first with a stream free, else a new one (the
+    /// server's limit is reached on every one), else, at `MAX_H2_CONNS`, the first (the request
+    /// waits there for a stream). `fresh`: the caller found its connection dead.
     async fn h2_sender(&self, fresh: bool) -> Result<H2Sender, ProxyError> {
-        let mut slot = self.h2.lock().await;
-        if !fresh && let Some(s) = slot.as_ref() {
+        let mut conns = self.h2.lock().await;
+        if fresh {
+            // The `h2` crate's client says nothing of a dead connection: replace it.
+            conns.retain(|(s, _)| matches!(s, H2Sender::Pillion(_)));
+        }
+        // The first with room, so that load gathers on the first connections and the others
+        // fall idle once a peak has passed.
+        let mut full_at = None;
+        let mut i = 0;
+        while i < conns.len() {
+            match conns[i].0.has_room() {
+                Ok(true) => {
+                    let picked = conns[i].0.clone();
+                    if conns.len() > 1 {
+                        reap_idle_h2(&mut conns, i);
+                    }
+                    return Ok(picked);
+                }
+                Ok(false) => {
+                    full_at = Some(conns[i].0.max_streams());
+                    i += 1;
+                }
+                Err(_) => {
+                    conns.remove(i);
+                }
+            }
+        }
+        if conns.len() >= MAX_H2_CONNS
+            && let Some((s, _)) = conns.first()
+        {
             return Ok(s.clone());
         }
         // Boxed, as every new connection is: its futures (TCP connect, TLS and HTTP/2
         // handshakes: a rustls connection alone is kilobytes) would otherwise be part of every
         // request's future, and so of the memory of every request in flight.
         let sender = Box::pin(self.dial_h2()).await?;
-        *slot = Some(sender.clone());
+        // At the server's limit on the others: presume the same of this one until its
+        // SETTINGS come (presuming none, a burst would be refused).
+        if let (Some(n), H2Sender::Pillion(s)) = (full_at, &sender) {
+            s.presume_max_streams(n);
+        }
+        if !conns.is_empty() {
+            tracing::debug!(addr = %self.addr, connections = conns.len() + 1, "every HTTP/2 connection at the server's stream limit: another opened");
+        }
+        conns.push((sender.clone(), Instant::now()));
         Ok(sender)
     }
 
@@ -382,6 +453,22 @@ impl Conns {
         let mut pool = lock(&self.h1_idle);
         if pool.len() < MAX_IDLE {
             pool.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// Notes that a request took connection `picked`, and closes the last connection if no stream
+/// has been open on it for `IDLE_TIMEOUT` (one opened for a peak: not at once, or a load that
+/// hovers at the server's limit would open and close connections without end).
+fn reap_idle_h2(conns: &mut Vec<(H2Sender, Instant)>, picked: usize) {
+    let now = Instant::now();
+    conns[picked].1 = now;
+    let last = conns.len() - 1;
+    if last != picked {
+        if !conns[last].0.is_idle() {
+            conns[last].1 = now;
+        } else if now.duration_since(conns[last].1) >= IDLE_TIMEOUT {
+            conns.pop();
         }
     }
 }
