@@ -618,20 +618,11 @@ async fn a_servers_stream_limit_opens_more_connections_not_a_queue() {
     let (other, _) = gathering_app(2, TOGETHER).await;
     let mesh = Mesh::start_with_apps(1, 0, vec![app, other], &[]).await;
     // One h2c connection to the proxy (HTTP/2 to the application too), six streams on it.
-    let tcp = tokio::net::TcpStream::connect(mesh.client.outbound)
-        .await
-        .unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut sender = h2c_connect(mesh.client.outbound).await;
     // Discovery in place, and the proxy's first connection has the server's SETTINGS.
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
-        let mut ready = client.clone().ready().await.unwrap();
-        let req = http::Request::get("http://web/").body(()).unwrap();
-        let (resp, _) = ready.send_request(req, true).unwrap();
-        let status = resp.await.unwrap().status();
+        let (status, _) = h2c_get(&mut sender, "http://web/").await;
         if status == 200 {
             break;
         }
@@ -640,17 +631,17 @@ async fn a_servers_stream_limit_opens_more_connections_not_a_queue() {
     }
     let mut calls = Vec::new();
     for _ in 0..TOGETHER {
-        let mut client = client.clone().ready().await.unwrap();
-        let req = http::Request::get("http://web/together").body(()).unwrap();
-        let (resp, _) = client.send_request(req, true).unwrap();
-        calls.push(resp);
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            h2c_get(&mut sender, "http://web/together").await
+        }));
     }
     for call in calls {
-        let resp = tokio::time::timeout(DEADLINE, call)
+        let (status, _) = tokio::time::timeout(DEADLINE, call)
             .await
             .expect("all six in the application at once")
             .unwrap();
-        assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+        assert_eq!(status, 200);
     }
     let n = connections.load(std::sync::atomic::Ordering::SeqCst);
     assert!(n >= TOGETHER / 2, "{n} connections");

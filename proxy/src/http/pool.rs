@@ -250,20 +250,45 @@ impl Conns {
     ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
         async move {
             let mut sender = sender;
-            // Waits for a stream slot under the peer's limit. A connection found closed here has
-            // not seen the request: once more on a new one.
-            if let Err(e) = sender.ready().await {
-                tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
-                sender = match self.h2_sender(true).await? {
-                    H2Sender::Pillion(s) => s,
-                    H2Sender::Crate(_) => {
-                        return Err(ProxyError::Unavailable("HTTP/2 client changed"));
+            loop {
+                match sender.has_room() {
+                    Ok(true) => break,
+                    // Another request took the connection's last free stream since checkout
+                    // (on another thread of the runtime): another connection then, while the
+                    // pool can open one; at its limit, this one's next free stream.
+                    Ok(false) => {
+                        let (next, room) = match self.h2_pick(false).await? {
+                            (H2Sender::Pillion(s), room) => (s, room),
+                            (H2Sender::Crate(_), _) => {
+                                return Err(ProxyError::Unavailable("HTTP/2 client changed"));
+                            }
+                        };
+                        sender = next;
+                        if !room {
+                            sender
+                                .ready()
+                                .await
+                                .map_err(|e| ProxyError::Upstream(e.into()))?;
+                            break;
+                        }
                     }
-                };
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| ProxyError::Upstream(e.into()))?;
+                    // A connection found closed here has not seen the request: once more on a
+                    // new one.
+                    Err(e) => {
+                        tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
+                        sender = match self.h2_sender(true).await? {
+                            H2Sender::Pillion(s) => s,
+                            H2Sender::Crate(_) => {
+                                return Err(ProxyError::Unavailable("HTTP/2 client changed"));
+                            }
+                        };
+                        sender
+                            .ready()
+                            .await
+                            .map_err(|e| ProxyError::Upstream(e.into()))?;
+                        break;
+                    }
+                }
             }
             let response = sender
                 .send_request(*req)
@@ -315,10 +340,15 @@ impl Conns {
         ))
     }
 
-    /// A connection for one request: the first with a stream free, else a new one (the
-    /// server's limit is reached on every one), else, at `MAX_H2_CONNS`, the first (the request
-    /// waits there for a stream). `fresh`: the caller found its connection dead.
+    /// A connection for one request (see `h2_pick`).
     async fn h2_sender(&self, fresh: bool) -> Result<H2Sender, ProxyError> {
+        Ok(self.h2_pick(fresh).await?.0)
+    }
+
+    /// The first connection with a stream free, else a new one (the server's limit is reached
+    /// on every one), else, at `MAX_H2_CONNS`, the first, with `false`: the request waits there
+    /// for a stream. `fresh`: the caller found its connection dead.
+    async fn h2_pick(&self, fresh: bool) -> Result<(H2Sender, bool), ProxyError> {
         let mut conns = self.h2.lock().await;
         if fresh {
             // The `h2` crate's client says nothing of a dead connection: replace it.
@@ -335,7 +365,7 @@ impl Conns {
                     if conns.len() > 1 {
                         reap_idle_h2(&mut conns, i);
                     }
-                    return Ok(picked);
+                    return Ok((picked, true));
                 }
                 Ok(false) => {
                     full_at = Some(conns[i].0.max_streams());
@@ -349,7 +379,7 @@ impl Conns {
         if conns.len() >= MAX_H2_CONNS
             && let Some((s, _)) = conns.first()
         {
-            return Ok(s.clone());
+            return Ok((s.clone(), false));
         }
         // Boxed, as every new connection is: its futures (TCP connect, TLS and HTTP/2
         // handshakes: a rustls connection alone is kilobytes) would otherwise be part of every
@@ -364,7 +394,7 @@ impl Conns {
             tracing::debug!(addr = %self.addr, connections = conns.len() + 1, "every HTTP/2 connection at the server's stream limit: another opened");
         }
         conns.push((sender.clone(), Instant::now()));
-        Ok(sender)
+        Ok((sender, true))
     }
 
     async fn dial_h2(&self) -> Result<H2Sender, ProxyError> {
