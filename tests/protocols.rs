@@ -646,3 +646,40 @@ async fn a_servers_stream_limit_opens_more_connections_not_a_queue() {
     let n = connections.load(std::sync::atomic::Ordering::SeqCst);
     assert!(n >= TOGETHER / 2, "{n} connections");
 }
+
+/// A server that takes no stream at all for now (SETTINGS_MAX_CONCURRENT_STREAMS 0) is not sent
+/// a new connection for every waiting request: they wait on the one there is (and time out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_taking_no_streams_is_not_flooded_with_connections() {
+    let (app, connections) = gathering_app(0, 1).await;
+    let (other, _) = gathering_app(0, 1).await;
+    let mesh = Mesh::start_with_apps(
+        1,
+        0,
+        vec![app, other],
+        &[("PILLION_REQUEST_TIMEOUT", "1s".into())],
+    )
+    .await;
+    let mut sender = h2c_connect(mesh.client.outbound).await;
+    // Discovery first (503 "not in mesh" until then); then every request waits and times out.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while h2c_get(&mut sender, "http://web/").await.0 != 504 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            h2c_get(&mut sender, "http://web/").await
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().0, 504);
+    }
+    let n = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n <= 2, "{n} connections");
+}

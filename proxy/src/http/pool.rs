@@ -376,7 +376,9 @@ impl Conns {
                 }
             }
         }
-        if conns.len() >= MAX_H2_CONNS
+        // At the pool's limit, or the server takes no stream at all now (a limit of 0: more
+        // connections would get none either), the request waits on the first.
+        if (conns.len() >= MAX_H2_CONNS || full_at == Some(0))
             && let Some((s, _)) = conns.first()
         {
             return Ok((s.clone(), false));
