@@ -511,3 +511,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         Err(poisoned) => poisoned.into_inner(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection as the pool holds it, last taken `ago`; its task's half is returned too,
+    /// to be kept alive (dropping it closes the connection).
+    fn conn(ago: Duration) -> ((H2Sender, Instant), impl Sized) {
+        let (io, peer) = tokio::io::duplex(64);
+        let (sender, task) = pillion_http2::client::handshake(io, client_config(), None);
+        let taken = Instant::now().checked_sub(ago).unwrap();
+        ((H2Sender::Pillion(sender), taken), (task, peer))
+    }
+
+    /// The last connection (one opened for a peak) closes once nothing has used it for
+    /// `IDLE_TIMEOUT`; not sooner, and not while a request takes it.
+    #[test]
+    fn an_extra_connection_closes_after_a_minute_idle() {
+        let long = IDLE_TIMEOUT + Duration::from_secs(1);
+        let (first, _a) = conn(Duration::ZERO);
+        let (recent, _b) = conn(Duration::from_secs(1));
+        let mut conns = vec![first.clone(), recent];
+        reap_idle_h2(&mut conns, 0);
+        assert_eq!(conns.len(), 2, "idle for a second only");
+
+        let (old, _c) = conn(long);
+        let mut conns = vec![first.clone(), old.clone()];
+        reap_idle_h2(&mut conns, 1);
+        assert_eq!(conns.len(), 2, "the one taken stays");
+        let mut conns = vec![first, old];
+        reap_idle_h2(&mut conns, 0);
+        assert_eq!(conns.len(), 1, "idle for over a minute");
+    }
+}
