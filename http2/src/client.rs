@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -131,8 +131,24 @@ impl SendRequest {
         B::Error: std::fmt::Display,
     {
         let (head, body) = req.into_parts();
+        self.send(&head.method, &head.uri, &head.headers, body)
+    }
+
+    /// Sends a request made of a borrowed head and `body` (as `send_request`): a caller that
+    /// keeps the head can send the request again when the server refuses it.
+    pub fn send<B>(
+        &mut self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<ResponseFuture, ConnError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
         let end = body.is_end_stream();
-        let id = lock(&self.shared).open(&head, end, if end { 1 } else { 2 })?;
+        let id = lock(&self.shared).open(method, uri, headers, end, if end { 1 } else { 2 })?;
         let stream = StreamRef {
             shared: self.shared.clone(),
             id,

@@ -105,6 +105,15 @@ pub enum StreamError {
     Connection(#[from] ConnError),
 }
 
+impl StreamError {
+    /// The server refused the stream, or went away without processing it (a stream above its
+    /// GOAWAY's last one): it did nothing with the request, which may be sent again
+    /// (RFC 9113 §8.7).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, StreamError::Reset(Reason::REFUSED_STREAM))
+    }
+}
+
 /// A request ready for its handler.
 pub(crate) struct Accepted {
     pub id: StreamId,
@@ -181,8 +190,9 @@ struct Stream {
     send_waker: Option<Waker>,
     /// Reset by either side: no more frames for it, either way.
     reset: Option<StreamError>,
-    /// Reset by the peer after it had ended its side: only our sending stopped.
-    send_stopped: Option<Reason>,
+    /// Reset by the peer after it had ended its side, or the connection lost then: only our
+    /// sending stopped.
+    send_stopped: Option<StreamError>,
     in_blocked: bool,
     /// Client: the response's head once it came; the request was a HEAD (its response has
     /// no body whatever its content-length says); counted among the open streams.
@@ -313,7 +323,7 @@ impl Conn {
                         // The peer had sent all it had (a whole response, or a whole request):
                         // its reset only stops what we send (§8.1: a server that answered early
                         // resets with NO_ERROR). What was received stays readable to its end.
-                        s.send_stopped = Some(reason);
+                        s.send_stopped = Some(StreamError::Reset(reason));
                         s.send.clear();
                         s.queued = 0;
                         s.send_trailers = None;
@@ -419,12 +429,30 @@ impl Conn {
         self.error.get_or_insert(e.clone());
         self.accept.clear();
         for s in self.streams.values_mut() {
-            s.reset.get_or_insert(StreamError::Connection(e.clone()));
-            s.recv_closed = true;
-            s.send_closed = true;
+            if s.recv_closed && s.reset.is_none() {
+                // The peer had sent all of it (a server answers and closes at once): what
+                // was received stays readable to its end; only sending stops.
+                if !s.send_closed {
+                    s.send_stopped = Some(StreamError::Connection(e.clone()));
+                    s.send_closed = true;
+                }
+            } else {
+                s.reset.get_or_insert(StreamError::Connection(e.clone()));
+                s.recv_closed = true;
+                s.send_closed = true;
+            }
             wake_both(s);
         }
         self.streams.retain(|_, s| s.refs > 0);
+    }
+
+    /// Nothing more can be written to the peer: no new streams (those open end with what is
+    /// still to be read).
+    pub fn peer_lost(&mut self) {
+        self.peer_gone = true;
+        for w in self.ready_wakers.drain(..) {
+            w.wake();
+        }
     }
 
     /// Starts a graceful shutdown: no new streams, those open finish (RFC 9113 §6.8).
@@ -695,7 +723,9 @@ impl Conn {
     /// body, if any, follows by `send_data` and `send_trailers`.
     pub fn open(
         &mut self,
-        head: &request::Parts,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
         end_stream: bool,
         refs: u8,
     ) -> Result<StreamId, ConnError> {
@@ -704,20 +734,20 @@ impl Conn {
         self.can_open()?;
         let id = StreamId(self.next_stream);
         self.next_stream += 2;
-        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = head.uri.authority().map(|a| a.as_str().as_bytes());
-        let scheme = head.uri.scheme_str().unwrap_or("http");
-        let connect = head.method == Method::CONNECT;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = uri.authority().map(|a| a.as_str().as_bytes());
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let connect = method == Method::CONNECT;
         let pseudo = [
             Some(hpack::Field::Pseudo(
                 Pseudo::Method,
-                head.method.as_str().as_bytes(),
+                method.as_str().as_bytes(),
             )),
             (!connect).then_some(hpack::Field::Pseudo(Pseudo::Scheme, scheme.as_bytes())),
             authority.map(|a| hpack::Field::Pseudo(Pseudo::Authority, a)),
             (!connect).then_some(hpack::Field::Pseudo(Pseudo::Path, path.as_bytes())),
         ];
-        let fields = pseudo.into_iter().flatten().chain(sendable(&head.headers));
+        let fields = pseudo.into_iter().flatten().chain(sendable(headers));
         write_block(
             &mut self.out,
             &mut self.encoder,
@@ -735,7 +765,7 @@ impl Conn {
                 headers_sent: true,
                 send_end_queued: end_stream,
                 send_closed: end_stream,
-                head_request: head.method == Method::HEAD,
+                head_request: method == Method::HEAD,
                 counted: true,
                 ..Stream::default()
             }),
@@ -1271,11 +1301,7 @@ impl Conn {
 
 /// Why nothing more may be sent on a stream, if so.
 fn send_error(s: &Stream) -> Option<StreamError> {
-    match (&s.reset, s.send_stopped) {
-        (Some(e), _) => Some(e.clone()),
-        (None, Some(reason)) => Some(StreamError::Reset(reason)),
-        (None, None) => None,
-    }
+    s.reset.as_ref().or(s.send_stopped.as_ref()).cloned()
 }
 
 fn wake_both(s: &mut Stream) {
@@ -1924,14 +1950,12 @@ mod tests {
     #[test]
     fn a_presumed_stream_limit_holds_until_the_servers_settings() {
         let mut c = Conn::client(Config::default());
-        let (head, ()) = http::Request::get("http://a/")
-            .body(())
-            .unwrap()
-            .into_parts();
+        let uri = http::Uri::from_static("http://a/");
         assert_eq!(c.peer_max_streams(), PRESUMED_PEER_MAX_STREAMS);
         c.presume_peer_max_streams(2);
         for _ in 0..2 {
-            c.open(&head, true, 1).unwrap();
+            c.open(&Method::GET, &uri, &HeaderMap::new(), true, 1)
+                .unwrap();
         }
         assert_eq!(c.can_open(), Ok(false));
         c.recv(Frame::Settings(Settings {

@@ -35,6 +35,8 @@ pub(crate) struct Driver<I> {
     writing: BytesMut,
     preface_seen: bool,
     read_closed: bool,
+    /// A write failed: what is queued from then on is dropped.
+    write_closed: bool,
     /// Every so often a PING; `true` while one is unanswered.
     ping: Option<(Duration, Pin<Box<tokio::time::Sleep>>, bool)>,
 }
@@ -49,6 +51,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
             writing: BytesMut::new(),
             preface_seen: !server,
             read_closed: false,
+            write_closed: false,
             ping: keep_alive.map(|every| (every, Box::pin(tokio::time::sleep(every)), false)),
         }
     }
@@ -143,6 +146,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
     /// Writes what the connection has queued: `Ok(true)` if anything went.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ConnError>> {
         let mut wrote = false;
+        if self.write_closed {
+            lock(&self.shared).out.clear();
+            return Poll::Ready(Ok(false));
+        }
         loop {
             if self.writing.is_empty() {
                 let mut conn = lock(&self.shared);
@@ -154,9 +161,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
             }
             match Pin::new(&mut self.io).poll_write(cx, &self.writing) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    self.read_closed = true;
+                    // The peer is gone (a reset, most often: it closed with our last frames
+                    // unread). What it sent before is still to be read, and may be a GOAWAY
+                    // saying which streams it never processed: reading goes on to its end.
+                    self.write_closed = true;
                     self.writing.clear();
-                    lock(&self.shared).out.clear();
+                    let mut conn = lock(&self.shared);
+                    conn.out.clear();
+                    conn.peer_lost();
                     return Poll::Ready(Ok(wrote));
                 }
                 Poll::Ready(Ok(n)) => {

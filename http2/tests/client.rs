@@ -398,3 +398,54 @@ async fn our_client_and_our_server_together() {
         tokio::time::timeout(DEADLINE, c).await.unwrap().unwrap();
     }
 }
+
+/// A server that answers stream 1, says GOAWAY (last stream 1) and closes at once, before the
+/// client's tasks have looked at either response: the answer is read whole, and stream 3 is
+/// seen as refused (the server never processed it), not as a failure.
+#[tokio::test]
+async fn an_answer_then_goaway_and_close_is_read_whole_and_the_rest_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut io, _) = listener.accept().await.unwrap();
+        // SETTINGS (empty), then the client's preface and frames until both requests' HEADERS.
+        io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let mut preface = [0u8; 24];
+        io.read_exact(&mut preface).await.unwrap();
+        let mut requests = 0;
+        while requests < 2 {
+            let mut head = [0u8; 9];
+            io.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            io.read_exact(&mut payload).await.unwrap();
+            requests += usize::from(head[3] == 1);
+        }
+        let mut out = Vec::new();
+        // HEADERS stream 1, END_HEADERS: ":status: 200" (static table index 8).
+        out.extend_from_slice(&[0, 0, 1, 1, 0x4, 0, 0, 0, 1, 0x88]);
+        // DATA stream 1, END_STREAM: "whole".
+        out.extend_from_slice(&[0, 0, 5, 0, 0x1, 0, 0, 0, 1]);
+        out.extend_from_slice(b"whole");
+        // GOAWAY: last stream 1, NO_ERROR.
+        out.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        io.write_all(&out).await.unwrap();
+        // Closed with the client's later frames unread, as servers do.
+    });
+    let (mut send, conn) = connect(addr).await;
+    let first = send.send_request(get(addr, "/first")).unwrap();
+    let second = send.send_request(get(addr, "/second")).unwrap();
+    // The connection is over before either response is looked at.
+    tokio::time::timeout(DEADLINE, conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let (status, body, _) = read(first.await.unwrap()).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"whole"[..]));
+    match second.await {
+        Err(e) => assert!(e.is_refused(), "{e}"),
+        Ok(resp) => panic!("an answer to a stream the server never processed: {resp:?}"),
+    }
+}

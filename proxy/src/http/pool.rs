@@ -31,6 +31,10 @@ const MAX_IDLE: usize = 64;
 /// talking to the server directly would. With 64 x 100 requests in flight, they wait.
 const MAX_H2_CONNS: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sends of one request without a body that the servers may refuse (see `send_pillion`):
+/// enough for a server closing its connection after so many requests under load, not so many
+/// that a server refusing everything multiplies the load on it.
+const REFUSED_ATTEMPTS: u32 = 5;
 
 /// An idle HTTP/1.1 connection and when it became idle.
 type IdleH1 = (http1::SendRequest<Body>, Instant);
@@ -249,52 +253,94 @@ impl Conns {
         req: crate::http::BoxRequest,
     ) -> impl std::future::Future<Output = Result<http::Response<Body>, ProxyError>> {
         async move {
-            let mut sender = sender;
-            loop {
-                match sender.has_room() {
-                    Ok(true) => break,
-                    // Another request took the connection's last free stream since checkout
-                    // (on another thread of the runtime): another connection then, while the
-                    // pool can open one; at its limit, this one's next free stream.
-                    Ok(false) => {
-                        let (next, room) = match self.h2_pick(false).await? {
-                            (H2Sender::Pillion(s), room) => (s, room),
-                            (H2Sender::Crate(_), _) => {
-                                return Err(ProxyError::Unavailable("HTTP/2 client changed"));
-                            }
-                        };
-                        sender = next;
-                        if !room {
-                            sender
-                                .ready()
-                                .await
-                                .map_err(|e| ProxyError::Upstream(e.into()))?;
-                            break;
-                        }
-                    }
-                    // A connection found closed here has not seen the request: once more on a
-                    // new one.
-                    Err(e) => {
-                        tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
-                        sender = match self.h2_sender(true).await? {
-                            H2Sender::Pillion(s) => s,
-                            H2Sender::Crate(_) => {
-                                return Err(ProxyError::Unavailable("HTTP/2 client changed"));
-                            }
-                        };
-                        sender
-                            .ready()
-                            .await
-                            .map_err(|e| ProxyError::Upstream(e.into()))?;
-                        break;
-                    }
-                }
+            let mut req = req;
+            let mut sender = self.with_room(sender).await?;
+            let body = std::mem::replace(req.body_mut(), body::empty());
+            if !body.is_end_stream() {
+                // A body streams out as it comes and cannot be sent twice (a route's retry
+                // policy keeps a copy when it asks for retries).
+                let response = sender
+                    .send(req.method(), req.uri(), req.headers(), body)
+                    .map_err(|e| ProxyError::Upstream(e.into()))?;
+                drop(req);
+                let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
+                return Ok(resp.map(body::boxed));
             }
-            let response = sender
-                .send_request(*req)
-                .map_err(|e| ProxyError::Upstream(e.into()))?;
-            let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
-            Ok(resp.map(body::boxed))
+            // Without a body the head is all there is to send again: a stream the server
+            // refused, or left unprocessed when it went away (GOAWAY: a server restarting, or
+            // closing a connection after so many requests, as nginx does after 1,000), goes
+            // out once more on a connection that takes it. The server did nothing with it
+            // (RFC 9113 §8.7), so this holds for any method.
+            let mut attempt = 1;
+            loop {
+                let (error, unsent) =
+                    match sender.send(req.method(), req.uri(), req.headers(), body::empty()) {
+                        Ok(response) => match response.await {
+                            Ok(resp) => return Ok(resp.map(body::boxed)),
+                            Err(e) => {
+                                let refused = e.is_refused();
+                                (e, refused)
+                            }
+                        },
+                        // Closed since `with_room` looked: the request did not go out.
+                        Err(e) => (e.into(), true),
+                    };
+                if !unsent || attempt == REFUSED_ATTEMPTS {
+                    return Err(ProxyError::Upstream(error.into()));
+                }
+                tracing::debug!(addr = %self.addr, %error, attempt, "request not processed by the server; sending it again");
+                attempt += 1;
+                sender = self.with_room(sender).await?;
+            }
+        }
+    }
+
+    /// `sender`, or another connection of the pool, with a stream free for a request now:
+    /// another request may have taken the last one since checkout (on another thread of the
+    /// runtime), or the connection closed. At the pool's limit, it waits for one.
+    async fn with_room(
+        &self,
+        sender: pillion_http2::client::SendRequest,
+    ) -> Result<pillion_http2::client::SendRequest, ProxyError> {
+        let mut sender = sender;
+        // A connection found closed is replaced, a few times at most: a server that closes
+        // every new connection at once is not dialled without end.
+        let mut closed = 0;
+        loop {
+            let wait = match sender.has_room() {
+                Ok(true) => return Ok(sender),
+                Ok(false) => {
+                    let (next, room) = self.pillion_pick(false).await?;
+                    sender = next;
+                    !room
+                }
+                // A connection found closed here has not seen the request: a new one.
+                Err(e) => {
+                    tracing::debug!(addr = %self.addr, error = %e, "connection was dead before the request was sent; retrying");
+                    closed += 1;
+                    if closed == REFUSED_ATTEMPTS {
+                        return Err(ProxyError::Upstream(e.into()));
+                    }
+                    sender = self.pillion_pick(true).await?.0;
+                    true
+                }
+            };
+            // Waiting for a stream, the connection may close (the server going away once
+            // others have used it up): then round again.
+            if wait && sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+    }
+
+    /// `h2_pick` for callers on Pillion's own HTTP/2 client.
+    async fn pillion_pick(
+        &self,
+        fresh: bool,
+    ) -> Result<(pillion_http2::client::SendRequest, bool), ProxyError> {
+        match self.h2_pick(fresh).await? {
+            (H2Sender::Pillion(s), room) => Ok((s, room)),
+            (H2Sender::Crate(_), _) => Err(ProxyError::Unavailable("HTTP/2 client changed")),
         }
     }
 
