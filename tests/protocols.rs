@@ -217,6 +217,37 @@ async fn upgrades_are_passed_through() {
     assert_eq!(&buf, b"ping over the tunnel");
 }
 
+/// `curl --http2` on a plain URL asks for an h2c upgrade (Upgrade: h2c, HTTP2-Settings). That
+/// upgrade is between the client and the proxy, which answers in HTTP/1.1 (RFC 9110 §7.8 lets a
+/// server ignore Upgrade): it is not passed to the application, whose 101 would leave curl with
+/// an empty reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_from_curl_is_answered_in_http1() {
+    let mesh = Mesh::start(1, 1).await;
+    let url = format!("http://{}/", mesh.client.outbound);
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-H",
+            "Host: web",
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &url,
+        ])
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.ends_with("\n200 1.1"), "{text}");
+    assert!(text.contains("v1") || text.contains("v2"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_errors_have_clear_statuses_for_http_and_grpc() {
     let mesh = Mesh::start(1, 1).await;

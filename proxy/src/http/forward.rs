@@ -78,9 +78,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
+/// An HTTP/1.1 upgrade to pass through (WebSocket, ...). Not an h2c upgrade (what `curl
+/// --http2` asks on a plain URL): that one is between the client and the proxy, which answers
+/// in HTTP/1.1 as a server may (RFC 9110 §7.8). Passed on, the application switched to HTTP/2
+/// and the client got an empty reply.
 pub fn wants_upgrade(req: &Request<Body>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get(header::UPGRADE).is_some_and(|u| {
+            u.to_str().map_or(true, |u| {
+                u.split(',').any(|p| !p.trim().eq_ignore_ascii_case("h2c"))
+            })
+        })
         && req
             .headers()
             .get_all(header::CONNECTION)
