@@ -248,6 +248,50 @@ async fn an_h2c_upgrade_from_curl_is_answered_in_http1() {
     assert!(text.contains("v1") || text.contains("v2"), "{text}");
 }
 
+/// Responses without content over HTTP/2 (to HEAD, 204, 304) end with their HEADERS: curl (and
+/// nghttp2 under it) resets a HEAD response followed by even an empty DATA frame, and a 204
+/// with a Content-Length (the demo application sends one, with a body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_over_http2_end_with_their_headers() {
+    // Pillion's own HTTP/2 server, and the h2 crate's (the fallback) in front of the client.
+    for server in ["pillion", "h2"] {
+        let mesh = Mesh::start_with(1, 1, &[("PILLION_HTTP2", server.into())]).await;
+        no_content_responses_end_with_headers(&mesh).await;
+    }
+}
+
+async fn no_content_responses_end_with_headers(mesh: &Mesh) {
+    for (args, path, want) in [
+        (&["-I"][..], "/", "200"),
+        (&[][..], "/status/204", "204"),
+        (&[][..], "/status/304", "304"),
+        (&["-I"][..], "/status/204", "204"),
+    ] {
+        let url = format!("http://{}{path}", mesh.client.outbound);
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-H",
+                "Host: web",
+                "-o",
+                "/dev/null",
+            ])
+            .args(args)
+            .args(["-w", "%{http_code} %{http_version}", &url])
+            .output()
+            .await
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?} {path}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text, format!("{want} 2"), "{args:?} {path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_errors_have_clear_statuses_for_http_and_grpc() {
     let mesh = Mesh::start(1, 1).await;

@@ -7,7 +7,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -80,6 +80,7 @@ where
         // Answered here, when the body is first read; the handler need not know.
         head.headers.remove(http::header::EXPECT);
     }
+    let head_request = head.method == http::Method::HEAD;
     // Two handles, as `pop_accepted` counted: the response side and the request body.
     let responder = StreamRef {
         shared: shared.clone(),
@@ -109,8 +110,8 @@ where
             None => return,
         }
     };
-    let (parts, body) = response.into_parts();
-    let end = body.is_end_stream();
+    let (mut parts, body) = response.into_parts();
+    let end = without_content(head_request, &mut parts) || body.is_end_stream();
     if lock(&responder.shared)
         .send_headers(id, &parts, end)
         .is_err()
@@ -120,4 +121,20 @@ where
     }
     drop(parts);
     send_body(&responder, body, Reason::INTERNAL_ERROR).await;
+}
+
+/// Whether a response has no content whatever body it was given: a response to HEAD, a 204
+/// or a 304 (RFC 9110 §6.4.1). Its HEADERS then ends the stream, as clients require (nghttp2,
+/// so curl, resets a HEAD response followed by even an empty DATA frame); a 204 loses its
+/// Content-Length, which it must not carry (§8.6). For a proxied response whose body has not
+/// ended yet, or an application's mistake.
+pub fn without_content(head_request: bool, parts: &mut http::response::Parts) -> bool {
+    match parts.status {
+        StatusCode::NO_CONTENT => {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            true
+        }
+        StatusCode::NOT_MODIFIED => true,
+        _ => head_request,
+    }
 }
