@@ -255,12 +255,12 @@ impl Conns {
         async move {
             let mut req = req;
             let mut sender = self.with_room(sender).await?;
-            let body = std::mem::replace(req.body_mut(), body::empty());
-            if !body.is_end_stream() {
+            let content = std::mem::replace(req.body_mut(), body::empty());
+            if !content.is_end_stream() {
                 // A body streams out as it comes and cannot be sent twice (a route's retry
                 // policy keeps a copy when it asks for retries).
                 let response = sender
-                    .send(req.method(), req.uri(), req.headers(), body)
+                    .send(req.method(), req.uri(), req.headers(), content)
                     .map_err(|e| ProxyError::Upstream(e.into()))?;
                 drop(req);
                 let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
