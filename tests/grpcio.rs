@@ -20,10 +20,12 @@ impl Drop for PyServer {
     }
 }
 
-fn py_server(version: &str) -> PyServer {
+/// A grpcio server with these environment variables (see echo.py).
+fn py_server(version: &str, env: &[(&str, &str)]) -> PyServer {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py");
     let mut child = Command::new(python())
         .args([script, "server", version])
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -42,7 +44,11 @@ fn py_server(version: &str) -> PyServer {
 
 /// The mesh with a grpcio server behind each version's proxy (kept running while held).
 async fn python_mesh() -> ([PyServer; 2], Mesh) {
-    let servers = [py_server("v1"), py_server("v2")];
+    python_mesh_with(&[]).await
+}
+
+async fn python_mesh_with(env: &[(&str, &str)]) -> ([PyServer; 2], Mesh) {
+    let servers = [py_server("v1", env), py_server("v2", env)];
     let apps = servers
         .iter()
         .map(|s| std::net::SocketAddr::from(([127, 0, 0, 1], s.port)))
@@ -110,4 +116,29 @@ fn check_client_run(cmd: &mut Command) {
     assert_eq!(result["stream"], serde_json::json!(stream));
     assert_eq!(result["stream_versions"].as_array().unwrap().len(), 1);
     assert!(result["errors"].as_array().unwrap().is_empty(), "{result}");
+}
+
+/// Servers that close each connection after a maximum age (GOAWAY, then streams above its
+/// last one unprocessed: Go, Java and grpcio servers do this to rebalance clients) lose no
+/// call: the proxies send the unprocessed ones again, bodies and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_fails_when_servers_close_connections_at_their_maximum_age() {
+    let (_servers, mesh) = python_mesh_with(&[("ECHO_MAX_AGE_MS", "100")]).await;
+    let out = Command::new(python())
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
+            "many",
+            &mesh.client.outbound.to_string(),
+            "web.default.svc.cluster.local:80",
+            "2000",
+        ])
+        .output()
+        .expect("run the grpcio client");
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(counts, serde_json::json!({"OK": 2000}));
 }

@@ -808,22 +808,38 @@ async fn requests_a_closing_server_never_processed_are_sent_again() {
         assert!(std::time::Instant::now() < deadline, "never reached nginx");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Twenty at once, ten times: each connection closes after 7, with others in flight on it.
+    // Twenty at once, ten times, half of them with a body: each connection closes after 7,
+    // with others in flight on it.
+    let outbound = mesh.client.outbound;
     for _ in 0..10 {
         let calls: Vec<_> = (0..20)
             .map(|i| {
                 let mut sender = sender.clone();
-                tokio::spawn(async move { h2c_get(&mut sender, &format!("http://web/{i}")).await })
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        h2c_get(&mut sender, &format!("http://web/{i}")).await.0
+                    } else {
+                        let body = Bytes::from(vec![b'x'; 1000]);
+                        h2_post(outbound, body, async {}, Bytes::from_static(b"end"))
+                            .await
+                            .0
+                    }
+                })
             })
             .collect();
         for call in calls {
-            assert_eq!(call.await.unwrap().0, 200);
+            assert_eq!(call.await.unwrap(), 200);
         }
     }
 }
 
-/// An application that refuses every stream (RST_STREAM REFUSED_STREAM), counting them.
-async fn refusing_app() -> (
+/// An application that refuses (RST_STREAM REFUSED_STREAM) the first `refuse` requests other
+/// than `/ready`, counting them, after reading their bodies if `read_first`; later ones get
+/// their body echoed.
+async fn refusing_app(
+    refuse: usize,
+    read_first: bool,
+) -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
@@ -840,9 +856,26 @@ async fn refusing_app() -> (
                 let Ok(mut conn) = h2::server::handshake(stream).await else {
                     return;
                 };
-                while let Some(Ok((_, mut respond))) = conn.accept().await {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let ready = req.uri().path() == "/ready";
+                    let refused = !ready && counted.fetch_add(1, Ordering::SeqCst) < refuse;
+                    tokio::spawn(async move {
+                        if refused && !read_first {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            return;
+                        }
+                        let body = h2_read(req.into_body()).await;
+                        if refused {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            return;
+                        }
+                        let mut send = respond
+                            .send_response(http::Response::new(()), body.is_empty())
+                            .unwrap();
+                        if !body.is_empty() {
+                            let _ = send.send_data(body.into(), true);
+                        }
+                    });
                 }
             });
         }
@@ -850,26 +883,105 @@ async fn refusing_app() -> (
     (addr, streams)
 }
 
-/// A server that refuses a request every time gets it a few times, not endlessly, and the
-/// client gets a 502.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_refused_every_time_is_sent_five_times_then_fails() {
-    let (app, streams) = refusing_app().await;
+/// All of an `h2` body, its flow-control window given back as it is read.
+async fn h2_read(mut body: h2::RecvStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        all.extend_from_slice(&chunk);
+    }
+    all
+}
+
+/// A mesh in front of `app`, once the client proxy routes to it (`/ready` answered).
+async fn mesh_before(app: std::net::SocketAddr) -> Mesh {
     let mesh = Mesh::start_with_apps(1, 0, vec![app, app], &[]).await;
     let mut sender = h2c_connect(mesh.client.outbound).await;
-    // Discovery first (503 "not in mesh" until then).
     let deadline = std::time::Instant::now() + DEADLINE;
-    let status = loop {
-        let (status, _) = h2c_get(&mut sender, "http://web/").await;
-        if status != 503 {
-            break status;
-        }
+    while h2c_get(&mut sender, "http://web/ready").await.0 != 200 {
         assert!(
             std::time::Instant::now() < deadline,
             "never reached the server"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status, 502);
+    }
+    mesh
+}
+
+/// A server that refuses a request every time gets it a few times, not endlessly, and the
+/// client gets a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_every_time_is_sent_five_times_then_fails() {
+    let (app, streams) = refusing_app(usize::MAX, false).await;
+    let mesh = mesh_before(app).await;
+    let mut sender = h2c_connect(mesh.client.outbound).await;
+    assert_eq!(h2c_get(&mut sender, "http://web/").await.0, 502);
     assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+/// A POST on an `h2` client connection to `addr`: its head and `first` now, then `rest` (the
+/// end of the body) once `more` returns; the response's status and body.
+async fn h2_post(
+    addr: std::net::SocketAddr,
+    first: Bytes,
+    more: impl std::future::Future<Output = ()>,
+    rest: Bytes,
+) -> (u16, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://web/echo").body(()).unwrap();
+    let (response, mut body) = client.send_request(req, false).unwrap();
+    body.send_data(first, false).unwrap();
+    more.await;
+    body.send_data(rest, true).unwrap();
+    let resp = response.await.unwrap();
+    let status = resp.status().as_u16();
+    (status, h2_read(resp.into_body()).await)
+}
+
+/// A refused request with a body goes out again whole: what the proxy had read of the body,
+/// then the rest as the client sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_a_body_is_sent_again_whole() {
+    use std::sync::atomic::Ordering;
+    let (app, streams) = refusing_app(2, false).await;
+    let mesh = mesh_before(app).await;
+    let seen = streams.clone();
+    // The rest of the body only once the server has refused twice and taken the third send.
+    let third = async move {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while seen.load(Ordering::SeqCst) < 3 {
+            assert!(std::time::Instant::now() < deadline, "not sent again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (status, body) = h2_post(
+        mesh.client.outbound,
+        Bytes::from_static(b"first part, "),
+        third,
+        Bytes::from_static(b"second part"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, b"first part, second part");
+    assert_eq!(streams.load(Ordering::SeqCst), 3);
+}
+
+/// A body longer than the proxy keeps, refused after the server read it all, is not sent
+/// again (it could not be whole): the client gets a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_a_body_too_long_to_keep_is_not_sent_again() {
+    let (app, streams) = refusing_app(1, true).await;
+    let mesh = mesh_before(app).await;
+    let (status, _) = h2_post(
+        mesh.client.outbound,
+        Bytes::from(vec![b'a'; 100 * 1024]),
+        async {},
+        Bytes::from_static(b"end"),
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -5,6 +5,12 @@
     python echo.py client TARGET AUTHORITY
                                          calls through TARGET with :authority AUTHORITY and prints
                                          one JSON object with what came back
+    python echo.py many TARGET AUTHORITY N
+                                         makes N unary calls, 50 at a time, and prints one JSON
+                                         object counting them by status
+
+ECHO_MAX_AGE_MS, for the server: close each connection after so long (grpcio's
+grpc.max_connection_age_ms: GOAWAY, as Go and Java servers configured for load balancing do).
 
 Stubs are generated at start from proto/pillion/demo/v1/demo.proto with grpc_tools.
 """
@@ -61,6 +67,9 @@ def serve(version):
                 yield pb.HelloReply(message=f"hello {m.name} from {version}", version=version, payload=m.payload)
 
     opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    if os.environ.get("ECHO_MAX_AGE_MS"):
+        age = int(os.environ["ECHO_MAX_AGE_MS"])
+        opts += [("grpc.max_connection_age_ms", age), ("grpc.max_connection_age_grace_ms", 10000)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=opts)
     pb_grpc.add_EchoServicer_to_server(Echo(), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -106,8 +115,32 @@ def client(target, authority):
     print(json.dumps(result), flush=True)
 
 
+def many(target, authority, n):
+    import grpc
+
+    pb, pb_grpc = load_stubs()
+    counts = {}
+    with grpc.insecure_channel(target, options=[("grpc.default_authority", authority)]) as channel:
+        stub = pb_grpc.EchoStub(channel)
+        for start in range(0, n, 50):
+            calls = [
+                stub.Hello.future(pb.HelloRequest(name=f"m{i}", payload=b"p" * 100), timeout=30)
+                for i in range(start, min(n, start + 50))
+            ]
+            for call in calls:
+                try:
+                    call.result()
+                    code = "OK"
+                except grpc.RpcError as e:
+                    code = f"{e.code().name}: {e.details()}"
+                counts[code] = counts.get(code, 0) + 1
+    print(json.dumps(counts), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         serve(sys.argv[2])
+    elif sys.argv[1] == "many":
+        many(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         client(sys.argv[2], sys.argv[3])

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::http::body::{self, Body};
 use crate::http::errors::ProxyError;
 use crate::http::h2_server;
+use crate::http::replay::Replay;
 
 /// HTTP/1.1 connections kept per endpoint (busy or idle), and how long an idle one is kept.
 const MAX_IDLE: usize = 64;
@@ -31,10 +32,13 @@ const MAX_IDLE: usize = 64;
 /// talking to the server directly would. With 64 x 100 requests in flight, they wait.
 const MAX_H2_CONNS: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Sends of one request without a body that the servers may refuse (see `send_pillion`):
+/// Sends of one request that the servers may refuse (see `send_pillion`):
 /// enough for a server closing its connection after so many requests under load, not so many
 /// that a server refusing everything multiplies the load on it.
 const REFUSED_ATTEMPTS: u32 = 5;
+/// Request body bytes kept for sending again until the response starts (as much as a retry
+/// keeps by default): a larger body is not sent again when refused after this much was read.
+const RESEND_BODY_MAX: usize = 64 * 1024;
 
 /// An idle HTTP/1.1 connection and when it became idle.
 type IdleH1 = (http1::SendRequest<Body>, Instant);
@@ -255,37 +259,39 @@ impl Conns {
         async move {
             let mut req = req;
             let mut sender = self.with_room(sender).await?;
+            // A stream the server refused, or left unprocessed when it went away (GOAWAY: a
+            // server restarting, or closing a connection after so many requests, as nginx does
+            // after 1,000 and gRPC servers do at their maximum connection age), goes out once
+            // more on a connection that takes it. The server did nothing with it (RFC 9113
+            // §8.7), so this holds for any method. A body streams out as it comes; what was
+            // read of it is kept (up to `RESEND_BODY_MAX`) until the response starts, so that
+            // it can be sent again.
             let content = std::mem::replace(req.body_mut(), body::empty());
-            if !content.is_end_stream() {
-                // A body streams out as it comes and cannot be sent twice (a route's retry
-                // policy keeps a copy when it asks for retries).
-                let response = sender
-                    .send(req.method(), req.uri(), req.headers(), content)
-                    .map_err(|e| ProxyError::Upstream(e.into()))?;
-                drop(req);
-                let resp = response.await.map_err(|e| ProxyError::Upstream(e.into()))?;
-                return Ok(resp.map(body::boxed));
-            }
-            // Without a body the head is all there is to send again: a stream the server
-            // refused, or left unprocessed when it went away (GOAWAY: a server restarting, or
-            // closing a connection after so many requests, as nginx does after 1,000), goes
-            // out once more on a connection that takes it. The server did nothing with it
-            // (RFC 9113 §8.7), so this holds for any method.
+            let replay = (!content.is_end_stream()).then(|| Replay::new(content, RESEND_BODY_MAX));
             let mut attempt = 1;
             loop {
-                let (error, unsent) =
-                    match sender.send(req.method(), req.uri(), req.headers(), body::empty()) {
-                        Ok(response) => match response.await {
-                            Ok(resp) => return Ok(resp.map(body::boxed)),
-                            Err(e) => {
-                                let refused = e.is_refused();
-                                (e, refused)
+                let sent = match &replay {
+                    Some(r) => sender.send(req.method(), req.uri(), req.headers(), r.attempt()),
+                    None => sender.send(req.method(), req.uri(), req.headers(), body::empty()),
+                };
+                let (error, unsent) = match sent {
+                    Ok(response) => match response.await {
+                        Ok(resp) => {
+                            if let Some(r) = &replay {
+                                r.stop_keeping();
                             }
-                        },
-                        // Closed since `with_room` looked: the request did not go out.
-                        Err(e) => (e.into(), true),
-                    };
-                if !unsent || attempt == REFUSED_ATTEMPTS {
+                            return Ok(resp.map(body::boxed));
+                        }
+                        Err(e) => {
+                            let refused = e.is_refused();
+                            (e, refused)
+                        }
+                    },
+                    // Closed since `with_room` looked: the request did not go out.
+                    Err(e) => (e.into(), true),
+                };
+                let whole = replay.as_ref().is_none_or(Replay::can_replay);
+                if !unsent || !whole || attempt == REFUSED_ATTEMPTS {
                     return Err(ProxyError::Upstream(error.into()));
                 }
                 tracing::debug!(addr = %self.addr, %error, attempt, "request not processed by the server; sending it again");

@@ -66,6 +66,12 @@ impl Replay {
         !s.capped && !s.failed
     }
 
+    /// No more attempts will start (the response has begun): what was kept is let go once the
+    /// current attempt has sent it, and nothing more is kept.
+    pub fn stop_keeping(&self) {
+        self.lock().capped = true;
+    }
+
     /// The body for a new attempt; earlier attempts' bodies stop reading from the client.
     pub fn attempt(&self) -> ReplayBody {
         let mut s = self.lock();
@@ -115,6 +121,10 @@ impl HttpBody for ReplayBody {
         if let Some(chunk) = s.chunks.get(this.pos) {
             this.pos += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+        }
+        if s.capped && !s.chunks.is_empty() {
+            // Every kept chunk is sent and no attempt will follow.
+            s.chunks = Vec::new();
         }
         let Some(source) = s.source.as_mut() else {
             // The client's body has ended: its trailers, if any, then the end.
@@ -288,6 +298,24 @@ mod tests {
         let replay = Replay::new(client(&["0123", "4567"], false), 6);
         assert_eq!(read(replay.attempt()).await.0, b"01234567");
         assert!(!replay.can_replay());
+    }
+
+    #[tokio::test]
+    async fn an_attempt_replaying_when_keeping_stops_still_sends_everything() {
+        let replay = Replay::new(client(&["a", "b", "c"], false), 1024);
+        let mut first = replay.attempt();
+        first.frame().await.expect("frame").expect("ok");
+        first.frame().await.expect("frame").expect("ok");
+        drop(first);
+        let mut second = replay.attempt();
+        let frame = second.frame().await.expect("frame").expect("ok");
+        assert_eq!(frame.into_data().ok().as_deref(), Some(&b"a"[..]));
+        // The response began: no attempt follows, but this one still has "b" to send again.
+        replay.stop_keeping();
+        assert!(!replay.can_replay());
+        let (rest, _) = read(second).await;
+        assert_eq!(rest, b"bc");
+        assert!(replay.lock().chunks.is_empty(), "kept chunks let go");
     }
 
     #[tokio::test]
