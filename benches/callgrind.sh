@@ -15,6 +15,7 @@
 #   FUNCTIONS=/tmp/f.txt bash benches/callgrind.sh pillion-mtls  # instead, every function the
 #                                             # proxies ran from start to exit (h2c and HTTP/1.1
 #                                             # requests), by symbol: benches/pgo_order.sh's input
+#   DATA=/tmp/1k bash benches/callgrind.sh    # POSTs with that file as the body
 #   ATOMICS=1 bash benches/callgrind.sh       # also the atomic operations per request (lock-
 #                                             # prefixed instructions, found with objdump), by
 #                                             # function: each costs ~20 cycles even uncontended
@@ -146,7 +147,9 @@ CFG
 esac
 counted=$(pgrep -f "callgrind-out-file=$dir/" || true)
 
-load() { h2load -n "$1" -c 10 -m 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"; }
+post=()
+[ -n "${DATA:-}" ] && post=(-d "$DATA")
+load() { h2load "${post[@]}" -n "$1" -c 10 -m 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"; }
 if [ -n "${FUNCTIONS:-}" ]; then
   load 2000
   h2load --h1 -n 2000 -c 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"

@@ -160,6 +160,11 @@ impl HttpBody for ReplayBody {
                                 this.pos = s.chunks.len();
                             }
                         }
+                        if s.source.as_ref().is_some_and(|b| b.is_end_stream()) {
+                            // Said now, so that this frame goes out as the body's last (a
+                            // DATA frame with END_STREAM, not another, empty one).
+                            s.source = None;
+                        }
                         Frame::data(data)
                     }
                     Err(frame) => {
@@ -178,9 +183,13 @@ impl HttpBody for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         let s = lock(&self.shared);
-        s.source.is_none()
-            && self.pos >= s.chunks.len()
-            && (s.trailers.is_none() || self.trailers_sent)
+        if self.pos < s.chunks.len() {
+            return false;
+        }
+        match &s.source {
+            Some(source) => source.is_end_stream(),
+            None => s.trailers.is_none() || self.trailers_sent,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -316,6 +325,20 @@ mod tests {
         let (rest, _) = read(second).await;
         assert_eq!(rest, b"bc");
         assert!(replay.lock().chunks.is_empty(), "kept chunks let go");
+    }
+
+    /// A body that knows its end says so with its last frame, and so does each replay of it:
+    /// otherwise the frame would go out without END_STREAM and an empty DATA frame after it.
+    #[tokio::test]
+    async fn the_last_frame_is_known_as_the_last() {
+        let replay = Replay::new(crate::http::body::full("abc"), 1024);
+        for _ in 0..2 {
+            let mut attempt = replay.attempt();
+            assert!(!attempt.is_end_stream());
+            let frame = attempt.frame().await.expect("frame").expect("ok");
+            assert_eq!(frame.into_data().ok().as_deref(), Some(&b"abc"[..]));
+            assert!(attempt.is_end_stream());
+        }
     }
 
     #[tokio::test]
