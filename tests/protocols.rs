@@ -969,6 +969,24 @@ async fn a_refused_request_with_a_body_is_sent_again_whole() {
     assert_eq!(streams.load(Ordering::SeqCst), 3);
 }
 
+/// A body that arrived whole with its headers (a unary gRPC call's, a small POST's) is sent
+/// again whole too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_whose_body_came_whole_is_sent_again() {
+    let (app, streams) = refusing_app(2, false).await;
+    let mesh = mesh_before(app).await;
+    let (status, body) = h2_post(
+        mesh.client.outbound,
+        Bytes::from_static(b"all of it"),
+        async {},
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, b"all of it");
+    assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 /// A body longer than the proxy keeps, refused after the server read it all, is not sent
 /// again (it could not be whole): the client gets a 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

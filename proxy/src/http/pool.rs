@@ -126,6 +126,46 @@ pub struct TlsTarget {
     pub server_name: rustls_pki_types::ServerName<'static>,
 }
 
+/// A request body as kept for sending again (see `Conns::send_pillion`).
+enum Kept {
+    /// All of it was here before the request went out (the common case for small bodies,
+    /// such as a unary gRPC call's, which arrive with their headers): it is sent from this copy
+    /// each time, with nothing more to keep.
+    Whole(Option<Bytes>),
+    /// It is still arriving: it streams out as it comes, what was read is kept.
+    Replay(Replay),
+}
+
+impl Kept {
+    /// Looks at what has arrived of `content` without waiting for more.
+    async fn new(content: Body) -> Kept {
+        if content.is_end_stream() {
+            return Kept::Whole(None);
+        }
+        let mut content = content;
+        // Polled once with this task's waker: if nothing is there yet, the first send polls
+        // again from the same task, so no wake-up is lost.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut content).poll_frame(cx))
+        })
+        .await;
+        match first {
+            std::task::Poll::Ready(None) => Kept::Whole(None),
+            std::task::Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if content.is_end_stream() => Kept::Whole(Some(data)),
+                Ok(data) => Kept::Replay(Replay::started(
+                    http_body::Frame::data(data),
+                    content,
+                    RESEND_BODY_MAX,
+                )),
+                Err(frame) => Kept::Replay(Replay::started(frame, content, RESEND_BODY_MAX)),
+            },
+            std::task::Poll::Ready(Some(Err(e))) => Kept::Replay(Replay::failed(e)),
+            std::task::Poll::Pending => Kept::Replay(Replay::new(content, RESEND_BODY_MAX)),
+        }
+    }
+}
+
 pub struct Conns {
     addr: SocketAddr,
     connect_timeout: Duration,
@@ -267,17 +307,27 @@ impl Conns {
             // read of it is kept (up to `RESEND_BODY_MAX`) until the response starts, so that
             // it can be sent again.
             let content = std::mem::replace(req.body_mut(), body::empty());
-            let replay = (!content.is_end_stream()).then(|| Replay::new(content, RESEND_BODY_MAX));
+            let kept = Kept::new(content).await;
             let mut attempt = 1;
             loop {
-                let sent = match &replay {
-                    Some(r) => sender.send(req.method(), req.uri(), req.headers(), r.attempt()),
-                    None => sender.send(req.method(), req.uri(), req.headers(), body::empty()),
+                let sent = match &kept {
+                    Kept::Whole(None) => {
+                        sender.send(req.method(), req.uri(), req.headers(), body::empty())
+                    }
+                    Kept::Whole(Some(data)) => sender.send(
+                        req.method(),
+                        req.uri(),
+                        req.headers(),
+                        http_body_util::Full::new(data.clone()),
+                    ),
+                    Kept::Replay(r) => {
+                        sender.send(req.method(), req.uri(), req.headers(), r.attempt())
+                    }
                 };
                 let (error, unsent) = match sent {
                     Ok(response) => match response.await {
                         Ok(resp) => {
-                            if let Some(r) = &replay {
+                            if let Kept::Replay(r) = &kept {
                                 r.stop_keeping();
                             }
                             return Ok(resp.map(body::boxed));
@@ -290,7 +340,10 @@ impl Conns {
                     // Closed since `with_room` looked: the request did not go out.
                     Err(e) => (e.into(), true),
                 };
-                let whole = replay.as_ref().is_none_or(Replay::can_replay);
+                let whole = match &kept {
+                    Kept::Whole(_) => true,
+                    Kept::Replay(r) => r.can_replay(),
+                };
                 if !unsent || !whole || attempt == REFUSED_ATTEMPTS {
                     return Err(ProxyError::Upstream(error.into()));
                 }

@@ -56,6 +56,40 @@ impl Replay {
         }
     }
 
+    /// `Replay::new` for a body whose `first` frame was already read from it. That frame is
+    /// sent by the first attempt even when it alone is over `max`.
+    pub fn started(first: Frame<Bytes>, source: Body, max: usize) -> Replay {
+        let replay = Replay::new(source, max);
+        {
+            let mut s = replay.lock();
+            match first.into_data() {
+                Ok(data) => {
+                    s.kept = data.len();
+                    s.capped = s.kept > max;
+                    s.chunks.push(data);
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        s.trailers = Some(trailers);
+                        s.source = None;
+                    }
+                }
+            }
+        }
+        replay
+    }
+
+    /// A body whose reading failed with `error`: an attempt sends that failure, and no other
+    /// attempt can start.
+    pub fn failed(error: BoxError) -> Replay {
+        let failing =
+            http_body_util::StreamBody::new(futures_util::stream::iter([Err::<
+                Frame<Bytes>,
+                BoxError,
+            >(error)]));
+        Replay::new(crate::http::body::boxed(failing), 0)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared> {
         lock(&self.shared)
     }
@@ -339,6 +373,38 @@ mod tests {
             assert_eq!(frame.into_data().ok().as_deref(), Some(&b"abc"[..]));
             assert!(attempt.is_end_stream());
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_started_elsewhere_is_sent_whole_each_time() {
+        let replay = Replay::started(
+            Frame::data(Bytes::from_static(b"a")),
+            client(&["b", "c"], true),
+            1024,
+        );
+        let first = read(replay.attempt()).await;
+        assert_eq!(first.0, b"abc");
+        assert!(first.1.is_some());
+        assert_eq!(read(replay.attempt()).await, first);
+    }
+
+    #[tokio::test]
+    async fn a_first_frame_over_the_limit_is_sent_once() {
+        let replay = Replay::started(
+            Frame::data(Bytes::from_static(b"0123456789")),
+            client(&["x"], false),
+            4,
+        );
+        assert!(!replay.can_replay());
+        assert_eq!(read(replay.attempt()).await.0, b"0123456789x");
+    }
+
+    #[tokio::test]
+    async fn a_failed_body_fails_its_attempt() {
+        let replay = Replay::failed("client went away".into());
+        let mut attempt = replay.attempt();
+        assert!(attempt.frame().await.expect("frame").is_err());
+        assert!(!replay.can_replay());
     }
 
     #[tokio::test]
