@@ -917,6 +917,12 @@ async fn a_request_refused_every_time_is_sent_five_times_then_fails() {
     let mut sender = h2c_connect(mesh.client.outbound).await;
     assert_eq!(h2c_get(&mut sender, "http://web/").await.0, 502);
     assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 5);
+    // Each send after the first is counted for the operator, by the proxy beside the server.
+    let metrics = admin_get(mesh.server_proxies[0].admin, "/metrics").await.1;
+    assert_eq!(
+        metric_sum(&metrics, "pillion_requests_resent_total", ""),
+        4.0
+    );
 }
 
 /// A POST on an `h2` client connection to `addr`: its head and `first` now, then `rest` (the

@@ -348,6 +348,7 @@ impl Conns {
                     return Err(ProxyError::Upstream(error.into()));
                 }
                 tracing::debug!(addr = %self.addr, %error, attempt, "request not processed by the server; sending it again");
+                crate::telemetry::metrics::REQUESTS_RESENT.inc();
                 attempt += 1;
                 sender = self.with_room(sender).await?;
             }

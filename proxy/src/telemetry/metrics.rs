@@ -187,6 +187,11 @@ pub struct FaultLabels {
 pub static OUTLIER_EJECTIONS: std::sync::LazyLock<Counter> =
     std::sync::LazyLock::new(Counter::default);
 
+/// HTTP/2 requests sent again because the endpoint refused or did not process them
+/// (`http::pool`): process-wide, as the pool knows no `Metrics`.
+pub static REQUESTS_RESENT: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 /// Distinct authority label values at once; requests for more are counted as `unknown`, so
@@ -409,6 +414,11 @@ impl Metrics {
             "faults_injected",
             "Requests aborted or delayed by a FaultInjection",
             faults.clone(),
+        );
+        registry.register(
+            "requests_resent",
+            "HTTP/2 requests sent again because the endpoint refused them or went away without processing them",
+            REQUESTS_RESENT.clone(),
         );
         registry.register(
             "outlier_ejections",
