@@ -273,6 +273,32 @@ async fn head_204_and_304_over_http2_end_with_their_headers() {
     }
 }
 
+/// A client that shuts down its sending side once its request is out (`nc`, scripts, some
+/// HTTP/1.0 clients) still gets its answer, as it would from the application without the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let mesh = Mesh::start(1, 1).await;
+    for request in [
+        "GET /slow?ms=200 HTTP/1.1\r\nHost: web\r\n\r\n",
+        "GET /slow?ms=200 HTTP/1.0\r\nHost: web\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(mesh.client.outbound)
+            .await
+            .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut answer))
+            .await
+            .expect("no answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1."), "{request:?}: {answer:?}");
+        assert!(answer.contains(" 200 "), "{request:?}: {answer:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_errors_have_clear_statuses_for_http_and_grpc() {
     let mesh = Mesh::start(1, 1).await;

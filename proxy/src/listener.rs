@@ -372,7 +372,13 @@ async fn serve_h1<I: Io, H: Handler>(
         }
     });
     // hyper answers 431 to a header section past its read buffer (at least 8 KiB).
+    // Half-closes are kept: a client may shut down its sending side once its request is out
+    // and still read the answer (`nc`, scripts, some HTTP/1.0 clients); without the sidecar the
+    // application would answer it, so the proxy does too (as HAProxy does by default). The
+    // cost: a client that closes altogether is noticed when its answer is written, not when
+    // its end of the connection is read.
     let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.limits.header_read_timeout)
         .max_buf_size((cfg.limits.max_header_bytes as usize).max(8192))
