@@ -642,15 +642,15 @@ async fn unreachable_endpoints_do_not_fail_requests() {
     }
 }
 
-/// An h2c-only application that allows `limit` streams per connection and answers a request
-/// only once `together` requests are in it at once; counts its connections.
-async fn gathering_app(
-    limit: u32,
-    together: usize,
-) -> (
+/// A test application's address and what it counts.
+type CountingApp = (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+);
+
+/// An h2c-only application that allows `limit` streams per connection and answers a request
+/// only once `together` requests are in it at once; counts its connections.
+async fn gathering_app(limit: u32, together: usize) -> CountingApp {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -862,13 +862,7 @@ async fn requests_a_closing_server_never_processed_are_sent_again() {
 /// An application that refuses (RST_STREAM REFUSED_STREAM) the first `refuse` requests other
 /// than `/ready`, counting them, after reading their bodies if `read_first`; later ones get
 /// their body echoed.
-async fn refusing_app(
-    refuse: usize,
-    read_first: bool,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+async fn refusing_app(refuse: usize, read_first: bool) -> CountingApp {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

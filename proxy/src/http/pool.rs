@@ -138,11 +138,10 @@ enum Kept {
 
 impl Kept {
     /// Looks at what has arrived of `content` without waiting for more.
-    async fn new(content: Body) -> Kept {
+    async fn new(mut content: Body) -> Kept {
         if content.is_end_stream() {
             return Kept::Whole(None);
         }
-        let mut content = content;
         // Polled once with this task's waker: if nothing is there yet, the first send polls
         // again from the same task, so no wake-up is lost.
         let first = std::future::poll_fn(|cx| {
