@@ -151,3 +151,91 @@ fn the_canary_crd_and_the_rust_type_agree() {
         ["candidate", "service", "stable"].map(String::from).into()
     );
 }
+
+/// The Gateway API's own HTTPRoute CRD (v1.6.1, standard channel, from `shared/specs`): the filter
+/// types read every field it defines, at every level, for a rule's filters and a backendRef's.
+#[test]
+fn the_httproute_filter_types_read_every_field_of_the_gateway_api_crd() {
+    use pillion_control_plane::config::filters::{
+        Fraction, HeaderModifier, HttpHeader, HttpRouteFilter, MirrorBackendRef, PathModifier,
+        RequestMirror, RequestRedirect, UrlRewrite,
+    };
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/specs/gateway-api/gateway.networking.k8s.io_httproutes.standard.v1.6.1.crd.yaml"
+    );
+    let Ok(text) = std::fs::read_to_string(path) else {
+        // shared/ sits beside the checkout in development and CI; a bare clone has no specs.
+        eprintln!("skipped: {path} not found");
+        return;
+    };
+    let crd: Value = serde_saphyr::from_str(&text).unwrap();
+    let v1 = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "v1")
+        .unwrap();
+    let rule =
+        &v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]["items"];
+    let rule_filter = &rule["properties"]["filters"]["items"];
+    let backend_filter =
+        &rule["properties"]["backendRefs"]["items"]["properties"]["filters"]["items"];
+    for (at, filter) in [("rule", rule_filter), ("backendRef", backend_filter)] {
+        let p = |name: &str| &filter["properties"][name];
+        // Also `externalAuth`, of the experimental channel, so that it is refused with a reason.
+        let mut standard = properties(filter);
+        standard.insert("externalAuth".into());
+        assert_eq!(standard, fields_of::<HttpRouteFilter>(), "{at} filter");
+        for modifier in ["requestHeaderModifier", "responseHeaderModifier"] {
+            assert_eq!(
+                properties(p(modifier)),
+                fields_of::<HeaderModifier>(),
+                "{at} {modifier}"
+            );
+            assert_eq!(
+                properties(&p(modifier)["properties"]["set"]["items"]),
+                fields_of::<HttpHeader>(),
+                "{at} {modifier}.set[]"
+            );
+        }
+        let redirect = p("requestRedirect");
+        assert_eq!(
+            properties(redirect),
+            fields_of::<RequestRedirect>(),
+            "{at} requestRedirect"
+        );
+        assert_eq!(
+            properties(&redirect["properties"]["path"]),
+            fields_of::<PathModifier>(),
+            "{at} requestRedirect.path"
+        );
+        let rewrite = p("urlRewrite");
+        assert_eq!(
+            properties(rewrite),
+            fields_of::<UrlRewrite>(),
+            "{at} urlRewrite"
+        );
+        assert_eq!(
+            properties(&rewrite["properties"]["path"]),
+            fields_of::<PathModifier>(),
+            "{at} urlRewrite.path"
+        );
+        let mirror = p("requestMirror");
+        assert_eq!(
+            properties(mirror),
+            fields_of::<RequestMirror>(),
+            "{at} requestMirror"
+        );
+        assert_eq!(
+            properties(&mirror["properties"]["backendRef"]),
+            fields_of::<MirrorBackendRef>(),
+            "{at} requestMirror.backendRef"
+        );
+        assert_eq!(
+            properties(&mirror["properties"]["fraction"]),
+            fields_of::<Fraction>(),
+            "{at} requestMirror.fraction"
+        );
+    }
+}

@@ -22,6 +22,7 @@ fn backend(name: &str, weight: u32, first_port: u16) -> pb::WeightedBackend {
                 })
                 .collect(),
         })),
+        filters: None,
     }
 }
 

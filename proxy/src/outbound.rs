@@ -15,9 +15,11 @@ use crate::http::BoxRequest;
 use crate::http::body::Body;
 use crate::http::errors::{ProxyError, is_grpc};
 use crate::http::forward::{self, ForwardError, Observation, authority_of};
+use crate::http::mirror;
 use crate::http::pool::Io;
 use crate::http::replay::Attempts;
 use crate::listener::{ConnMeta, Handler};
+use crate::route::filters::Filters;
 use crate::route::retry::RetryPolicy;
 use crate::route::snapshot::{BackendTarget, RequestInfo, Routes, Rule};
 use crate::telemetry::metrics::{Direction, FaultLabels, Label, Metrics, RetryLabels};
@@ -27,6 +29,10 @@ use prometheus_client::metrics::family::Family;
 /// Endpoints a request may try when connecting fails (connect errors are quick; a connect
 /// timeout costs `PILLION_CONNECT_TIMEOUT` each).
 const MAX_CONNECT_ATTEMPTS: usize = 4;
+
+/// How long a mirrored copy may take when `PILLION_REQUEST_TIMEOUT` is `0` (no limit): a copy
+/// nobody waits for must still end.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Outbound {
     pub dests: Arc<Destinations>,
@@ -111,6 +117,14 @@ impl Outbound {
             };
             let rule = snapshot.route(&info)?;
             obs.route = Label(rule.name.clone());
+            let mut req = req;
+            let mut authority = authority.unwrap_or_default();
+            if let Some(filters) = &rule.filters {
+                // Rare: boxed, so that a rule without filters pays for none of this state.
+                if let Some(resp) = Box::pin(self.filter(filters, &mut req, &mut authority)).await {
+                    return Ok(resp);
+                }
+            }
             // The whole request's deadline (the route's, or the caller's, else the default) covers
             // every attempt and the waits between them; the backend request timeout and the retry
             // policy's per-try timeout bound each attempt.
@@ -120,7 +134,6 @@ impl Outbound {
                 rule.backend_timeout,
                 rule.retry.as_ref().and_then(|r| r.per_try_timeout),
             ]);
-            let authority = authority.unwrap_or_default();
             forward::within(overall, self.send(rule, req, obs, &authority, per_try)).await
         }
     }
@@ -169,17 +182,60 @@ impl Outbound {
                 BackendTarget::Service { name, endpoints } => (name, endpoints),
             };
             obs.backend = Label(name.clone());
-            self.attempts(
-                name,
-                endpoints,
-                rule.retry.as_ref(),
-                req,
-                obs,
-                authority,
-                per_try,
-            )
-            .await
+            let mut req = req;
+            let authority = match &backend.filters {
+                Some(f) => {
+                    f.edit_request(&mut req).map_err(ProxyError::BadRequest)?;
+                    f.rewritten_authority().unwrap_or(authority)
+                }
+                None => authority,
+            };
+            let mut result = self
+                .attempts(
+                    name,
+                    endpoints,
+                    rule.retry.as_ref(),
+                    req,
+                    obs,
+                    authority,
+                    per_try,
+                )
+                .await;
+            if let Ok(resp) = &mut result {
+                for f in [&backend.filters, &rule.filters].into_iter().flatten() {
+                    f.edit_response(resp);
+                }
+            }
+            result
         }
+    }
+
+    /// A rule's filters on its way in: a redirect is the answer (returned); otherwise the
+    /// request's headers and path are edited, `authority` replaced by a rewrite's, and copies
+    /// sent to the mirrors.
+    async fn filter(
+        &self,
+        filters: &Filters,
+        req: &mut crate::http::BoxRequest,
+        authority: &mut String,
+    ) -> Option<Response<Body>> {
+        if let Some(redirect) = &filters.redirect {
+            return Some(redirect.response(req, authority));
+        }
+        if let Err(e) = filters.edit_request(req) {
+            return Some(ProxyError::BadRequest(e).into_response(is_grpc(req.headers())));
+        }
+        if let Some(host) = filters.rewritten_authority() {
+            *authority = host.to_string();
+        }
+        for m in &filters.mirrors {
+            let chosen = m.ppm >= 1_000_000 || rand::random_range(0..1_000_000) < m.ppm;
+            if let (true, BackendTarget::Service { endpoints, .. }) = (chosen, &m.backend.target) {
+                let timeout = self.request_timeout.unwrap_or(MIRROR_TIMEOUT);
+                mirror::send(endpoints, req, authority, timeout);
+            }
+        }
+        None
     }
 
     /// Sends the request to one of `endpoints`, and again to another when it reached none, or

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub mod canary;
+pub mod filters;
 mod resilience;
 pub use canary::Canary;
 pub use resilience::{FaultInjection, RetryPolicy, Target as PolicyTarget};
@@ -280,10 +281,9 @@ pub struct HttpRouteRule {
     pub backend_refs: Option<Vec<BackendRef>>,
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
-    /// Present in the schema; Pillion applies no filters yet and refuses a rule that has any,
-    /// rather than route differently from what the user wrote.
+    /// Applied to every request the rule takes (see `filters.rs` for what is supported).
     #[serde(default)]
-    pub filters: Option<Vec<Value>>,
+    pub filters: Option<Vec<filters::HttpRouteFilter>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -331,8 +331,9 @@ pub struct BackendRef {
     pub port: Option<i64>,
     #[serde(default)]
     pub weight: Option<i64>,
+    /// Applied only to requests sent to this backend.
     #[serde(default)]
-    pub filters: Option<Vec<Value>>,
+    pub filters: Option<Vec<filters::HttpRouteFilter>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -844,25 +845,27 @@ fn validate_route(r: &HttpRoute) -> Result<(), FieldError> {
     }
     for (i, rule) in r.spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
-        if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            return Err(FieldError::new(
-                format!("{at}.filters"),
-                "filters are not supported by Pillion yet",
-            ));
-        }
         for (j, m) in rule.matches.iter().flatten().enumerate() {
             validate_match(&format!("{at}.matches[{j}]"), m)?;
         }
         let refs = rule.backend_refs.as_deref().unwrap_or_default();
+        filters::validate(
+            &format!("{at}.filters"),
+            rule.filters.as_deref().unwrap_or_default(),
+            filters::Scope::Rule,
+            rule.matches.as_deref(),
+            !refs.is_empty(),
+        )?;
         for (j, b) in refs.iter().enumerate() {
             let at = format!("{at}.backendRefs[{j}]");
             check_weight(format!("{at}.weight"), b.weight.unwrap_or(1))?;
-            if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-                return Err(FieldError::new(
-                    format!("{at}.filters"),
-                    "filters are not supported by Pillion yet",
-                ));
-            }
+            filters::validate(
+                &format!("{at}.filters"),
+                b.filters.as_deref().unwrap_or_default(),
+                filters::Scope::Backend,
+                rule.matches.as_deref(),
+                true,
+            )?;
             let is_service = b.group.as_deref().unwrap_or_default().is_empty()
                 && b.kind.as_deref().unwrap_or("Service") == "Service";
             match b.port {

@@ -258,6 +258,7 @@ impl Model {
                                         ),
                                         endpoints: vec![ep],
                                     })),
+                                    filters: None,
                                 }],
                                 ..Default::default()
                             }],
@@ -420,7 +421,9 @@ impl Model {
                             .port
                             .and_then(|p| u16::try_from(p).ok())
                             .unwrap_or(target.port);
-                        self.backend(ns, &b.name, port, weight)
+                        let mut backend = self.backend(ns, &b.name, port, weight);
+                        backend.filters = self.filters(ns, rule, b.filters.as_deref());
+                        backend
                     })
                     .collect::<Vec<_>>();
                 // A rule with no backendRefs: the Gateway API says answer 500.
@@ -448,6 +451,7 @@ impl Model {
                     retry: retry.clone(),
                     fault: fault.clone(),
                     sticky: sticky.clone(),
+                    filters: self.filters(ns, rule, rule.filters.as_deref()),
                 });
                 let default_match = [HttpRouteMatch {
                     path: None,
@@ -617,6 +621,25 @@ impl Model {
         }
     }
 
+    /// A rule's (or one of its backendRefs') filters as the proxies get them, mirrors resolved
+    /// to their Service's endpoints (a Service not found, or in another namespace, gets no
+    /// copies).
+    fn filters(
+        &self,
+        ns: &str,
+        rule: &config::HttpRouteRule,
+        filters: Option<&[config::filters::HttpRouteFilter]>,
+    ) -> Option<pb::Filters> {
+        let prefix = config::filters::matched_prefix(rule.matches.as_deref());
+        config::filters::to_pb(filters.unwrap_or_default(), prefix.as_deref(), |b| {
+            if b.namespace.as_deref().is_some_and(|n| n != ns) {
+                return failure(1, "cross-namespace mirrors are not supported".into());
+            }
+            let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+            self.backend(ns, &b.name, port, 1)
+        })
+    }
+
     /// A weighted backend: the Service's endpoints for `port`, or a 500 failure when the Service
     /// does not exist or lacks the port.
     fn backend(&self, ns: &str, name: &str, port: u16, weight: u32) -> pb::WeightedBackend {
@@ -638,6 +661,7 @@ impl Model {
                 name: format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}:{port}"),
                 endpoints,
             })),
+            filters: None,
         }
     }
 
@@ -745,6 +769,7 @@ fn failure(weight: u32, reason: String) -> pb::WeightedBackend {
             http_status: 500,
             reason,
         })),
+        filters: None,
     }
 }
 
@@ -894,6 +919,46 @@ endpoints:
 - addresses: ["127.0.0.2"]
   conditions: {ready: false}
 "#;
+
+    #[test]
+    fn filters_reach_the_proxies_with_their_prefix_and_mirrors_resolved() {
+        let m = model(&format!(
+            "{SERVICES}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: r}}\nspec:\n  parentRefs: [{{kind: Service, group: '', name: web}}]\n  rules:\n\
+             \x20 - matches: [{{path: {{type: PathPrefix, value: /v1}}}}]\n    filters:\n\
+             \x20   - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /api}}}}}}\n\
+             \x20   - {{type: RequestMirror, requestMirror: {{backendRef: {{name: web-v1, port: 80}}, percent: 25}}}}\n\
+             \x20   - {{type: RequestMirror, requestMirror: {{backendRef: {{name: gone, port: 80}}}}}}\n\
+             \x20   backendRefs:\n\
+             \x20   - name: web-v1\n      port: 80\n      filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: X-V, value: '1'}}]}}}}]\n"
+        ));
+        let d = dest(&m, "web");
+        let f = d.rules[0].filters.as_ref().expect("the rule's filters");
+        let path = f.rewrite.as_ref().unwrap().path.as_ref().unwrap();
+        assert_eq!(path.matched_prefix, "/v1");
+        assert_eq!(
+            path.kind,
+            Some(pb::path_modifier::Kind::Prefix("/api".into()))
+        );
+        assert_eq!(f.mirrors.len(), 2);
+        assert_eq!(f.mirrors[0].ppm, 250_000);
+        match &f.mirrors[0].backend.as_ref().unwrap().kind {
+            Some(pb::weighted_backend::Kind::Service(b)) => {
+                assert_eq!(b.endpoints.len(), 1, "the mirror's endpoints, resolved");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            f.mirrors[1].backend.as_ref().unwrap().kind,
+            Some(pb::weighted_backend::Kind::Failure(_))
+        ));
+        let b = d.rules[0].backends[0]
+            .filters
+            .as_ref()
+            .expect("the backend's");
+        let set = &b.request_headers.as_ref().unwrap().set;
+        assert_eq!((set[0].name.as_str(), set[0].value.as_str()), ("x-v", "1"));
+    }
 
     #[test]
     fn service_port_maps_to_slice_port_by_name() {

@@ -7,6 +7,7 @@ pub mod body;
 pub mod errors;
 pub mod forward;
 pub mod h2_server;
+pub mod mirror;
 pub mod pool;
 pub mod replay;
 

@@ -17,6 +17,7 @@ use crate::balance::{Endpoint, Meshed};
 use crate::http::errors::ProxyError;
 use crate::http::pool::{MeshTls, TlsTarget};
 use crate::route::fault::Fault;
+use crate::route::filters::Filters;
 use crate::route::retry::{Budget, RetryPolicy};
 pub use crate::route::split::{Backend, BackendTarget, Split};
 use rustls_pki_types::ServerName;
@@ -55,6 +56,8 @@ pub struct Rule {
     pub fault: Option<Fault>,
     /// Where a request's sticky key is read, when the split is sticky.
     pub sticky: Option<StickyKey>,
+    /// HTTPRoute filters (header edits, redirect, rewrite, mirrors); `None` for most rules.
+    pub filters: Option<Box<Filters>>,
 }
 
 /// Where a request carries the key that keeps it on one backend.
@@ -221,6 +224,72 @@ fn mesh_target(
     Ok((Some(meshed), target))
 }
 
+/// One weighted backend of an update: its endpoints, each taken from `old` (the previous
+/// snapshot's, keeping balancer state and connections) when unchanged, and recorded in `live`.
+fn compile_backend(
+    b: pb::WeightedBackend,
+    live: &mut HashMap<SocketAddr, Arc<Endpoint>>,
+    old: &HashMap<SocketAddr, Arc<Endpoint>>,
+    connect_timeout: Duration,
+    tls: Option<&MeshTls>,
+) -> Result<Backend, String> {
+    let target = match b.kind {
+        Some(pb::weighted_backend::Kind::Service(svc)) => {
+            let mut eps = Vec::with_capacity(svc.endpoints.len());
+            for ep in svc.endpoints {
+                let addr: SocketAddr = ep
+                    .address
+                    .parse()
+                    .map_err(|_| format!("bad endpoint address {}", ep.address))?;
+                let hint = pb::ProtocolHint::try_from(ep.protocol_hint)
+                    .unwrap_or(pb::ProtocolHint::Unspecified);
+                let (meshed, target) = match &ep.meshed {
+                    Some(m) => mesh_target(addr, m, tls)?,
+                    None => (None, None),
+                };
+                let e = live
+                    .entry(addr)
+                    .or_insert_with(|| match old.get(&addr) {
+                        Some(old) if old.hint == hint && old.meshed == meshed => old.clone(),
+                        _ => Arc::new(Endpoint::with_mesh(
+                            addr,
+                            hint,
+                            connect_timeout,
+                            meshed,
+                            target,
+                        )),
+                    })
+                    .clone();
+                eps.push(e);
+            }
+            BackendTarget::Service {
+                name: Arc::from(svc.name),
+                endpoints: eps,
+            }
+        }
+        Some(pb::weighted_backend::Kind::Failure(f)) => BackendTarget::Failure {
+            status: u16::try_from(f.http_status).unwrap_or(500),
+            reason: f.reason,
+        },
+        None => BackendTarget::Failure {
+            status: 500,
+            reason: "backend without target".into(),
+        },
+    };
+    let filters = match b.filters {
+        // A backend's own filters have no mirrors (the control plane refuses them there).
+        Some(f) => Some(Box::new(Filters::compile(f, |_| {
+            Err("a backend's filters cannot mirror".to_string())
+        })?)),
+        None => None,
+    };
+    Ok(Backend {
+        weight: b.weight,
+        target,
+        filters,
+    })
+}
+
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
@@ -258,59 +327,17 @@ impl Snapshot {
         let mut live: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
         let mut budgets: HashMap<Arc<str>, Arc<Budget>> = HashMap::new();
         let mut rules = Vec::with_capacity(dest.rules.len());
+        let mut compile_backend =
+            |b: pb::WeightedBackend| compile_backend(b, &mut live, endpoints, connect_timeout, tls);
         for rule in dest.rules {
             let mut backends = Vec::with_capacity(rule.backends.len());
             for b in rule.backends {
-                let target = match b.kind {
-                    Some(pb::weighted_backend::Kind::Service(svc)) => {
-                        let mut eps = Vec::with_capacity(svc.endpoints.len());
-                        for ep in svc.endpoints {
-                            let addr: SocketAddr = ep
-                                .address
-                                .parse()
-                                .map_err(|_| format!("bad endpoint address {}", ep.address))?;
-                            let hint = pb::ProtocolHint::try_from(ep.protocol_hint)
-                                .unwrap_or(pb::ProtocolHint::Unspecified);
-                            let (meshed, target) = match &ep.meshed {
-                                Some(m) => mesh_target(addr, m, tls)?,
-                                None => (None, None),
-                            };
-                            let e = live
-                                .entry(addr)
-                                .or_insert_with(|| match endpoints.get(&addr) {
-                                    Some(old) if old.hint == hint && old.meshed == meshed => {
-                                        old.clone()
-                                    }
-                                    _ => Arc::new(Endpoint::with_mesh(
-                                        addr,
-                                        hint,
-                                        connect_timeout,
-                                        meshed,
-                                        target,
-                                    )),
-                                })
-                                .clone();
-                            eps.push(e);
-                        }
-                        BackendTarget::Service {
-                            name: Arc::from(svc.name),
-                            endpoints: eps,
-                        }
-                    }
-                    Some(pb::weighted_backend::Kind::Failure(f)) => BackendTarget::Failure {
-                        status: u16::try_from(f.http_status).unwrap_or(500),
-                        reason: f.reason,
-                    },
-                    None => BackendTarget::Failure {
-                        status: 500,
-                        reason: "backend without target".into(),
-                    },
-                };
-                backends.push(Backend {
-                    weight: b.weight,
-                    target,
-                });
+                backends.push(compile_backend(b)?);
             }
+            let filters = match rule.filters {
+                Some(f) => Some(Box::new(Filters::compile(f, &mut compile_backend)?)),
+                None => None,
+            };
             let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
             let timeouts = rule.timeouts.unwrap_or_default();
             let name: Arc<str> = Arc::from(rule.name);
@@ -337,6 +364,7 @@ impl Snapshot {
                     Some(pb::sticky_key::Source::Cookie(c)) => Some(StickyKey::Cookie(c)),
                     None => None,
                 },
+                filters,
             });
         }
         let mut matches = Vec::with_capacity(dest.matches.len());
@@ -436,6 +464,7 @@ impl Snapshot {
                     "backendRequestTimeoutMs": r.backend_timeout.map(|d| d.as_millis() as u64),
                     "retry": r.retry.as_ref().map(|p| p.source.clone()),
                     "fault": r.fault.as_ref().map(|f| f.source.clone()),
+                    "filters": r.filters.as_ref().map(|f| f.describe()),
                     "stickyKey": r.sticky.as_ref().map(|k| match k {
                         StickyKey::Header(h) => format!("header:{h}"),
                         StickyKey::Cookie(c) => format!("cookie:{c}"),
@@ -444,6 +473,7 @@ impl Snapshot {
                         BackendTarget::Service { name, endpoints } => serde_json::json!({
                             "service": &**name,
                             "weight": b.weight,
+                            "filters": b.filters.as_ref().map(|f| f.describe()),
                             "endpoints": endpoints.iter().map(|e| e.describe()).collect::<Vec<_>>(),
                         }),
                         BackendTarget::Failure { status, reason } => serde_json::json!({

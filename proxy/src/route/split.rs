@@ -7,6 +7,8 @@ use crate::balance::Endpoint;
 pub struct Backend {
     pub weight: u32,
     pub target: BackendTarget,
+    /// HTTPRoute `backendRefs[].filters`: only for requests sent here.
+    pub filters: Option<Box<crate::route::filters::Filters>>,
 }
 
 pub enum BackendTarget {
@@ -176,6 +178,7 @@ mod tests {
                 status,
                 reason: String::new(),
             },
+            filters: None,
         }
     }
 
@@ -266,6 +269,7 @@ mod tests {
                 name: Arc::from(name),
                 endpoints: Vec::new(),
             },
+            filters: None,
         }
     }
 

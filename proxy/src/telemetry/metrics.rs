@@ -421,6 +421,16 @@ impl Metrics {
             REQUESTS_RESENT.clone(),
         );
         registry.register(
+            "requests_mirrored",
+            "Copies of requests sent to an HTTPRoute RequestMirror filter's backend (their answers are dropped)",
+            crate::http::mirror::MIRRORED.clone(),
+        );
+        registry.register(
+            "requests_mirrored_failed",
+            "Mirrored copies that got no complete answer (unreachable, reset, timed out, or abandoned when they fell behind the request)",
+            crate::http::mirror::MIRROR_FAILURES.clone(),
+        );
+        registry.register(
             "outlier_ejections",
             "Endpoints ejected after failing several times in a row",
             OUTLIER_EJECTIONS.clone(),

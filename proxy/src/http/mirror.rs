@@ -1,0 +1,273 @@
+//! HTTPRoute `RequestMirror`: a copy of a request goes to another backend, its answer dropped.
+//!
+//! The copy never slows the request it copies. A body is shared frame by frame as it streams
+//! through (a `Bytes` clone, no copy); a mirror that falls more than `LAG_BYTES` behind (a slow
+//! or unreachable mirror backend: the bytes wait in memory) is abandoned, its stream reset and
+//! never sent a truncated body, and the request goes on at its own pace.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+
+use crate::balance::{self, Endpoint};
+use crate::http::body::{self, Body, BoxError};
+use crate::http::forward::{self, ForwardOpts};
+
+/// Bytes a mirror may lag behind its request before it is abandoned.
+const LAG_BYTES: usize = 1 << 20;
+
+/// Copies sent, and copies that got no answer (unreachable, reset, abandoned, timed out):
+/// process-wide, like the other counters of requests the proxy makes on its own.
+pub static MIRRORED: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
+pub static MIRROR_FAILURES: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
+/// Sends a copy of `req` (as it is now: after the rule's edits) to one of `endpoints`, in a
+/// task of its own. `req`'s body, if it has one, is replaced by one that feeds the copy.
+pub fn send(
+    endpoints: &[Arc<Endpoint>],
+    req: &mut Request<Body>,
+    authority: &str,
+    timeout: Duration,
+) {
+    let Some(endpoint) = balance::pick(endpoints).cloned() else {
+        return;
+    };
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    if !req.body().is_end_stream() {
+        let (tee, copied) = tee(std::mem::replace(req.body_mut(), body::empty()), LAG_BYTES);
+        *req.body_mut() = UnsyncBoxBody::new(tee);
+        *copy.body_mut() = UnsyncBoxBody::new(copied);
+    }
+    let authority = authority.to_string();
+    MIRRORED.inc();
+    tokio::spawn(async move {
+        let opts = ForwardOpts {
+            authority: &authority,
+            timeout: Some(timeout),
+            protocol: None,
+        };
+        let answered = async {
+            let resp = forward::forward(&endpoint, Box::new(copy), opts)
+                .await
+                .map_err(|_| ())?;
+            // Read to the end, so that an HTTP/1.1 connection can be used again.
+            resp.into_body().collect().await.map_err(|_| ())?;
+            Ok::<(), ()>(())
+        };
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(())) => {}
+            _ => {
+                MIRROR_FAILURES.inc();
+                tracing::debug!(endpoint = %endpoint.addr, "mirrored request got no answer");
+            }
+        }
+    });
+}
+
+/// `inner` split in two: the request's body, and the copy's, at most `max_lag` bytes behind.
+fn tee(inner: Body, max_lag: usize) -> (Tee, Copied) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let lag = Arc::new(AtomicUsize::new(0));
+    let tee = Tee {
+        inner,
+        tx: Some(tx),
+        lag: lag.clone(),
+        max_lag,
+    };
+    (tee, Copied { rx, lag })
+}
+
+/// The request's body, handing each frame to the copy on its way through.
+struct Tee {
+    inner: Body,
+    /// `None` once the copy was abandoned or has everything.
+    tx: Option<mpsc::UnboundedSender<Option<Frame<Bytes>>>>,
+    /// Bytes handed over and not yet taken by the copy.
+    lag: Arc<AtomicUsize>,
+    max_lag: usize,
+}
+
+impl HttpBody for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(tx) = &self.tx else {
+            return poll;
+        };
+        let handed = match &poll {
+            Poll::Pending => return poll,
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                let copy = match (frame.data_ref(), frame.trailers_ref()) {
+                    (Some(d), _) => Some(Frame::data(d.clone())),
+                    (None, Some(t)) => Some(Frame::trailers(t.clone())),
+                    (None, None) => None,
+                };
+                let behind = self.lag.fetch_add(len, Ordering::Relaxed) + len;
+                let sent = behind <= self.max_lag && copy.is_none_or(|c| tx.send(Some(c)).is_ok());
+                // A reader that knows the body has ended (`is_end_stream`: the last frame
+                // carried END_STREAM) polls no more: the copy learns of the end now.
+                if sent && self.inner.is_end_stream() {
+                    let _ = tx.send(None);
+                    false
+                } else {
+                    sent
+                }
+            }
+            // The end: `None` tells the copy its body is whole.
+            Poll::Ready(None) => {
+                let _ = tx.send(None);
+                false
+            }
+            // The client's body failed: the copy's fails too (its sender dropped).
+            Poll::Ready(Some(Err(_))) => false,
+        };
+        if !handed {
+            self.tx = None;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The copy's body: the frames the request's `Tee` handed over. Its sender gone before the
+/// end marker means the copy was abandoned: an error, so the copy is reset, not cut short.
+struct Copied {
+    rx: mpsc::UnboundedReceiver<Option<Frame<Bytes>>>,
+    lag: Arc<AtomicUsize>,
+}
+
+impl HttpBody for Copied {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Some(frame))) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                self.lag.fetch_sub(len, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(None)) => {
+                self.rx.close();
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => Poll::Ready(Some(Err(
+                "mirror abandoned: it fell behind its request".into(),
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn streamed(chunks: Vec<Result<Frame<Bytes>, BoxError>>) -> Body {
+        body::boxed(StreamBody::new(futures_util::stream::iter(chunks)))
+    }
+
+    #[tokio::test]
+    async fn the_copy_gets_every_frame_and_its_end() {
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::from_static(b"cd"))),
+        ];
+        let (tee, copied) = tee(streamed(frames), 4);
+        let main = tee.collect().await.unwrap().to_bytes();
+        assert_eq!(main, "abcd");
+        let copy = copied.collect().await.unwrap().to_bytes();
+        assert_eq!(copy, "abcd");
+    }
+
+    /// A body whose end is known from its last frame (as an HTTP/2 DATA frame with END_STREAM),
+    /// so a reader may stop before it returns `None`.
+    struct KnownEnd(Option<Bytes>);
+
+    impl HttpBody for KnownEnd {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_copy_ends_when_the_last_frame_says_so() {
+        let (mut tee, copied) = tee(body::boxed(KnownEnd(Some(Bytes::from_static(b"xy")))), 10);
+        let frame = tee.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "xy");
+        assert!(tee.is_end_stream());
+        drop(tee); // never polled to its `None`
+        assert_eq!(copied.collect().await.unwrap().to_bytes(), "xy");
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_falls_behind_fails_and_the_request_does_not() {
+        let frames = (0..5)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![b'a' + i; 3]))))
+            .collect();
+        let (tee, mut copy) = tee(streamed(frames), 5);
+        let main = tee.collect().await.unwrap().to_bytes();
+        assert_eq!(main.len(), 15);
+        let first = copy.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "aaa");
+        assert!(
+            copy.frame().await.unwrap().is_err(),
+            "abandoned, not cut short"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_body_fails_the_copy() {
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Err::<Frame<Bytes>, BoxError>("client went away".into()),
+        ];
+        let (tee, mut copy) = tee(streamed(frames), LAG_BYTES);
+        assert!(tee.collect().await.is_err());
+        assert_eq!(
+            copy.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        assert!(copy.frame().await.unwrap().is_err());
+    }
+}
