@@ -119,11 +119,10 @@ impl Outbound {
             obs.route = Label(rule.name.clone());
             let mut req = req;
             let mut authority = authority.unwrap_or_default();
-            if let Some(filters) = &rule.filters {
-                // Rare: boxed, so that a rule without filters pays for none of this state.
-                if let Some(resp) = Box::pin(self.filter(filters, &mut req, &mut authority)).await {
-                    return Ok(resp);
-                }
+            if let Some(filters) = &rule.filters
+                && let Some(resp) = self.filter(filters, &mut req, &mut authority)
+            {
+                return Ok(resp);
             }
             // The whole request's deadline (the route's, or the caller's, else the default) covers
             // every attempt and the waits between them; the backend request timeout and the retry
@@ -213,7 +212,7 @@ impl Outbound {
     /// A rule's filters on its way in: a redirect is the answer (returned); otherwise the
     /// request's headers and path are edited, `authority` replaced by a rewrite's, and copies
     /// sent to the mirrors.
-    async fn filter(
+    fn filter(
         &self,
         filters: &Filters,
         req: &mut crate::http::BoxRequest,
