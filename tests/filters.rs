@@ -145,6 +145,12 @@ spec:
       requestMirror:
         backendRef: {name: shadow, port: 80}
     backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mirror-dead}}]
+    filters:
+    - type: RequestMirror
+      requestMirror:
+        backendRef: {name: dead, port: 80}
+    backendRefs: [{name: web, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /per-backend}}]
     backendRefs:
     - name: api
@@ -171,10 +177,16 @@ async fn setup() -> Setup {
     let (shadow_addr, shadow) = recording_app("shadow").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
+    // Nothing listens there.
+    let dead_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let services = [
         ("web", web_addr),
         ("api", api_addr),
         ("shadow", shadow_addr),
+        ("dead", dead_addr),
     ]
     .iter()
     .map(|(n, a)| service_yaml(n, *a))
@@ -391,12 +403,65 @@ async fn a_mirror_gets_a_copy_of_each_request_body_and_all() {
         assert!(Instant::now() < deadline, "the second copy never came");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Over HTTP/1.1 too.
+    let req = http::Request::builder().method("POST");
+    let a = send(
+        false,
+        s.proxy.outbound,
+        req,
+        "web",
+        "/mirror/h1",
+        payload.clone(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    while s.shadow.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "the HTTP/1.1 copy never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(last(&s.shadow).body == payload);
     let (_, metrics) = admin_get(s.proxy.admin, "/metrics").await;
     assert_eq!(
         metric_sum(&metrics, "pillion_requests_mirrored_total", ""),
-        2.0,
+        3.0,
         "{metrics}"
     );
+    assert_eq!(
+        metric_sum(&metrics, "pillion_requests_mirrored_failed_total", ""),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_cannot_be_reached_does_not_touch_the_request() {
+    let s = setup().await;
+    let payload = Bytes::from(vec![7u8; 100_000]);
+    for h2 in [false, true] {
+        let req = http::Request::builder().method("POST");
+        let a = send(
+            h2,
+            s.proxy.outbound,
+            req,
+            "web",
+            "/mirror-dead",
+            payload.clone(),
+        )
+        .await;
+        assert_eq!((a.status, a.body.as_ref()), (200, &b"ok"[..]));
+        assert!(last(&s.web).body == payload);
+    }
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, metrics) = admin_get(s.proxy.admin, "/metrics").await;
+        if metric_sum(&metrics, "pillion_requests_mirrored_failed_total", "") == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failed copies not counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,4 +499,40 @@ async fn a_bad_filter_is_refused_by_field_and_the_route_in_force_stays() {
         .await
         .unwrap();
     assert_eq!(a.status, 301, "the route in force before stays");
+}
+
+/// Across the mTLS mesh (client proxy -> server proxy -> demo app): the client proxy applies the
+/// filters, and what it edited arrives at the application through the server proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_apply_across_the_mtls_mesh() {
+    let mesh = Mesh::start_mtls("24h", &[]).await;
+    write_config(
+        &mesh.path("route.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: default}\n\
+         spec:\n  parentRefs: [{group: '', kind: Service, name: web, port: 80}]\n  rules:\n\
+         \x20 - filters:\n\
+         \x20   - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-filtered, value: 'yes'}]}}\n\
+         \x20   - {type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /headers}}}\n\
+         \x20   - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-resp, value: added}]}}\n\
+         \x20   backendRefs: [{name: web-v2, port: 80}]\n",
+    );
+    let client = http1_client();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let a = get(&client, mesh.client.outbound, "web", "/anything")
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&a.body).to_string();
+        if a.status == 200 && body.contains("x-filtered: yes") {
+            assert_eq!(a.version, "v2");
+            assert_eq!(values(&a.headers, "x-resp"), ["added"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the filters never applied: {} {body}",
+            a.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -269,6 +269,41 @@ impl Model {
                         reason,
                     });
                 }
+                for (f, filter) in rule.filters.iter().flatten().enumerate() {
+                    let Some(mirror) = &filter.request_mirror else {
+                        continue;
+                    };
+                    let target = &mirror.backend_ref;
+                    let target_ns = target.namespace.as_deref().unwrap_or(ns);
+                    let reason = if target_ns != ns {
+                        format!(
+                            "Service {target_ns}/{} is in another namespace: cross-namespace \
+                             mirrors are not supported; no copies are sent",
+                            target.name
+                        )
+                    } else {
+                        match self.service_state(target_ns, &target.name) {
+                            ServiceState::Ready => continue,
+                            ServiceState::Missing => {
+                                format!(
+                                    "no Service {target_ns}/{}; no copies are sent",
+                                    target.name
+                                )
+                            }
+                            ServiceState::NoEndpoints => format!(
+                                "Service {target_ns}/{} has no ready endpoint; no copies are sent",
+                                target.name
+                            ),
+                        }
+                    };
+                    out.push(Warning {
+                        object: object(),
+                        field: format!(
+                            "spec.rules[{r}].filters[{f}].requestMirror.backendRef.name"
+                        ),
+                        reason,
+                    });
+                }
                 for (m, key) in match_keys(rule).into_iter().enumerate() {
                     for parent in &parents {
                         let here = format!("{} spec.rules[{r}]", object().short());

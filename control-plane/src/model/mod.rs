@@ -958,6 +958,14 @@ endpoints:
             .expect("the backend's");
         let set = &b.request_headers.as_ref().unwrap().set;
         assert_eq!((set[0].name.as_str(), set[0].value.as_str()), ("x-v", "1"));
+        // The missing mirror is named in a warning (`pillion check`, the control plane's log).
+        let warnings = m.warnings();
+        assert!(
+            warnings.iter().any(|w| w.field
+                == "spec.rules[0].filters[2].requestMirror.backendRef.name"
+                && w.reason.contains("no Service default/gone")),
+            "{warnings:?}"
+        );
     }
 
     #[test]
