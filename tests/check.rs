@@ -62,6 +62,7 @@ fn each_problem_is_printed_at_its_file_and_line() {
         "broken/empty-backend.yaml:14: warning: TrafficSplit/web-v3-split: spec.backends[1].service: Service default/web-v3 has no ready endpoint",
         "broken/routes.yaml:21: warning: HTTPRoute/api-copy: spec.rules[0].matches[0]: the same match as HTTPRoute/api spec.rules[0] on Service default/web",
         "broken/routes.yaml:30: warning: HTTPRoute/orphan: spec.parentRefs[0].name: no Service default/shop",
+        "broken/routes.yaml:54: warning: HTTPRoute/mirror: spec.rules[0].filters[0].requestMirror.backendRef.name: no Service default/web-shadow; no copies are sent",
         "broken/split.yaml:18: warning: TrafficSplit/web-split-2: spec.service: HTTPRoute default/api also routes Service default/web and takes precedence",
     ];
     assert_eq!(lines.len(), expected.len(), "{text}");
@@ -90,7 +91,7 @@ fn json_output_carries_every_finding() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["errors"], 3);
-    assert_eq!(v["warnings"], 4);
+    assert_eq!(v["warnings"], 5);
     let split = v["findings"]
         .as_array()
         .unwrap()
