@@ -152,10 +152,11 @@ fn the_canary_crd_and_the_rust_type_agree() {
     );
 }
 
-/// The Gateway API's own HTTPRoute CRD (v1.6.1, standard channel, from `shared/specs`): the filter
-/// types read every field it defines, at every level, for a rule's filters and a backendRef's.
+/// The Gateway API's own HTTPRoute CRD (v1.6.1, standard channel, from `shared/specs`): the
+/// route's types, filters included, read every field it defines, at every level (a field they
+/// lacked would be refused as unknown; one they invented would never be set by a real object).
 #[test]
-fn the_httproute_filter_types_read_every_field_of_the_gateway_api_crd() {
+fn the_httproute_types_read_every_field_of_the_gateway_api_crd() {
     use pillion_control_plane::config::filters::{
         Fraction, HeaderModifier, HttpHeader, HttpRouteFilter, MirrorBackendRef, PathModifier,
         RequestMirror, RequestRedirect, UrlRewrite,
@@ -176,8 +177,50 @@ fn the_httproute_filter_types_read_every_field_of_the_gateway_api_crd() {
         .iter()
         .find(|v| v["name"] == "v1")
         .unwrap();
-    let rule =
-        &v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]["items"];
+    let spec = &v1["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let rule = &spec["properties"]["rules"]["items"];
+    {
+        use pillion_control_plane::config::{
+            BackendRef, HttpPathMatch, HttpRouteMatch, HttpRouteRule, HttpRouteSpec,
+            HttpRouteTimeouts, HttpValueMatch, ParentRef,
+        };
+        let p = |v: &Value, name: &str| v["properties"][name].clone();
+        assert_eq!(properties(spec), fields_of::<HttpRouteSpec>(), "spec");
+        assert_eq!(
+            properties(&p(spec, "parentRefs")["items"]),
+            fields_of::<ParentRef>(),
+            "spec.parentRefs[]"
+        );
+        assert_eq!(
+            properties(rule),
+            fields_of::<HttpRouteRule>(),
+            "spec.rules[]"
+        );
+        let m = &p(rule, "matches")["items"];
+        assert_eq!(properties(m), fields_of::<HttpRouteMatch>(), "matches[]");
+        assert_eq!(
+            properties(&p(m, "path")),
+            fields_of::<HttpPathMatch>(),
+            "matches[].path"
+        );
+        for list in ["headers", "queryParams"] {
+            assert_eq!(
+                properties(&p(m, list)["items"]),
+                fields_of::<HttpValueMatch>(),
+                "matches[].{list}[]"
+            );
+        }
+        assert_eq!(
+            properties(&p(rule, "backendRefs")["items"]),
+            fields_of::<BackendRef>(),
+            "backendRefs[]"
+        );
+        assert_eq!(
+            properties(&p(rule, "timeouts")),
+            fields_of::<HttpRouteTimeouts>(),
+            "timeouts"
+        );
+    }
     let rule_filter = &rule["properties"]["filters"]["items"];
     let backend_filter =
         &rule["properties"]["backendRefs"]["items"]["properties"]["filters"]["items"];
