@@ -151,6 +151,12 @@ spec:
       requestMirror:
         backendRef: {name: dead, port: 80}
     backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mirror-hang}}]
+    filters:
+    - type: RequestMirror
+      requestMirror:
+        backendRef: {name: hang, port: 80}
+    backendRefs: [{name: web, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /per-backend}}]
     backendRefs:
     - name: api
@@ -169,14 +175,21 @@ struct Setup {
     web: Log,
     api: Log,
     shadow: Log,
+    /// Accepts connections (the kernel does) and never reads from them.
+    _hang: std::net::TcpListener,
 }
 
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+async fn setup_with(proxy_env: &[(&str, String)]) -> Setup {
     let (web_addr, web) = recording_app("web").await;
     let (api_addr, api) = recording_app("api").await;
     let (shadow_addr, shadow) = recording_app("shadow").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     // Nothing listens there.
     let dead_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -187,6 +200,7 @@ async fn setup() -> Setup {
         ("api", api_addr),
         ("shadow", shadow_addr),
         ("dead", dead_addr),
+        ("hang", hang.local_addr().unwrap()),
     ]
     .iter()
     .map(|(n, a)| service_yaml(n, *a))
@@ -194,7 +208,7 @@ async fn setup() -> Setup {
     write_config(&path.join("services.yaml"), &services);
     write_config(&path.join("route.yaml"), ROUTE);
     let cp = start_control_plane(&path, "127.0.0.1:0");
-    let proxy = start_proxy("proxy-client", cp.addr, "default/client", None, &[]);
+    let proxy = start_proxy("proxy-client", cp.addr, "default/client", None, proxy_env);
     // Routed once the redirect answers (it needs the route, nothing else).
     let client = http1_client();
     let deadline = Instant::now() + DEADLINE;
@@ -218,6 +232,7 @@ async fn setup() -> Setup {
         web,
         api,
         shadow,
+        _hang: hang,
     }
 }
 
@@ -532,6 +547,46 @@ async fn filters_apply_across_the_mtls_mesh() {
             Instant::now() < deadline,
             "the filters never applied: {} {body}",
             a.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A mirror backend that takes connections and never reads: the copy falls behind, is given up
+/// once 1 MiB behind, and ends then (its body freed), not when the request timeout would end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_falls_behind_is_given_up_at_once() {
+    let s = setup_with(&[("PILLION_REQUEST_TIMEOUT", "10m".to_string())]).await;
+    let payload = Bytes::from(vec![1u8; 8 << 20]);
+    for h2 in [false, true] {
+        let req = http::Request::builder().method("POST");
+        let a = send(
+            h2,
+            s.proxy.outbound,
+            req,
+            "web",
+            "/mirror-hang",
+            payload.clone(),
+        )
+        .await;
+        assert_eq!((a.status, a.body.as_ref()), (200, &b"ok"[..]));
+        assert!(
+            last(&s.web).body == payload,
+            "the request's body arrived whole"
+        );
+    }
+    // Given up at once (well under a second here). Not given up, a copy stuck writing to the
+    // backend ends only when something else ends it: after 25 s, or at the request timeout's
+    // 10 minutes, in runs without the signal. 20 s leaves a busy machine room.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = admin_get(s.proxy.admin, "/metrics").await;
+        if metric_sum(&metrics, "pillion_requests_mirrored_failed_total", "") == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copies were not given up: {metrics}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -231,7 +231,13 @@ impl Outbound {
             let chosen = m.ppm >= 1_000_000 || rand::random_range(0..1_000_000) < m.ppm;
             if let (true, BackendTarget::Service { endpoints, .. }) = (chosen, &m.backend.target) {
                 let timeout = self.request_timeout.unwrap_or(MIRROR_TIMEOUT);
-                mirror::send(endpoints, req, authority, timeout);
+                mirror::send(
+                    endpoints,
+                    req,
+                    authority,
+                    timeout,
+                    self.max_requests_per_endpoint,
+                );
             }
         }
         None

@@ -17,7 +17,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::balance::{self, Endpoint};
 use crate::http::body::{self, Body, BoxError};
@@ -33,28 +33,42 @@ pub static MIRROR_FAILURES: std::sync::LazyLock<Counter> =
     std::sync::LazyLock::new(Counter::default);
 
 /// Sends a copy of `req` (as it is now: after the rule's edits) to one of `endpoints`, in a
-/// task of its own. `req`'s body, if it has one, is replaced by one that feeds the copy.
+/// task of its own. `req`'s body, if it has one, is replaced by one that feeds the copy. An
+/// endpoint with `limit` requests in flight gets no copy (a mirror backend that stops answering
+/// must not pile up copies in the proxy).
 pub fn send(
     endpoints: &[Arc<Endpoint>],
     req: &mut Request<Body>,
     authority: &str,
     timeout: Duration,
+    limit: u32,
 ) {
     let Some(endpoint) = balance::pick(endpoints).cloned() else {
         return;
     };
+    MIRRORED.inc();
+    if endpoint.pending() >= limit {
+        MIRROR_FAILURES.inc();
+        return;
+    }
     let mut copy = Request::new(body::empty());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
+    // Sent when the request's body gives up on the copy. Dropped unsent (no body, or the copy
+    // had all of it), the branch that waits for it is simply disabled.
+    let (abandon_tx, mut abandoned) = oneshot::channel();
     if !req.body().is_end_stream() {
-        let (tee, copied) = tee(std::mem::replace(req.body_mut(), body::empty()), LAG_BYTES);
+        let (tee, copied) = tee(
+            std::mem::replace(req.body_mut(), body::empty()),
+            LAG_BYTES,
+            abandon_tx,
+        );
         *req.body_mut() = UnsyncBoxBody::new(tee);
         *copy.body_mut() = UnsyncBoxBody::new(copied);
     }
     let authority = authority.to_string();
-    MIRRORED.inc();
     tokio::spawn(async move {
         let opts = ForwardOpts {
             authority: &authority,
@@ -69,9 +83,14 @@ pub fn send(
             resp.into_body().collect().await.map_err(|_| ())?;
             Ok::<(), ()>(())
         };
-        match tokio::time::timeout(timeout, answered).await {
-            Ok(Ok(())) => {}
-            _ => {
+        // An abandoned copy ends now, and with it the body it held (up to LAG_BYTES).
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(timeout, answered) => r.ok().and_then(Result::ok),
+            Ok(()) = &mut abandoned => None,
+        };
+        match outcome {
+            Some(()) => {}
+            None => {
                 MIRROR_FAILURES.inc();
                 tracing::debug!(endpoint = %endpoint.addr, "mirrored request got no answer");
             }
@@ -79,8 +98,9 @@ pub fn send(
     });
 }
 
-/// `inner` split in two: the request's body, and the copy's, at most `max_lag` bytes behind.
-fn tee(inner: Body, max_lag: usize) -> (Tee, Copied) {
+/// `inner` split in two: the request's body, and the copy's, at most `max_lag` bytes behind;
+/// `abandon` is told when the copy is given up.
+fn tee(inner: Body, max_lag: usize, abandon: oneshot::Sender<()>) -> (Tee, Copied) {
     let (tx, rx) = mpsc::unbounded_channel();
     let lag = Arc::new(AtomicUsize::new(0));
     let tee = Tee {
@@ -88,6 +108,7 @@ fn tee(inner: Body, max_lag: usize) -> (Tee, Copied) {
         tx: Some(tx),
         lag: lag.clone(),
         max_lag,
+        abandon: Some(abandon),
     };
     (tee, Copied { rx, lag })
 }
@@ -100,6 +121,16 @@ struct Tee {
     /// Bytes handed over and not yet taken by the copy.
     lag: Arc<AtomicUsize>,
     max_lag: usize,
+    abandon: Option<oneshot::Sender<()>>,
+}
+
+/// What became of the copy after one frame of the request's body.
+enum Handed {
+    More,
+    /// The copy has the whole body.
+    All,
+    /// Too far behind, or the request's body failed: the copy is given up.
+    GaveUp,
 }
 
 impl HttpBody for Tee {
@@ -125,25 +156,37 @@ impl HttpBody for Tee {
                 };
                 let behind = self.lag.fetch_add(len, Ordering::Relaxed) + len;
                 let sent = behind <= self.max_lag && copy.is_none_or(|c| tx.send(Some(c)).is_ok());
-                // A reader that knows the body has ended (`is_end_stream`: the last frame
-                // carried END_STREAM) polls no more: the copy learns of the end now.
-                if sent && self.inner.is_end_stream() {
+                if !sent {
+                    Handed::GaveUp
+                } else if self.inner.is_end_stream() {
+                    // A reader that knows the body has ended (the last frame carried
+                    // END_STREAM) polls no more: the copy learns of the end now.
                     let _ = tx.send(None);
-                    false
+                    Handed::All
                 } else {
-                    sent
+                    Handed::More
                 }
             }
             // The end: `None` tells the copy its body is whole.
             Poll::Ready(None) => {
                 let _ = tx.send(None);
-                false
+                Handed::All
             }
             // The client's body failed: the copy's fails too (its sender dropped).
-            Poll::Ready(Some(Err(_))) => false,
+            Poll::Ready(Some(Err(_))) => Handed::GaveUp,
         };
-        if !handed {
-            self.tx = None;
+        match handed {
+            Handed::More => {}
+            Handed::All => {
+                self.tx = None;
+                self.abandon = None;
+            }
+            Handed::GaveUp => {
+                self.tx = None;
+                if let Some(a) = self.abandon.take() {
+                    let _ = a.send(());
+                }
+            }
         }
         poll
     }
@@ -205,7 +248,7 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"ab"))),
             Ok(Frame::data(Bytes::from_static(b"cd"))),
         ];
-        let (tee, copied) = tee(streamed(frames), 4);
+        let (tee, copied) = tee(streamed(frames), 4, oneshot::channel().0);
         let main = tee.collect().await.unwrap().to_bytes();
         assert_eq!(main, "abcd");
         let copy = copied.collect().await.unwrap().to_bytes();
@@ -232,12 +275,21 @@ mod tests {
 
     #[tokio::test]
     async fn the_copy_ends_when_the_last_frame_says_so() {
-        let (mut tee, copied) = tee(body::boxed(KnownEnd(Some(Bytes::from_static(b"xy")))), 10);
+        let (abandon, mut abandoned) = oneshot::channel();
+        let (mut tee, copied) = tee(
+            body::boxed(KnownEnd(Some(Bytes::from_static(b"xy")))),
+            10,
+            abandon,
+        );
         let frame = tee.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "xy");
         assert!(tee.is_end_stream());
         drop(tee); // never polled to its `None`
         assert_eq!(copied.collect().await.unwrap().to_bytes(), "xy");
+        assert!(
+            abandoned.try_recv().is_err(),
+            "a whole copy is not given up"
+        );
     }
 
     #[tokio::test]
@@ -245,9 +297,14 @@ mod tests {
         let frames = (0..5)
             .map(|i| Ok(Frame::data(Bytes::from(vec![b'a' + i; 3]))))
             .collect();
-        let (tee, mut copy) = tee(streamed(frames), 5);
+        let (abandon, mut abandoned) = oneshot::channel();
+        let (tee, mut copy) = tee(streamed(frames), 5, abandon);
         let main = tee.collect().await.unwrap().to_bytes();
         assert_eq!(main.len(), 15);
+        assert!(
+            abandoned.try_recv().is_ok(),
+            "the copy's task is told to give up"
+        );
         let first = copy.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "aaa");
         assert!(
@@ -262,7 +319,7 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"ab"))),
             Err::<Frame<Bytes>, BoxError>("client went away".into()),
         ];
-        let (tee, mut copy) = tee(streamed(frames), LAG_BYTES);
+        let (tee, mut copy) = tee(streamed(frames), LAG_BYTES, oneshot::channel().0);
         assert!(tee.collect().await.is_err());
         assert_eq!(
             copy.frame().await.unwrap().unwrap().into_data().unwrap(),
