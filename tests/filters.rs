@@ -157,6 +157,17 @@ spec:
       requestMirror:
         backendRef: {name: hang, port: 80}
     backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /cors}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ['https://*.example.com']
+        allowMethods: [GET, PUT]
+        allowHeaders: [x-token]
+        exposeHeaders: [x-app]
+        allowCredentials: true
+        maxAge: 600
+    backendRefs: [{name: api, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /per-backend}}]
     backendRefs:
     - name: api
@@ -589,5 +600,96 @@ async fn a_copy_that_falls_behind_is_given_up_at_once() {
             "the copies were not given up: {metrics}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// CORS: a browser's preflight is answered by the proxy; an actual cross-origin answer carries
+/// the headers that let the page read it, for allowed origins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_and_allowed_origins_can_read_answers() {
+    let s = setup().await;
+    for h2 in [false, true] {
+        let before = s.api.lock().unwrap().len();
+        let req = http::Request::builder()
+            .method("OPTIONS")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "x-token");
+        let a = send(
+            h2,
+            s.proxy.outbound,
+            req,
+            "web",
+            "/cors/items",
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(a.status, 204);
+        let h = &a.headers;
+        assert_eq!(
+            values(h, "access-control-allow-origin"),
+            ["https://app.example.com"]
+        );
+        assert_eq!(values(h, "access-control-allow-methods"), ["GET, PUT"]);
+        assert_eq!(values(h, "access-control-allow-headers"), ["x-token"]);
+        assert_eq!(values(h, "access-control-allow-credentials"), ["true"]);
+        assert_eq!(values(h, "access-control-max-age"), ["600"]);
+        assert_eq!(
+            s.api.lock().unwrap().len(),
+            before,
+            "a preflight is not forwarded"
+        );
+
+        let req = http::Request::builder().header("origin", "https://app.example.com");
+        let a = send(
+            h2,
+            s.proxy.outbound,
+            req,
+            "web",
+            "/cors/items",
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            values(&a.headers, "access-control-allow-origin"),
+            ["https://app.example.com"]
+        );
+        assert_eq!(
+            values(&a.headers, "access-control-expose-headers"),
+            ["x-app"]
+        );
+        assert_eq!(values(&a.headers, "vary"), ["Origin"]);
+
+        // Another origin, or none: the answer as the application gave it.
+        let req = http::Request::builder().header("origin", "https://evil.example.org");
+        let a = send(
+            h2,
+            s.proxy.outbound,
+            req,
+            "web",
+            "/cors/items",
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert!(a.headers.get("access-control-allow-origin").is_none());
+        let req = http::Request::builder()
+            .method("OPTIONS")
+            .header("origin", "https://evil.example.org")
+            .header("access-control-request-method", "PUT");
+        let a = send(
+            h2,
+            s.proxy.outbound,
+            req,
+            "web",
+            "/cors/items",
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(a.status, 204);
+        assert!(a.headers.get("access-control-allow-origin").is_none());
+        let a = send_get(h2, s.proxy.outbound, "web", "/cors/items").await;
+        assert!(a.headers.get("access-control-allow-origin").is_none());
     }
 }

@@ -158,8 +158,8 @@ fn the_canary_crd_and_the_rust_type_agree() {
 #[test]
 fn the_httproute_types_read_every_field_of_the_gateway_api_crd() {
     use pillion_control_plane::config::filters::{
-        Fraction, HeaderModifier, HttpHeader, HttpRouteFilter, MirrorBackendRef, PathModifier,
-        RequestMirror, RequestRedirect, UrlRewrite,
+        Cors, Fraction, HeaderModifier, HttpHeader, HttpRouteFilter, MirrorBackendRef,
+        PathModifier, RequestMirror, RequestRedirect, UrlRewrite,
     };
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -264,6 +264,7 @@ fn the_httproute_types_read_every_field_of_the_gateway_api_crd() {
             fields_of::<PathModifier>(),
             "{at} urlRewrite.path"
         );
+        assert_eq!(properties(p("cors")), fields_of::<Cors>(), "{at} cors");
         let mirror = p("requestMirror");
         assert_eq!(
             properties(mirror),

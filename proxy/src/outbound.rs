@@ -182,6 +182,11 @@ impl Outbound {
             };
             obs.backend = Label(name.clone());
             let mut req = req;
+            // Only a rule with filters can have CORS: the common request reads no header here.
+            let origin = match &rule.filters {
+                Some(f) => f.cors_origin(req.headers()),
+                None => None,
+            };
             let authority = match &backend.filters {
                 Some(f) => {
                     f.edit_request(&mut req).map_err(ProxyError::BadRequest)?;
@@ -202,7 +207,7 @@ impl Outbound {
                 .await;
             if let Ok(resp) = &mut result {
                 for f in [&backend.filters, &rule.filters].into_iter().flatten() {
-                    f.edit_response(resp);
+                    f.edit_response(resp, origin.as_ref());
                 }
             }
             result
@@ -218,6 +223,9 @@ impl Outbound {
         req: &mut crate::http::BoxRequest,
         authority: &mut String,
     ) -> Option<Response<Body>> {
+        if let Some(resp) = filters.cors.as_ref().and_then(|c| c.preflight(req)) {
+            return Some(resp);
+        }
         if let Some(redirect) = &filters.redirect {
             return Some(redirect.response(req, authority));
         }

@@ -2,7 +2,7 @@
 //! API server's schema would make (the files source has no API server), and what the proxies get.
 //!
 //! Supported: `RequestHeaderModifier` and `RequestRedirect` (core), `ResponseHeaderModifier`,
-//! `URLRewrite` and `RequestMirror` (extended). `CORS`, `ExternalAuth` and `ExtensionRef` are
+//! `URLRewrite`, `RequestMirror` and `CORS` (extended). `ExternalAuth` and `ExtensionRef` are
 //! refused with a reason, never ignored: a filter skipped would change what the route does.
 
 use pillion_proto::discovery::v1 as pb;
@@ -30,7 +30,7 @@ pub struct HttpRouteFilter {
     #[serde(default)]
     pub extension_ref: Option<Value>,
     #[serde(default)]
-    pub cors: Option<Value>,
+    pub cors: Option<Cors>,
     #[serde(default)]
     pub external_auth: Option<Value>,
 }
@@ -110,6 +110,23 @@ pub struct MirrorBackendRef {
     pub namespace: Option<String>,
     #[serde(default)]
     pub port: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cors {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub max_age: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,13 +215,13 @@ pub fn validate(
                 format!("must not be set on a {kind} filter"),
             ));
         }
-        if matches!(kind, "ExtensionRef" | "CORS" | "ExternalAuth") {
+        if matches!(kind, "ExtensionRef" | "ExternalAuth") {
             return Err(FieldError::new(
                 format!("{at}.type"),
                 format!("{kind} filters are not supported by Pillion"),
             ));
         }
-        if scope == Scope::Backend && matches!(kind, "RequestRedirect" | "RequestMirror") {
+        if scope == Scope::Backend && matches!(kind, "RequestRedirect" | "RequestMirror" | "CORS") {
             return Err(FieldError::new(
                 format!("{at}.type"),
                 format!("a {kind} filter belongs in the rule's filters, not a backendRef's"),
@@ -243,6 +260,9 @@ pub fn validate(
         }
         if let Some(m) = &f.request_mirror {
             validate_mirror(&at, m)?;
+        }
+        if let Some(c) = &f.cors {
+            validate_cors(&at, c)?;
         }
     }
     if seen.contains(&"RequestRedirect") && seen.contains(&"URLRewrite") {
@@ -449,6 +469,83 @@ pub fn matched_prefix(matches: Option<&[HttpRouteMatch]>) -> Option<String> {
     }
 }
 
+fn validate_cors(at: &str, c: &Cors) -> Result<(), FieldError> {
+    let lists = [
+        ("allowOrigins", &c.allow_origins, 64),
+        ("allowMethods", &c.allow_methods, 9),
+        ("allowHeaders", &c.allow_headers, 64),
+        ("exposeHeaders", &c.expose_headers, 64),
+    ];
+    for (field, list, max) in lists {
+        if list.len() > max {
+            return Err(FieldError::new(
+                format!("{at}.{field}"),
+                format!("at most {max} entries"),
+            ));
+        }
+        if field != "exposeHeaders" && list.len() > 1 && list.iter().any(|v| v == "*") {
+            return Err(FieldError::new(
+                format!("{at}.{field}"),
+                "`*` must be the only entry when present",
+            ));
+        }
+        for (i, v) in list.iter().enumerate() {
+            let at = format!("{at}.{field}[{i}]");
+            let ok = match field {
+                "allowOrigins" => v == "*" || origin_ok(v),
+                "allowMethods" => {
+                    v == "*"
+                        || [
+                            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                            "PATCH",
+                        ]
+                        .contains(&v.as_str())
+                }
+                _ => (v == "*" && field == "allowHeaders") || super::http_header_name_ok(v),
+            };
+            if !ok {
+                let what = match field {
+                    "allowOrigins" => {
+                        "an origin (`*`, or `http(s)://host[:port]` with `*` or `*.` leading the host)"
+                    }
+                    "allowMethods" => "an HTTP method the Gateway API allows, or `*`",
+                    _ => "a header name",
+                };
+                return Err(FieldError::new(at, format!("`{v}` is not {what}")));
+            }
+        }
+    }
+    if let Some(age) = c.max_age
+        && !(1..=i64::from(i32::MAX)).contains(&age)
+    {
+        return Err(FieldError::new(
+            format!("{at}.maxAge"),
+            format!("{age} is not a number of seconds of at least 1"),
+        ));
+    }
+    Ok(())
+}
+
+/// `http(s)://host[:port]`, the host DNS labels (the first may be `*`) or `*` alone.
+fn origin_ok(o: &str) -> bool {
+    let Some(rest) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (rest, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok =
+        |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    port_ok && (host == "*" || host.split('.').all(label_ok))
+}
+
 fn validate_mirror(at: &str, m: &RequestMirror) -> Result<(), FieldError> {
     let b = &m.backend_ref;
     let is_service = b.group.as_deref().unwrap_or_default().is_empty()
@@ -564,6 +661,16 @@ pub fn to_pb(
                 path: r.path.as_ref().map(path),
             });
         }
+        if let Some(c) = &f.cors {
+            out.cors = Some(pb::Cors {
+                allow_origins: c.allow_origins.clone(),
+                allow_methods: c.allow_methods.clone(),
+                allow_headers: c.allow_headers.clone(),
+                expose_headers: c.expose_headers.clone(),
+                allow_credentials: c.allow_credentials.unwrap_or(false),
+                max_age: c.max_age.unwrap_or(5).clamp(1, i64::from(i32::MAX)) as u32,
+            });
+        }
         if let Some(m) = &f.request_mirror {
             out.mirrors.push(pb::Mirror {
                 backend: Some(mirror(&m.backend_ref)),
@@ -609,6 +716,7 @@ mod tests {
             "{matches: [{path: {type: PathPrefix, value: /v1}}], filters: [{type: URLRewrite, urlRewrite: {hostname: elsewhere, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}], backendRefs: [{name: web, port: 80}]}",
             "{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}, percent: 10}}, {type: RequestMirror, requestMirror: {backendRef: {name: other, port: 80}, fraction: {numerator: 1, denominator: 3}}}], backendRefs: [{name: web, port: 80}]}",
             "{backendRefs: [{name: web, port: 80, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-version, value: v2}]}}]}]}",
+            "{filters: [{type: CORS, cors: {allowOrigins: ['https://*.example.com', 'http://app.local:8080'], allowMethods: [GET, PUT], allowHeaders: ['*'], exposeHeaders: [x-total], allowCredentials: true, maxAge: 600}}], backendRefs: [{name: web, port: 80}]}",
         ];
         for rule in ok {
             match route(rule) {
@@ -622,9 +730,34 @@ mod tests {
     fn bad_filters_are_refused_by_field_with_a_reason() {
         let cases = [
             (
-                "{filters: [{type: CORS, cors: {allowOrigins: ['*']}}], backendRefs: [{name: web, port: 80}]}",
+                "{filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: Auth, name: a}}], backendRefs: [{name: web, port: 80}]}",
                 "spec.rules[0].filters[0].type",
                 "not supported",
+            ),
+            (
+                "{filters: [{type: CORS, cors: {allowOrigins: ['*', 'https://a.example']}}], backendRefs: [{name: web, port: 80}]}",
+                "spec.rules[0].filters[0].cors.allowOrigins",
+                "only entry",
+            ),
+            (
+                "{filters: [{type: CORS, cors: {allowOrigins: ['example.com']}}], backendRefs: [{name: web, port: 80}]}",
+                "spec.rules[0].filters[0].cors.allowOrigins[0]",
+                "not an origin",
+            ),
+            (
+                "{filters: [{type: CORS, cors: {allowMethods: [get]}}], backendRefs: [{name: web, port: 80}]}",
+                "spec.rules[0].filters[0].cors.allowMethods[0]",
+                "HTTP method",
+            ),
+            (
+                "{filters: [{type: CORS, cors: {maxAge: 0}}], backendRefs: [{name: web, port: 80}]}",
+                "spec.rules[0].filters[0].cors.maxAge",
+                "at least 1",
+            ),
+            (
+                "{backendRefs: [{name: web, port: 80, filters: [{type: CORS, cors: {}}]}]}",
+                "spec.rules[0].backendRefs[0].filters[0].type",
+                "rule's filters",
             ),
             (
                 "{filters: [{type: Bogus}], backendRefs: [{name: web, port: 80}]}",

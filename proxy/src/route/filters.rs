@@ -1,5 +1,5 @@
 //! Gateway API HTTPRoute filters as the request path applies them: header modifiers on the
-//! request and the response, a redirect answered by the proxy, a URL rewrite, mirrors.
+//! request and the response, a redirect answered by the proxy, a URL rewrite, mirrors, CORS.
 //!
 //! Compiled once per snapshot from the control plane's `Filters` (names and values already
 //! parsed, so a request pays only for the edits themselves). A rule without filters carries
@@ -19,6 +19,7 @@ pub struct Filters {
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
     pub mirrors: Vec<Mirror>,
+    pub cors: Option<Cors>,
 }
 
 /// `set`, `add` and `remove` of one modifier. Removals go first, then sets, then additions
@@ -91,6 +92,7 @@ impl Filters {
                 })
                 .transpose()?,
             mirrors,
+            cors: f.cors.map(Cors::compile).transpose()?,
         })
     }
 
@@ -132,16 +134,200 @@ impl Filters {
         has(self.response_headers.is_some(), "ResponseHeaderModifier");
         has(self.redirect.is_some(), "RequestRedirect");
         has(self.rewrite.is_some(), "URLRewrite");
+        has(self.cors.is_some(), "CORS");
         for m in &self.mirrors {
             out.push(format!("RequestMirror {}", m.backend.target.name()));
         }
         out
     }
 
-    pub fn edit_response(&self, resp: &mut Response<Body>) {
+    /// `origin`: the request's `Origin` when CORS allows it (`cors_origin`).
+    pub fn edit_response(&self, resp: &mut Response<Body>, origin: Option<&HeaderValue>) {
         if let Some(m) = &self.response_headers {
             m.apply(resp.headers_mut(), true);
         }
+        if let (Some(cors), Some(origin)) = (&self.cors, origin) {
+            cors.answer_headers(resp.headers_mut(), origin);
+        }
+    }
+
+    /// The request's `Origin`, when a CORS filter allows it: what `edit_response` needs.
+    pub fn cors_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        self.cors.as_ref()?.allows(origin).then(|| origin.clone())
+    }
+}
+
+/// The `CORS` filter: which origins may read the answers, and what a preflight answers.
+pub struct Cors {
+    origins: Vec<OriginPattern>,
+    any_origin: bool,
+    /// `Access-Control-Allow-Methods` as configured (None: `*`, or none configured).
+    methods: Option<HeaderValue>,
+    any_method: bool,
+    headers: Option<HeaderValue>,
+    any_header: bool,
+    expose: Option<HeaderValue>,
+    credentials: bool,
+    max_age: HeaderValue,
+}
+
+struct OriginPattern {
+    scheme: String,
+    /// `None`: any host; `Some(".example.com")` with `suffix`: any host under it.
+    host: Option<String>,
+    suffix: bool,
+    port: u16,
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" { 443 } else { 80 }
+}
+
+/// `scheme://host[:port]`, lowercased, the port made explicit.
+fn split_origin(o: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = o.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (rest, default_port(&scheme)),
+    };
+    Some((scheme, host.to_ascii_lowercase(), port))
+}
+
+impl Cors {
+    fn compile(c: pb::Cors) -> Result<Cors, String> {
+        let joined = |list: &[String]| -> Result<Option<HeaderValue>, String> {
+            let items: Vec<&str> = list
+                .iter()
+                .map(String::as_str)
+                .filter(|v| *v != "*")
+                .collect();
+            if items.is_empty() {
+                return Ok(None);
+            }
+            HeaderValue::from_str(&items.join(", "))
+                .map(Some)
+                .map_err(|_| format!("bad CORS list {items:?}"))
+        };
+        let mut origins = Vec::new();
+        for o in c.allow_origins.iter().filter(|o| *o != "*") {
+            let (scheme, host, port) =
+                split_origin(o).ok_or_else(|| format!("bad CORS origin {o}"))?;
+            let (host, suffix) = match host.as_str() {
+                "*" => (None, false),
+                h => match h.strip_prefix('*') {
+                    Some(rest) => (Some(rest.to_string()), true),
+                    None => (Some(h.to_string()), false),
+                },
+            };
+            origins.push(OriginPattern {
+                scheme,
+                host,
+                suffix,
+                port,
+            });
+        }
+        let star = |list: &[String]| list.iter().any(|v| v == "*");
+        // With credentials a `*` is not a wildcard to browsers: such lists name what is allowed.
+        let expose: Vec<String> = c
+            .expose_headers
+            .iter()
+            .filter(|h| !(c.allow_credentials && *h == "*"))
+            .cloned()
+            .collect();
+        Ok(Cors {
+            any_origin: star(&c.allow_origins),
+            origins,
+            methods: joined(&c.allow_methods)?,
+            any_method: star(&c.allow_methods),
+            headers: joined(&c.allow_headers)?,
+            any_header: star(&c.allow_headers),
+            expose: match expose.as_slice() {
+                [] => None,
+                list => Some(
+                    HeaderValue::from_str(&list.join(", "))
+                        .map_err(|_| "bad CORS expose list".to_string())?,
+                ),
+            },
+            credentials: c.allow_credentials,
+            max_age: HeaderValue::from(c.max_age.max(1)),
+        })
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        if self.any_origin {
+            return true;
+        }
+        let Some((scheme, host, port)) = origin.to_str().ok().and_then(split_origin) else {
+            return false;
+        };
+        self.origins.iter().any(|p| {
+            p.scheme == scheme
+                && p.port == port
+                && match (&p.host, p.suffix) {
+                    (None, _) => true,
+                    (Some(h), false) => *h == host,
+                    // `*.example.com`: one or more labels to the left.
+                    (Some(h), true) => host.len() > h.len() && host.ends_with(h.as_str()),
+                }
+        })
+    }
+
+    /// A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered
+    /// here: 204, with the CORS headers when the origin is allowed, without them when not (the
+    /// browser then refuses the actual request).
+    pub fn preflight(&self, req: &Request<Body>) -> Option<Response<Body>> {
+        let h = req.headers();
+        if req.method() != http::Method::OPTIONS {
+            return None;
+        }
+        let origin = h.get(header::ORIGIN)?;
+        let method = h.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+        let mut resp = Response::new(body::empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        if !self.allows(origin) {
+            return Some(resp);
+        }
+        let out = resp.headers_mut();
+        self.answer_headers(out, origin);
+        out.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+        // `*` with credentials must name the request's own method and headers instead.
+        let methods = match (&self.methods, self.any_method) {
+            (_, true) if self.credentials => Some(method.clone()),
+            (_, true) => Some(HeaderValue::from_static("*")),
+            (m, false) => m.clone(),
+        };
+        if let Some(m) = methods {
+            out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, m);
+        }
+        let asked = h.get(header::ACCESS_CONTROL_REQUEST_HEADERS);
+        let headers = match (&self.headers, self.any_header) {
+            (_, true) if self.credentials => asked.cloned(),
+            (_, true) => Some(HeaderValue::from_static("*")),
+            (v, false) => v.clone(),
+        };
+        if let Some(v) = headers {
+            out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+        out.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+        Some(resp)
+    }
+
+    /// The headers of an answer to an allowed origin: the origin echoed (never `*`, so that
+    /// credentials work and caches keep answers apart: `Vary: Origin`), credentials, exposure.
+    fn answer_headers(&self, out: &mut HeaderMap, origin: &HeaderValue) {
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if self.credentials {
+            out.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        if let Some(e) = &self.expose {
+            out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+        }
+        out.append(header::VARY, HeaderValue::from_static("Origin"));
     }
 }
 
@@ -470,6 +656,116 @@ mod tests {
                 ..Default::default()
             })
             .is_err()
+        );
+    }
+
+    fn cors(origins: &[&str], credentials: bool, any: bool) -> Cors {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Cors::compile(pb::Cors {
+            allow_origins: list(origins),
+            allow_methods: if any {
+                list(&["*"])
+            } else {
+                list(&["GET", "PUT"])
+            },
+            allow_headers: if any {
+                list(&["*"])
+            } else {
+                list(&["x-a", "x-b"])
+            },
+            expose_headers: list(&["x-total", "*"]),
+            allow_credentials: credentials,
+            max_age: 600,
+        })
+        .unwrap()
+    }
+
+    fn preflight(c: &Cors, origin: &str) -> Response<Body> {
+        let req = Request::builder()
+            .method("OPTIONS")
+            .uri("/x")
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "x-a, x-custom")
+            .body(body::empty())
+            .unwrap();
+        c.preflight(&req).expect("a preflight")
+    }
+
+    #[test]
+    fn origins_match_exactly_by_wildcard_host_or_all() {
+        let c = cors(
+            &["https://*.example.com", "http://app.local:8080"],
+            false,
+            false,
+        );
+        let ok = |o: &str| c.allows(&HeaderValue::from_str(o).unwrap());
+        assert!(ok("https://a.example.com"));
+        assert!(ok("https://a.b.example.com"));
+        assert!(ok("https://a.example.com:443"));
+        assert!(!ok("https://example.com"));
+        assert!(!ok("http://a.example.com"));
+        assert!(!ok("https://a.example.com.evil.org"));
+        assert!(ok("http://app.local:8080"));
+        assert!(!ok("http://app.local"));
+        assert!(!ok("null"));
+        assert!(cors(&["*"], false, false).allows(&HeaderValue::from_static("null")));
+    }
+
+    #[test]
+    fn a_preflight_is_answered_with_what_is_allowed() {
+        let c = cors(&["https://app.example"], false, false);
+        let r = preflight(&c, "https://app.example");
+        assert_eq!(r.status(), 204);
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://app.example");
+        assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+        assert_eq!(h["access-control-allow-headers"], "x-a, x-b");
+        assert_eq!(h["access-control-max-age"], "600");
+        assert!(h.get("access-control-allow-credentials").is_none());
+        assert!(h.get("access-control-expose-headers").is_none());
+        // An origin not allowed: 204 without the headers.
+        let r = preflight(&c, "https://other.example");
+        assert_eq!(r.status(), 204);
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+        // Not a preflight: forwarded.
+        let get = Request::builder()
+            .method("OPTIONS")
+            .header("origin", "https://app.example")
+            .body(body::empty())
+            .unwrap();
+        assert!(c.preflight(&get).is_none());
+    }
+
+    #[test]
+    fn wildcards_with_credentials_name_what_the_request_asked() {
+        let c = cors(&["*"], true, true);
+        let r = preflight(&c, "https://any.example");
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://any.example");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert_eq!(h["access-control-allow-methods"], "PUT");
+        assert_eq!(h["access-control-allow-headers"], "x-a, x-custom");
+        let open = cors(&["*"], false, true);
+        let h = preflight(&open, "https://any.example").headers().clone();
+        assert_eq!(h["access-control-allow-methods"], "*");
+        assert_eq!(h["access-control-allow-headers"], "*");
+        // An actual answer: origin echoed, exposure (no `*` with credentials), Vary.
+        let mut resp = Response::new(body::empty());
+        c.answer_headers(
+            resp.headers_mut(),
+            &HeaderValue::from_static("https://any.example"),
+        );
+        assert_eq!(resp.headers()["access-control-expose-headers"], "x-total");
+        assert_eq!(resp.headers()["vary"], "Origin");
+        let mut resp = Response::new(body::empty());
+        open.answer_headers(
+            resp.headers_mut(),
+            &HeaderValue::from_static("https://x.example"),
+        );
+        assert_eq!(
+            resp.headers()["access-control-expose-headers"],
+            "x-total, *"
         );
     }
 
