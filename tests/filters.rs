@@ -302,6 +302,22 @@ async fn send_get(h2: bool, proxy: SocketAddr, host: &str, path: &str) -> Answer
     .await
 }
 
+/// Polls the proxy's metrics until `n` mirrored copies are counted as failed, within `within`.
+async fn wait_for_failed_copies(s: &Setup, n: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, metrics) = admin_get(s.proxy.admin, "/metrics").await;
+        if metric_sum(&metrics, "pillion_requests_mirrored_failed_total", "") == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} failed copies not counted within {within:?}: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn last(log: &Log) -> Seen {
     log.lock()
         .unwrap()
@@ -476,18 +492,7 @@ async fn a_mirror_that_cannot_be_reached_does_not_touch_the_request() {
         assert_eq!((a.status, a.body.as_ref()), (200, &b"ok"[..]));
         assert!(last(&s.web).body == payload);
     }
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let (_, metrics) = admin_get(s.proxy.admin, "/metrics").await;
-        if metric_sum(&metrics, "pillion_requests_mirrored_failed_total", "") == 2.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "failed copies not counted: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_failed_copies(&s, 2.0, DEADLINE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,18 +594,7 @@ async fn a_copy_that_falls_behind_is_given_up_at_once() {
     // Given up at once (well under a second here). Not given up, a copy stuck writing to the
     // backend ends only when something else ends it: after 25 s, or at the request timeout's
     // 10 minutes, in runs without the signal. 20 s leaves a busy machine room.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, metrics) = admin_get(s.proxy.admin, "/metrics").await;
-        if metric_sum(&metrics, "pillion_requests_mirrored_failed_total", "") == 2.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the copies were not given up: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_failed_copies(&s, 2.0, Duration::from_secs(20)).await;
 }
 
 /// CORS: a browser's preflight is answered by the proxy; an actual cross-origin answer carries
