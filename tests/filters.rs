@@ -302,6 +302,20 @@ async fn send_get(h2: bool, proxy: SocketAddr, host: &str, path: &str) -> Answer
     .await
 }
 
+/// POSTs `payload` to `path` over HTTP/1.1 and then h2c; each gets the application's answer and
+/// the application the whole body, whatever becomes of the mirror's copy.
+async fn post_both_ways(s: &Setup, path: &str, payload: &Bytes) {
+    for h2 in [false, true] {
+        let req = http::Request::builder().method("POST");
+        let a = send(h2, s.proxy.outbound, req, "web", path, payload.clone()).await;
+        assert_eq!((a.status, a.body.as_ref()), (200, &b"ok"[..]));
+        assert!(
+            last(&s.web).body == *payload,
+            "the request's body arrived whole"
+        );
+    }
+}
+
 /// Polls the proxy's metrics until `n` mirrored copies are counted as failed, within `within`.
 async fn wait_for_failed_copies(s: &Setup, n: f64, within: Duration) {
     let deadline = Instant::now() + within;
@@ -478,20 +492,7 @@ async fn a_mirror_gets_a_copy_of_each_request_body_and_all() {
 async fn a_mirror_that_cannot_be_reached_does_not_touch_the_request() {
     let s = setup().await;
     let payload = Bytes::from(vec![7u8; 100_000]);
-    for h2 in [false, true] {
-        let req = http::Request::builder().method("POST");
-        let a = send(
-            h2,
-            s.proxy.outbound,
-            req,
-            "web",
-            "/mirror-dead",
-            payload.clone(),
-        )
-        .await;
-        assert_eq!((a.status, a.body.as_ref()), (200, &b"ok"[..]));
-        assert!(last(&s.web).body == payload);
-    }
+    post_both_ways(&s, "/mirror-dead", &payload).await;
     wait_for_failed_copies(&s, 2.0, DEADLINE).await;
 }
 
@@ -574,23 +575,7 @@ async fn filters_apply_across_the_mtls_mesh() {
 async fn a_copy_that_falls_behind_is_given_up_at_once() {
     let s = setup_with(&[("PILLION_REQUEST_TIMEOUT", "10m".to_string())]).await;
     let payload = Bytes::from(vec![1u8; 8 << 20]);
-    for h2 in [false, true] {
-        let req = http::Request::builder().method("POST");
-        let a = send(
-            h2,
-            s.proxy.outbound,
-            req,
-            "web",
-            "/mirror-hang",
-            payload.clone(),
-        )
-        .await;
-        assert_eq!((a.status, a.body.as_ref()), (200, &b"ok"[..]));
-        assert!(
-            last(&s.web).body == payload,
-            "the request's body arrived whole"
-        );
-    }
+    post_both_ways(&s, "/mirror-hang", &payload).await;
     // Given up at once (well under a second here). Not given up, a copy stuck writing to the
     // backend ends only when something else ends it: after 25 s, or at the request timeout's
     // 10 minutes, in runs without the signal. 20 s leaves a busy machine room.

@@ -493,14 +493,7 @@ fn validate_cors(at: &str, c: &Cors) -> Result<(), FieldError> {
             let at = format!("{at}.{field}[{i}]");
             let ok = match field {
                 "allowOrigins" => v == "*" || origin_ok(v),
-                "allowMethods" => {
-                    v == "*"
-                        || [
-                            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
-                            "PATCH",
-                        ]
-                        .contains(&v.as_str())
-                }
+                "allowMethods" => v == "*" || super::METHODS.contains(&v.as_str()),
                 _ => (v == "*" && field == "allowHeaders") || super::http_header_name_ok(v),
             };
             if !ok {

@@ -911,6 +911,11 @@ fn validate_route(r: &HttpRoute) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// The HTTP methods the Gateway API's schema allows (route matches, CORS `allowMethods`).
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
 fn validate_match(at: &str, m: &HttpRouteMatch) -> Result<(), FieldError> {
     if let Some(p) = &m.path {
         let kind = p.kind.as_deref().unwrap_or("PathPrefix");
@@ -953,16 +958,13 @@ fn validate_match(at: &str, m: &HttpRouteMatch) -> Result<(), FieldError> {
             }
         }
     }
-    if let Some(method) = &m.method {
-        const METHODS: [&str; 9] = [
-            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-        ];
-        if !METHODS.contains(&method.as_str()) {
-            return Err(FieldError::new(
-                format!("{at}.method"),
-                format!("`{method}` is not an HTTP method the Gateway API allows"),
-            ));
-        }
+    if let Some(method) = &m.method
+        && !METHODS.contains(&method.as_str())
+    {
+        return Err(FieldError::new(
+            format!("{at}.method"),
+            format!("`{method}` is not an HTTP method the Gateway API allows"),
+        ));
     }
     Ok(())
 }
