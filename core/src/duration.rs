@@ -16,6 +16,22 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration such as 500ms, 10s or 1m30s ({e})"))
 }
 
+/// The longest busy poll a proxy takes (`PILLION_BUSY_POLL`): a round trip within a node is
+/// tens of microseconds; spinning longer only burns CPU between requests.
+pub const BUSY_POLL_MAX: Duration = Duration::from_millis(10);
+
+/// A busy-poll time: `None` for `0` (off).
+pub fn parse_busy_poll(text: &str) -> Result<Option<Duration>, String> {
+    match parse(text)? {
+        d if d.is_zero() => Ok(None),
+        d if d > BUSY_POLL_MAX => Err(format!(
+            "`{text}` is longer than {}: a spin covers a round trip within a node (50us)",
+            humantime::format_duration(BUSY_POLL_MAX)
+        )),
+        d => Ok(Some(d)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +47,15 @@ mod tests {
         assert!(parse("soon").is_err());
         assert!(parse("").is_err());
         assert!(parse("-1s").is_err());
+    }
+
+    #[test]
+    fn busy_poll_is_off_or_short() {
+        assert_eq!(parse_busy_poll("0"), Ok(None));
+        assert_eq!(parse_busy_poll("50us"), Ok(Some(Duration::from_micros(50))));
+        assert_eq!(parse_busy_poll("10ms"), Ok(Some(BUSY_POLL_MAX)));
+        let err = parse_busy_poll("1s").unwrap_err();
+        assert!(err.contains("longer than 10ms"), "{err}");
+        assert!(parse_busy_poll("fast").is_err());
     }
 }

@@ -37,6 +37,8 @@ enum Check {
     CountOrOff,
     /// `off`, `system`, or name servers `ip[:port],...`.
     Dns,
+    /// A duration up to the proxy's limit (`pillion_core::duration::BUSY_POLL_MAX`).
+    BusyPoll,
 }
 
 /// Proxy settings a pod may choose (`config.pillion.dev/<name>`), the variable each sets and
@@ -75,6 +77,7 @@ const PROXY_SETTINGS: &[(&str, &str, Check)] = &[
         Check::Count,
     ),
     ("dns", "PILLION_DNS", Check::Dns),
+    ("busy-poll", "PILLION_BUSY_POLL", Check::BusyPoll),
 ];
 
 fn check(kind: Check, text: &str) -> Result<(), String> {
@@ -84,6 +87,7 @@ fn check(kind: Check, text: &str) -> Result<(), String> {
     };
     match kind {
         Check::Duration => pillion_core::duration::parse(text).map(|_| ()),
+        Check::BusyPoll => pillion_core::duration::parse_busy_poll(text).map(|_| ()),
         Check::Count => count(text),
         Check::CountOrOff if text == "off" => Ok(()),
         Check::CountOrOff => count(text).map_err(|e| format!("{e}, or off")),
@@ -356,6 +360,7 @@ mod tests {
             "config.pillion.dev/request-timeout": "5s",
             "config.pillion.dev/dns": "10.96.0.10:53",
             "config.pillion.dev/max-header-bytes": "32768",
+            "config.pillion.dev/busy-poll": "50us",
         }));
         assert!(errors.is_empty(), "{errors:?}");
         let mut env = o.proxy_env.clone();
@@ -363,6 +368,7 @@ mod tests {
         assert_eq!(
             env,
             vec![
+                ("PILLION_BUSY_POLL", "50us".to_string()),
                 ("PILLION_DNS", "10.96.0.10:53".to_string()),
                 ("PILLION_MAX_HEADER_BYTES", "32768".to_string()),
                 ("PILLION_OUTLIER_CONSECUTIVE_FAILURES", "off".to_string()),
@@ -373,8 +379,9 @@ mod tests {
             "config.pillion.dev/outlier-base-ejection": "a while",
             "config.pillion.dev/max-requests-per-endpoint": "0",
             "config.pillion.dev/dns": "dns.example",
+            "config.pillion.dev/busy-poll": "1s",
         }));
-        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert_eq!(errors.len(), 4, "{errors:#?}");
         assert!(o.proxy_env.is_empty());
     }
 

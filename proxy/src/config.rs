@@ -403,6 +403,17 @@ pub fn runtime_cores(env: &dyn Env) -> Result<usize, ConfigError> {
     Ok(count(env, "PILLION_CORES", available)?.min(64))
 }
 
+/// `PILLION_BUSY_POLL`: how long a runtime thread watches for events before it sleeps
+/// (`crate::runtime`); `None` (the default, `0`) sleeps at once.
+pub fn busy_poll(env: &dyn Env) -> Result<Option<Duration>, ConfigError> {
+    let v = env.get("PILLION_BUSY_POLL").unwrap_or_else(|| "0".into());
+    pillion_core::duration::parse_busy_poll(&v).map_err(|reason| ConfigError {
+        var: "PILLION_BUSY_POLL",
+        value: v,
+        reason,
+    })
+}
+
 /// Requests arriving with no sampling decision traced by default: 1 %.
 pub const DEFAULT_SAMPLE_RATE: f64 = 0.01;
 

@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod listener;
 pub mod outbound;
 pub mod route;
+pub mod runtime;
 pub mod telemetry;
 pub mod transport;
 

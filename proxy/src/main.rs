@@ -49,16 +49,14 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = if cores == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .enable_all()
-            .build()
+    let busy_poll = match pillion_proxy::config::busy_poll(&ProcessEnv) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("pillion-proxy: bad configuration: {e}");
+            std::process::exit(2);
+        }
     };
+    let runtime = pillion_proxy::runtime::build(cores, busy_poll);
     match runtime {
         Ok(rt) => rt.block_on(run(cores)),
         Err(e) => {

@@ -95,6 +95,10 @@ impl Process {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for a plain-text line containing `text`; returns it.
     pub fn wait_text(&self, text: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
