@@ -582,6 +582,97 @@ async fn a_copy_that_falls_behind_is_given_up_at_once() {
     wait_for_failed_copies(&s, 2.0, Duration::from_secs(20)).await;
 }
 
+/// One h2c connection to `proxy`, for many requests.
+async fn h2_connection(proxy: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let io = TokioIo::new(tokio::net::TcpStream::connect(proxy).await.unwrap());
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A request to `web` on `h2`; its status and body.
+async fn on_h2(
+    h2: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: Bytes,
+) -> (u16, Bytes) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://web{path}"))
+        .body(Full::new(body))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// Peak and current resident memory of a process, in bytes.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    (kb("VmHWM:"), kb("VmRSS:"))
+}
+
+/// A mirror backend that never completes a connection (`hang` over HTTP/2: the proxy waits for
+/// its SETTINGS) holds each copy, body and all, until the copy times out. The proxy keeps at
+/// most 8 MiB of such bodies, not one per copy: 300 copies of 256 KiB would be 75 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_stuck_on_a_mirror_hold_bounded_memory() {
+    let s = setup_with(&[("PILLION_REQUEST_TIMEOUT", "10m".to_string())]).await;
+    let pid = s.proxy.proc.pid();
+    let (_, before) = memory(pid);
+    let mut h2 = h2_connection(s.proxy.outbound).await;
+    let payload = Bytes::from(vec![7u8; 256 << 10]);
+    const COPIES: usize = 300;
+    for _ in 0..COPIES {
+        let (status, body) = on_h2(&mut h2, "POST", "/mirror-hang", payload.clone()).await;
+        assert_eq!((status, body.as_ref()), (200, &b"ok"[..]));
+    }
+    let (peak, _) = memory(pid);
+    let grown = peak.saturating_sub(before) >> 20;
+    assert!(grown < 60, "the proxy grew by {grown} MiB holding copies");
+    // The copies past the budget were given up at once, not when the proxy gives up on the
+    // mirror's connection (20 s on).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, metrics) = admin_get(s.proxy.admin, "/metrics").await;
+        let failed = metric_sum(&metrics, "pillion_requests_mirrored_failed_total", "");
+        if failed >= (COPIES - 64) as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{failed} copies given up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Copies in flight are bounded too (1,024 in a proxy): past that, requests are not copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_in_flight_are_bounded() {
+    let s = setup_with(&[("PILLION_REQUEST_TIMEOUT", "10m".to_string())]).await;
+    let mut h2 = h2_connection(s.proxy.outbound).await;
+    const REQUESTS: usize = 1100;
+    for _ in 0..REQUESTS {
+        let (status, _) = on_h2(&mut h2, "GET", "/mirror-hang", Bytes::new()).await;
+        assert_eq!(status, 200);
+    }
+    // Each copy waits for the mirror's connection (until the proxy gives up on it, 20 s on):
+    // the ones past the bound were refused as they came.
+    let (_, metrics) = admin_get(s.proxy.admin, "/metrics").await;
+    let failed = metric_sum(&metrics, "pillion_requests_mirrored_failed_total", "");
+    assert_eq!(failed, (REQUESTS - 1024) as f64, "{metrics}");
+}
+
 /// CORS: a browser's preflight is answered by the proxy; an actual cross-origin answer carries
 /// the headers that let the page read it, for allowed origins only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
