@@ -174,12 +174,15 @@ fn tee(inner: Body, max_lag: usize, abandon: oneshot::Sender<()>) -> (Tee, Copie
     (tee, Copied { rx, lag })
 }
 
+/// A copy's frames; `None` marks the end of its body.
+type FrameSender = mpsc::UnboundedSender<Option<Frame<Bytes>>>;
+
 /// The request's body, handing each frame to the copy on its way through.
 struct Tee {
     inner: Body,
     /// The copy's frames, and what of them it has not taken; `None` once the copy was
     /// abandoned or has everything.
-    feed: Option<(mpsc::UnboundedSender<Option<Frame<Bytes>>>, Arc<Lag>)>,
+    feed: Option<(FrameSender, Arc<Lag>)>,
     max_lag: usize,
     abandon: Option<oneshot::Sender<()>>,
 }
