@@ -49,9 +49,14 @@ pub fn build(cores: usize, busy_poll: Option<Duration>) -> io::Result<tokio::run
             spin(fds, budget);
         }
     });
-    let before = eventpoll_fds()?;
+    let listed = |e: io::Error| io::Error::other(format!("PILLION_BUSY_POLL: /proc/self/fd: {e}"));
+    let before = eventpoll_fds().map_err(listed)?;
     let runtime = builder.build()?;
-    let opened: Vec<RawFd> = eventpoll_fds()?.difference(&before).copied().collect();
+    let opened: Vec<RawFd> = eventpoll_fds()
+        .map_err(listed)?
+        .difference(&before)
+        .copied()
+        .collect();
     if opened.is_empty() {
         return Err(io::Error::other(
             "PILLION_BUSY_POLL: cannot find the runtime's epoll descriptor",
