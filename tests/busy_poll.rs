@@ -24,15 +24,8 @@ fn sleeps(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_polling_proxy_does_not_sleep_between_requests() {
     let one_core = ("PILLION_CORES", "1".to_string());
-    let mut apps = Vec::new();
-    for version in ["v1", "v2"] {
-        let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
-            .await
-            .unwrap();
-        apps.push(app);
-    }
     let busy = ("PILLION_BUSY_POLL", "10ms".to_string());
-    let mesh = Mesh::start_with_apps(100, 0, apps, &[one_core, busy]).await;
+    let mesh = Mesh::start_with_apps(100, 0, demo_apps().await, &[one_core, busy]).await;
     mesh.wait_for_versions(&["v1"]).await;
     let client = http1_client();
     // The server proxy in front of web-v1 (every request goes there) sleeps as usual: the

@@ -389,20 +389,25 @@ pub struct Mesh {
     pub apps: Vec<SocketAddr>,
 }
 
+/// The demo app's two versions, `v1` and `v2`, in-process on loopback.
+pub async fn demo_apps() -> Vec<SocketAddr> {
+    let mut apps = Vec::new();
+    for version in ["v1", "v2"] {
+        let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
+            .await
+            .unwrap();
+        apps.push(app);
+    }
+    apps
+}
+
 impl Mesh {
     pub async fn start(v1: u32, v2: u32) -> Mesh {
         Self::start_with(v1, v2, &[]).await
     }
 
     pub async fn start_with(v1: u32, v2: u32, client_env: &[(&str, String)]) -> Mesh {
-        let mut apps = Vec::new();
-        for version in ["v1", "v2"] {
-            let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
-                .await
-                .unwrap();
-            apps.push(app);
-        }
-        Self::start_with_apps(v1, v2, apps, client_env)
+        Self::start_with_apps(v1, v2, demo_apps().await, client_env)
             .await
             .started()
             .await
@@ -442,13 +447,7 @@ impl Mesh {
         server_env: &[(&str, String)],
         cp_tls: bool,
     ) -> Mesh {
-        let mut apps = Vec::new();
-        for version in ["v1", "v2"] {
-            let (app, _) = pillion::demo_app::spawn("127.0.0.1:0".parse().unwrap(), version)
-                .await
-                .unwrap();
-            apps.push(app);
-        }
+        let apps = demo_apps().await;
         let mtls = MtlsOpts {
             lifetime: leaf_lifetime,
             server_env,
