@@ -679,21 +679,23 @@ async fn copies_in_flight_are_bounded() {
 async fn cors_preflights_are_answered_and_allowed_origins_can_read_answers() {
     let s = setup().await;
     for h2 in [false, true] {
+        let cors = |req| {
+            send(
+                h2,
+                s.proxy.outbound,
+                req,
+                "web",
+                "/cors/items",
+                Bytes::new(),
+            )
+        };
         let before = s.api.lock().unwrap().len();
         let req = http::Request::builder()
             .method("OPTIONS")
             .header("origin", "https://app.example.com")
             .header("access-control-request-method", "PUT")
             .header("access-control-request-headers", "x-token");
-        let a = send(
-            h2,
-            s.proxy.outbound,
-            req,
-            "web",
-            "/cors/items",
-            Bytes::new(),
-        )
-        .await;
+        let a = cors(req).await;
         assert_eq!(a.status, 204);
         let h = &a.headers;
         assert_eq!(
@@ -711,15 +713,7 @@ async fn cors_preflights_are_answered_and_allowed_origins_can_read_answers() {
         );
 
         let req = http::Request::builder().header("origin", "https://app.example.com");
-        let a = send(
-            h2,
-            s.proxy.outbound,
-            req,
-            "web",
-            "/cors/items",
-            Bytes::new(),
-        )
-        .await;
+        let a = cors(req).await;
         assert_eq!(a.status, 200);
         assert_eq!(
             values(&a.headers, "access-control-allow-origin"),
@@ -733,30 +727,14 @@ async fn cors_preflights_are_answered_and_allowed_origins_can_read_answers() {
 
         // Another origin, or none: the answer as the application gave it.
         let req = http::Request::builder().header("origin", "https://evil.example.org");
-        let a = send(
-            h2,
-            s.proxy.outbound,
-            req,
-            "web",
-            "/cors/items",
-            Bytes::new(),
-        )
-        .await;
+        let a = cors(req).await;
         assert_eq!(a.status, 200);
         assert!(a.headers.get("access-control-allow-origin").is_none());
         let req = http::Request::builder()
             .method("OPTIONS")
             .header("origin", "https://evil.example.org")
             .header("access-control-request-method", "PUT");
-        let a = send(
-            h2,
-            s.proxy.outbound,
-            req,
-            "web",
-            "/cors/items",
-            Bytes::new(),
-        )
-        .await;
+        let a = cors(req).await;
         assert_eq!(a.status, 204);
         assert!(a.headers.get("access-control-allow-origin").is_none());
         let a = send_get(h2, s.proxy.outbound, "web", "/cors/items").await;
