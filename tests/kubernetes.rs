@@ -48,6 +48,7 @@ const COLLECTIONS: &[&str] = &[
     "/apis/discovery.k8s.io/v1/endpointslices",
     "/apis/split.smi-spec.io/v1alpha4/trafficsplits",
     "/apis/gateway.networking.k8s.io/v1/httproutes",
+    "/apis/gateway.networking.k8s.io/v1/grpcroutes",
     "/apis/pillion.dev/v1alpha1/authorizationpolicies",
     "/apis/pillion.dev/v1alpha1/retrypolicies",
     "/apis/pillion.dev/v1alpha1/faultinjections",

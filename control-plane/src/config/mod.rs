@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub mod canary;
 pub mod filters;
+pub mod grpc;
 mod resilience;
 pub use canary::Canary;
 pub use resilience::{FaultInjection, RetryPolicy, Target as PolicyTarget};
@@ -241,6 +242,28 @@ pub struct HttpRouteGroupMatch {
 pub struct HttpRoute {
     pub metadata: Metadata,
     pub spec: HttpRouteSpec,
+    /// Which kind of route this was written as (a GRPCRoute is read as the HTTPRoute it is
+    /// the same as: `grpc.rs`).
+    #[serde(skip)]
+    pub kind: RouteKind,
+}
+
+/// The Gateway API route kinds Pillion reads. Routes of one kind only apply to a Service at a
+/// time: the Gateway API does not merge HTTPRoutes and GRPCRoutes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteKind {
+    #[default]
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +320,10 @@ pub struct HttpRouteMatch {
     pub query_params: Option<Vec<HttpValueMatch>>,
     #[serde(default)]
     pub method: Option<String>,
+    /// From a GRPCRoute: the characters of the service and method it names, which order its
+    /// matches (the path's length does not: `grpc.rs`).
+    #[serde(skip)]
+    pub grpc_chars: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -446,7 +473,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
             | ("discovery.k8s.io", "v1", "EndpointSlice")
             | ("split.smi-spec.io", "v1alpha2" | "v1alpha4", "TrafficSplit")
             | ("specs.smi-spec.io", "v1alpha4", "HTTPRouteGroup")
-            | ("gateway.networking.k8s.io", "v1", "HTTPRoute")
+            | ("gateway.networking.k8s.io", "v1", "HTTPRoute" | "GRPCRoute")
             | (
                 "pillion.dev",
                 "v1alpha1",
@@ -463,6 +490,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
                 | "TrafficSplit"
                 | "HTTPRouteGroup"
                 | "HTTPRoute"
+                | "GRPCRoute"
                 | "AuthorizationPolicy"
                 | "RetryPolicy"
                 | "FaultInjection"
@@ -479,7 +507,7 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
                         "{kind} of {api_version} is not supported (Pillion reads v1 Service, \
                          discovery.k8s.io/v1 EndpointSlice, split.smi-spec.io/v1alpha2 and \
                          v1alpha4 TrafficSplit, specs.smi-spec.io/v1alpha4 HTTPRouteGroup, \
-                         gateway.networking.k8s.io/v1 HTTPRoute, pillion.dev/v1alpha1 \
+                         gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute, pillion.dev/v1alpha1 \
                          AuthorizationPolicy, RetryPolicy, FaultInjection and Canary)"
                     ),
                 ),
@@ -510,6 +538,9 @@ pub fn parse_document(doc: Value) -> Result<Parsed, Rejected> {
         "RetryPolicy" => Resource::RetryPolicy(typed(doc).map_err(reject)?),
         "FaultInjection" => Resource::FaultInjection(typed(doc).map_err(reject)?),
         "Canary" => Resource::Canary(typed(doc).map_err(reject)?),
+        "GRPCRoute" => {
+            Resource::HttpRoute(grpc::to_http_route(typed(doc).map_err(reject)?).map_err(reject)?)
+        }
         _ => Resource::HttpRoute(typed(doc).map_err(reject)?),
     };
     validate(&resource).map_err(reject)?;
@@ -835,7 +866,7 @@ fn validate_route(r: &HttpRoute) -> Result<(), FieldError> {
     if r.spec.parent_refs.is_empty() {
         return Err(FieldError::new(
             "spec.parentRefs",
-            "a mesh HTTPRoute needs a Service parent",
+            format!("a mesh {} needs a Service parent", r.kind.name()),
         ));
     }
     for (i, p) in r.spec.parent_refs.iter().enumerate() {

@@ -1,6 +1,6 @@
 //! `pillion.dev/v1alpha1` `RetryPolicy` and `FaultInjection`: how a route's failed attempts are
 //! sent again, and the faults a chaos experiment injects. Each attaches to a `Service` (every
-//! route to it) or to an `HTTPRoute` (its rules), in the policy's namespace.
+//! route to it) or to an `HTTPRoute` or `GRPCRoute` (its rules), in the policy's namespace.
 //!
 //! Validating a spec and turning it into what the proxies receive is one step ([`RetryPolicy::to_pb`],
 //! [`FaultInjection::to_pb`]), so that nothing the control plane accepted can fail later.
@@ -9,7 +9,7 @@ use pillion_proto::discovery::v1 as pb;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{FieldError, Metadata, namespace_of, parse_duration};
+use super::{FieldError, Metadata, RouteKind, namespace_of, parse_duration};
 
 /// The most retries one policy may ask for: more multiplies an outage, whatever the budget.
 pub const MAX_RETRIES: i64 = 10;
@@ -77,8 +77,15 @@ pub struct TargetRef {
 /// Which object a policy attaches to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Service { namespace: String, name: String },
-    HttpRoute { namespace: String, name: String },
+    Service {
+        namespace: String,
+        name: String,
+    },
+    Route {
+        kind: RouteKind,
+        namespace: String,
+        name: String,
+    },
 }
 
 impl TargetRef {
@@ -86,14 +93,14 @@ impl TargetRef {
         let group = self.group.as_deref().unwrap_or_default();
         let ok = match self.kind.as_str() {
             "Service" => group.is_empty() || group == "core",
-            "HTTPRoute" => group.is_empty() || group == "gateway.networking.k8s.io",
+            "HTTPRoute" | "GRPCRoute" => group.is_empty() || group == "gateway.networking.k8s.io",
             _ => false,
         };
         if !ok {
             return Err(FieldError::new(
                 "spec.targetRef",
                 format!(
-                    "`{}` of group `{group}` is not one of Service, HTTPRoute \
+                    "`{}` of group `{group}` is not one of Service, HTTPRoute, GRPCRoute \
                      (gateway.networking.k8s.io)",
                     self.kind
                 ),
@@ -108,10 +115,15 @@ impl TargetRef {
     fn target(&self, meta: &Metadata) -> Target {
         let namespace = namespace_of(meta).to_string();
         let name = self.name.clone();
-        if self.kind == "HTTPRoute" {
-            Target::HttpRoute { namespace, name }
-        } else {
-            Target::Service { namespace, name }
+        let route = |kind| Target::Route {
+            kind,
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        match self.kind.as_str() {
+            "HTTPRoute" => route(RouteKind::Http),
+            "GRPCRoute" => route(RouteKind::Grpc),
+            _ => Target::Service { namespace, name },
         }
     }
 }
@@ -434,7 +446,8 @@ mod tests {
         let f: FaultInjection = serde_json::from_value(doc).expect("shape");
         assert_eq!(
             f.target(),
-            Target::HttpRoute {
+            Target::Route {
+                kind: RouteKind::Http,
                 namespace: "shop".into(),
                 name: "web".into()
             }

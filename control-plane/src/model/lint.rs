@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::fmt;
 
 use super::{Model, parse_authority};
-use crate::config::{HttpRouteMatch, HttpRouteRule, ObjectId, PolicyTarget, namespace_of};
+use crate::config::{
+    HttpRouteMatch, HttpRouteRule, ObjectId, PolicyTarget, RouteKind, namespace_of,
+};
 
 /// One likely mistake: the object, the field (a path as in a refusal) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,8 +174,9 @@ impl Model {
                     object: object(),
                     field: "spec.service".into(),
                     reason: format!(
-                        "HTTPRoute {ns}/{} also routes Service {ns}/{apex} and takes precedence: \
+                        "{} {ns}/{} also routes Service {ns}/{apex} and takes precedence: \
                          this split is not used",
+                        route.kind.name(),
                         route.metadata.name
                     ),
                 });
@@ -204,10 +207,14 @@ impl Model {
         // (parent namespace, parent name, port) -> the first route rule that claimed each match.
         let mut claimed: HashMap<(String, String, Option<i64>), HashMap<String, String>> =
             HashMap::new();
+        // (route namespace, parent namespace, parent name, port) -> the kind of the oldest route
+        // attached there, and that route: routes of the other kind are not used there.
+        let mut kinds: HashMap<(String, String, String, Option<i64>), (RouteKind, String)> =
+            HashMap::new();
         // Oldest first, as precedence goes: a later identical match is the one shadowed.
         for route in &self.routes {
             let ns = namespace_of(&route.metadata);
-            let object = || ObjectId::of("HTTPRoute", &route.metadata);
+            let object = || ObjectId::of(route.kind.name(), &route.metadata);
             let mut parents = Vec::new();
             for (i, p) in route.spec.parent_refs.iter().enumerate() {
                 let field = format!("spec.parentRefs[{i}]");
@@ -236,6 +243,28 @@ impl Model {
                         field: format!("{field}.name"),
                         reason: format!(
                             "no Service {parent_ns}/{}: the route applies to nothing",
+                            p.name
+                        ),
+                    });
+                    continue;
+                }
+                let key = (
+                    ns.to_string(),
+                    parent_ns.to_string(),
+                    p.name.clone(),
+                    p.port,
+                );
+                let (kind, first) = kinds
+                    .entry(key)
+                    .or_insert_with(|| (route.kind, object().short()));
+                if *kind != route.kind {
+                    out.push(Warning {
+                        object: object(),
+                        field: format!("{field}.name"),
+                        reason: format!(
+                            "{first} is attached to Service {parent_ns}/{} too and is older: the \
+                             Gateway API does not merge HTTPRoutes and GRPCRoutes, so this route \
+                             is not used for that Service",
                             p.name
                         ),
                     });
@@ -352,10 +381,16 @@ impl Model {
                     self.services
                         .contains_key(&(namespace.clone(), name.clone())),
                 ),
-                PolicyTarget::HttpRoute { namespace, name } => (
-                    format!("HTTPRoute {namespace}/{name}"),
+                PolicyTarget::Route {
+                    kind,
+                    namespace,
+                    name,
+                } => (
+                    format!("{} {namespace}/{name}", kind.name()),
                     self.routes.iter().any(|r| {
-                        namespace_of(&r.metadata) == namespace && r.metadata.name == *name
+                        r.kind == *kind
+                            && namespace_of(&r.metadata) == namespace
+                            && r.metadata.name == *name
                     }),
                 ),
             };

@@ -8,6 +8,9 @@
 //!   `namespace/name`) is used and the others are reported as ignored.
 //! - Consumer HTTPRoutes (in the caller's namespace) take precedence over producer routes (in the
 //!   Service's namespace), as GAMMA says.
+//! - GRPCRoutes are HTTPRoutes to the model (`config/grpc.rs`), but where both kinds attach to a
+//!   Service only the kind of the oldest route is used (the Gateway API does not merge them);
+//!   the others are reported as ignored. What is said of HTTPRoutes here holds for both.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -17,7 +20,7 @@ use pillion_proto::discovery::v1 as pb;
 
 use crate::config::{
     self, EndpointSlice, HttpRoute, HttpRouteGroup, HttpRouteMatch, IntOrString, ObjectId,
-    Resource, Service, ServicePort, TrafficSplit, namespace_of,
+    Resource, RouteKind, Service, ServicePort, TrafficSplit, namespace_of,
 };
 
 mod lint;
@@ -347,9 +350,20 @@ impl Model {
         }
     }
 
-    /// The HTTPRoutes attached to the Service (and port): consumer routes from the caller's
-    /// namespace if there are any, else the producer routes from the Service's namespace.
+    /// The routes attached to the Service (and port): consumer routes from the caller's
+    /// namespace if there are any, else the producer routes from the Service's namespace; of
+    /// those, only the kind (HTTPRoute or GRPCRoute) of the oldest, as the Gateway API accepts
+    /// one kind where both attach (a lint warning names the others).
     fn routes_for(&self, target: &Target, source_ns: &str) -> Vec<&HttpRoute> {
+        let mut routes = self.attached_routes(target, source_ns);
+        if let Some(kind) = routes.first().map(|r| r.kind) {
+            routes.retain(|r| r.kind == kind);
+        }
+        routes
+    }
+
+    /// [`Model::routes_for`] before choosing one kind.
+    fn attached_routes(&self, target: &Target, source_ns: &str) -> Vec<&HttpRoute> {
         let attached = |r: &&HttpRoute| {
             let route_ns = namespace_of(&r.metadata);
             r.spec.parent_refs.iter().any(|p| {
@@ -386,7 +400,8 @@ impl Model {
         let mut keyed = Vec::new();
         for (route_idx, route) in routes.iter().enumerate() {
             let ns = namespace_of(&route.metadata);
-            let (retry, fault) = self.policies_for(&config::PolicyTarget::HttpRoute {
+            let (retry, fault) = self.policies_for(&config::PolicyTarget::Route {
+                kind: route.kind,
                 namespace: ns.to_string(),
                 name: route.metadata.name.clone(),
             });
@@ -454,10 +469,8 @@ impl Model {
                     filters: self.filters(ns, rule, rule.filters.as_deref()),
                 });
                 let default_match = [HttpRouteMatch {
-                    path: None,
-                    headers: None,
-                    query_params: None,
-                    method: None,
+                    grpc_chars: (route.kind == RouteKind::Grpc).then_some((0, 0)),
+                    ..HttpRouteMatch::default()
                 }];
                 let matches = match rule.matches.as_deref() {
                     Some(m) if !m.is_empty() => m,
@@ -465,7 +478,10 @@ impl Model {
                 };
                 for (match_idx, m) in matches.iter().enumerate() {
                     let pm = to_pb_match(index, m);
-                    let key = precedence(&pm, route_idx, rule_idx, match_idx);
+                    let key = match m.grpc_chars {
+                        Some(chars) => grpc_precedence(&pm, chars, route_idx, rule_idx, match_idx),
+                        None => precedence(&pm, route_idx, rule_idx, match_idx),
+                    };
                     keyed.push((key, pm));
                 }
             }
@@ -475,7 +491,8 @@ impl Model {
             .iter()
             .map(|r| {
                 format!(
-                    "HTTPRoute {}/{}",
+                    "{} {}/{}",
+                    r.kind.name(),
                     namespace_of(&r.metadata),
                     r.metadata.name
                 )
@@ -860,6 +877,28 @@ fn precedence(m: &pb::RouteMatch, route: usize, rule: usize, idx: usize) -> Prec
         m.method.is_empty(),
         Reverse(m.headers.len()),
         Reverse(m.query_params.len()),
+        route,
+        rule,
+        idx,
+    )
+}
+
+/// GRPCRoute's order: most characters of matched service, then of method, then most header
+/// matches; then the routes' and rules' own order. Keys of the same type as [`precedence`]'s, but
+/// a Service's routes are all of one kind, so the two are never compared.
+fn grpc_precedence(
+    m: &pb::RouteMatch,
+    (service, method): (usize, usize),
+    route: usize,
+    rule: usize,
+    idx: usize,
+) -> PrecedenceKey {
+    (
+        0,
+        Reverse((service << 16) | method),
+        true,
+        Reverse(m.headers.len()),
+        Reverse(0),
         route,
         rule,
         idx,

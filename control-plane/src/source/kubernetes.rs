@@ -38,6 +38,7 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
         "httproutegroups",
     ),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+    ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
     (
         "pillion.dev",
         "v1alpha1",

@@ -1,0 +1,422 @@
+//! Gateway API `GRPCRoute` (standard channel, `gateway.networking.k8s.io/v1`), attached to a
+//! Service as GAMMA says: its shapes, the checks the API server's schema makes (the files source
+//! has none), and the HTTPRoute it routes as.
+//!
+//! A gRPC call is an HTTP/2 POST to `/{service}/{method}`, so a GRPCRoute is an HTTPRoute whose
+//! matches are on that path: `service` and `method` together an exact path, `service` alone the
+//! prefix `/{service}`, `method` alone or a `RegularExpression` an anchored expression on the
+//! path. Everything after parsing (the model, the proxies) then needs nothing new, except the
+//! GRPCRoute's own precedence, which counts the characters of the matched service and method
+//! rather than the path's (kept on each match as [`HttpRouteMatch::grpc_chars`]).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::filters::HttpRouteFilter;
+use super::{
+    BackendRef, FieldError, HttpPathMatch, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpRouteSpec,
+    HttpValueMatch, Metadata, ParentRef, RouteKind, check_regex,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcRoute {
+    pub metadata: Metadata,
+    pub spec: GrpcRouteSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Option<Vec<GrpcRouteMatch>>,
+    #[serde(default)]
+    pub filters: Option<Vec<GrpcRouteFilter>>,
+    #[serde(default)]
+    pub backend_refs: Option<Vec<GrpcBackendRef>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default)]
+    pub headers: Option<Vec<HttpValueMatch>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// The filter types a GRPCRoute has; the HTTPRoute-only ones (redirects, rewrites, CORS) are
+/// unknown fields here, as in the GRPCRoute schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcRouteFilter {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<super::filters::HeaderModifier>,
+    #[serde(default)]
+    pub response_header_modifier: Option<super::filters::HeaderModifier>,
+    #[serde(default)]
+    pub request_mirror: Option<super::filters::RequestMirror>,
+    #[serde(default)]
+    pub extension_ref: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcBackendRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub filters: Option<Vec<GrpcRouteFilter>>,
+}
+
+const FILTER_TYPES: [&str; 4] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "ExtensionRef",
+];
+
+/// The schema's limits on a method match's names (for `Exact`; an expression is checked by
+/// compiling it).
+const NAME_MAX: usize = 1024;
+
+/// Checks what is GRPCRoute's own (method matches, filter types) with its own field names, then
+/// gives the HTTPRoute it routes as; the caller checks that like any HTTPRoute, and the fields
+/// the two share have the same names.
+pub fn to_http_route(route: GrpcRoute) -> Result<HttpRoute, FieldError> {
+    let GrpcRoute { metadata, spec } = route;
+    let mut rules = Vec::with_capacity(spec.rules.len());
+    for (i, rule) in spec.rules.into_iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        let matches = match rule.matches {
+            Some(list) => Some(
+                list.into_iter()
+                    .enumerate()
+                    .map(|(j, m)| to_http_match(&format!("{at}.matches[{j}]"), m))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        let filters = to_http_filters(&format!("{at}.filters"), rule.filters)?;
+        let backend_refs = match rule.backend_refs {
+            Some(refs) => Some(
+                refs.into_iter()
+                    .enumerate()
+                    .map(|(j, b)| {
+                        Ok(BackendRef {
+                            group: b.group,
+                            kind: b.kind,
+                            name: b.name,
+                            namespace: b.namespace,
+                            port: b.port,
+                            weight: b.weight,
+                            filters: to_http_filters(
+                                &format!("{at}.backendRefs[{j}].filters"),
+                                b.filters,
+                            )?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, FieldError>>()?,
+            ),
+            None => None,
+        };
+        rules.push(HttpRouteRule {
+            name: rule.name,
+            matches,
+            backend_refs,
+            timeouts: None,
+            filters,
+        });
+    }
+    Ok(HttpRoute {
+        metadata,
+        spec: HttpRouteSpec {
+            parent_refs: spec.parent_refs,
+            hostnames: spec.hostnames,
+            rules,
+        },
+        kind: RouteKind::Grpc,
+    })
+}
+
+fn to_http_filters(
+    at: &str,
+    filters: Option<Vec<GrpcRouteFilter>>,
+) -> Result<Option<Vec<HttpRouteFilter>>, FieldError> {
+    let Some(filters) = filters else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(filters.len());
+    for (i, f) in filters.into_iter().enumerate() {
+        if !FILTER_TYPES.contains(&f.kind.as_str()) {
+            return Err(FieldError::new(
+                format!("{at}[{i}].type"),
+                format!(
+                    "`{}` is not a GRPCRoute filter type ({})",
+                    f.kind,
+                    FILTER_TYPES.join(", ")
+                ),
+            ));
+        }
+        out.push(HttpRouteFilter {
+            kind: f.kind,
+            request_header_modifier: f.request_header_modifier,
+            response_header_modifier: f.response_header_modifier,
+            request_redirect: None,
+            url_rewrite: None,
+            request_mirror: f.request_mirror,
+            extension_ref: f.extension_ref,
+            cors: None,
+            external_auth: None,
+        });
+    }
+    Ok(Some(out))
+}
+
+fn to_http_match(at: &str, m: GrpcRouteMatch) -> Result<HttpRouteMatch, FieldError> {
+    let (path, chars) = match m.method {
+        Some(method) => method_path(&format!("{at}.method"), &method)?,
+        None => (None, (0, 0)),
+    };
+    Ok(HttpRouteMatch {
+        path,
+        headers: m.headers,
+        query_params: None,
+        method: None,
+        grpc_chars: Some(chars),
+    })
+}
+
+/// The path match for a method match, and the characters of service and method it names
+/// (GRPCRoute's precedence). Neither name given matches every call: that is the API server's
+/// default (`method: {type: Exact}`) for a rule without matches.
+fn method_path(
+    at: &str,
+    m: &GrpcMethodMatch,
+) -> Result<(Option<HttpPathMatch>, (usize, usize)), FieldError> {
+    let service = m.service.as_deref().filter(|s| !s.is_empty());
+    let method = m.method.as_deref().filter(|s| !s.is_empty());
+    let chars = (service.map_or(0, str::len), method.map_or(0, str::len));
+    for (name, value) in [("service", service), ("method", method)] {
+        if value.is_some_and(|v| v.len() > NAME_MAX) {
+            return Err(FieldError::new(
+                format!("{at}.{name}"),
+                format!("longer than {NAME_MAX} characters"),
+            ));
+        }
+    }
+    let path = |kind: &str, value: String| {
+        Some(HttpPathMatch {
+            kind: Some(kind.into()),
+            value: Some(value),
+        })
+    };
+    match m.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => {
+            if let Some(s) = service
+                && !is_service_name(s)
+            {
+                return Err(FieldError::new(
+                    format!("{at}.service"),
+                    format!("`{s}` is not a protobuf service name (like `pkg.v1.Service`)"),
+                ));
+            }
+            if let Some(name) = method
+                && !is_method_name(name)
+            {
+                return Err(FieldError::new(
+                    format!("{at}.method"),
+                    format!("`{name}` is not a protobuf method name (like `GetThing`)"),
+                ));
+            }
+            // A leading dot makes a protobuf name fully qualified; the call's path has none.
+            let service = service.map(|s| s.trim_start_matches('.'));
+            let path = match (service, method) {
+                (Some(s), Some(name)) => path("Exact", format!("/{s}/{name}")),
+                (Some(s), None) => path("PathPrefix", format!("/{s}")),
+                (None, Some(name)) => path("RegularExpression", format!("/[^/]+/{name}")),
+                (None, None) => None,
+            };
+            Ok((path, chars))
+        }
+        "RegularExpression" => {
+            for (name, value) in [("service", service), ("method", method)] {
+                if let Some(re) = value {
+                    check_regex(format!("{at}.{name}"), re)?;
+                }
+            }
+            if service.is_none() && method.is_none() {
+                return Ok((None, chars));
+            }
+            // Each expression compiled on its own, so wrapping it cannot change its meaning.
+            let part = |re: Option<&str>| re.map_or("[^/]+".to_string(), |re| format!("(?:{re})"));
+            let value = format!("/{}/{}", part(service), part(method));
+            Ok((path("RegularExpression", value), chars))
+        }
+        other => Err(FieldError::new(
+            format!("{at}.type"),
+            format!("`{other}` is not one of Exact, RegularExpression"),
+        )),
+    }
+}
+
+/// `^(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$`, the schema's pattern for an exact service.
+fn is_service_name(s: &str) -> bool {
+    let s = s.strip_prefix('.').unwrap_or(s);
+    s.split('.').all(is_identifier)
+}
+
+/// `^[A-Za-z_][A-Za-z_0-9]*$`, the schema's pattern for an exact method.
+fn is_method_name(s: &str) -> bool {
+    is_identifier(s)
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method(kind: Option<&str>, service: Option<&str>, name: Option<&str>) -> GrpcMethodMatch {
+        GrpcMethodMatch {
+            kind: kind.map(Into::into),
+            service: service.map(Into::into),
+            method: name.map(Into::into),
+        }
+    }
+
+    fn path_of(m: GrpcMethodMatch) -> Result<(Option<(String, String)>, (usize, usize)), String> {
+        method_path("m", &m)
+            .map(|(p, chars)| {
+                (
+                    p.map(|p| (p.kind.unwrap_or_default(), p.value.unwrap_or_default())),
+                    chars,
+                )
+            })
+            .map_err(|e| format!("{}: {}", e.field, e.reason))
+    }
+
+    #[test]
+    fn exact_names_become_paths() {
+        let p = |s, m| path_of(method(None, s, m)).unwrap();
+        assert_eq!(
+            p(Some("demo.v1.Echo"), Some("Hello")),
+            (
+                Some(("Exact".into(), "/demo.v1.Echo/Hello".into())),
+                (12, 5)
+            )
+        );
+        assert_eq!(
+            p(Some(".demo.v1.Echo"), None),
+            (Some(("PathPrefix".into(), "/demo.v1.Echo".into())), (13, 0))
+        );
+        assert_eq!(
+            p(None, Some("Hello")),
+            (
+                Some(("RegularExpression".into(), "/[^/]+/Hello".into())),
+                (0, 5)
+            )
+        );
+        // The API server's default for a rule without matches: every call.
+        assert_eq!(p(None, None), (None, (0, 0)));
+    }
+
+    #[test]
+    fn expressions_are_wrapped_whole() {
+        let (p, _) = path_of(method(
+            Some("RegularExpression"),
+            Some("demo\\..*"),
+            Some("Get|List"),
+        ))
+        .unwrap();
+        let value = p.unwrap().1;
+        assert_eq!(value, "/(?:demo\\..*)/(?:Get|List)");
+        let re = regex::Regex::new(&format!("^(?:{value})$")).unwrap();
+        assert!(re.is_match("/demo.v1.Echo/Get"));
+        assert!(re.is_match("/demo.v1.Echo/List"));
+        // Without the group, `Get|List` would have matched any path ending in `List`.
+        assert!(!re.is_match("/other.Svc/List"));
+        let (p, _) = path_of(method(Some("RegularExpression"), None, Some("Get.*"))).unwrap();
+        assert_eq!(p.unwrap().1, "/[^/]+/(?:Get.*)");
+    }
+
+    #[test]
+    fn bad_names_are_refused_naming_the_field() {
+        let err = |m| path_of(m).unwrap_err();
+        assert!(err(method(None, Some("demo/Echo"), None)).starts_with("m.service: `demo/Echo`"));
+        assert!(err(method(Some("Exact"), None, Some(".*"))).starts_with("m.method: `.*`"));
+        assert!(err(method(None, Some("9lives"), None)).starts_with("m.service"));
+        assert!(
+            err(method(Some("RegularExpression"), Some("("), None))
+                .starts_with("m.service: invalid regular expression")
+        );
+        assert!(
+            err(method(Some("Prefix"), Some("a"), None))
+                .starts_with("m.type: `Prefix` is not one of Exact, RegularExpression")
+        );
+        let long = "a".repeat(NAME_MAX + 1);
+        assert!(err(method(None, None, Some(&long))).starts_with("m.method: longer than"));
+    }
+
+    #[test]
+    fn names_follow_the_schema_patterns() {
+        for ok in [
+            "Echo",
+            "demo.v1.Echo",
+            ".demo.v1.Echo",
+            "_x.Y_2",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(is_service_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "a..b", "a.", "1a", "a-b", "a/b", "..a"] {
+            assert!(!is_service_name(bad), "{bad}");
+        }
+        for ok in ["Hello", "_x", "Get2"] {
+            assert!(is_method_name(ok), "{ok}");
+        }
+        for bad in ["", "2x", "a.b", "a b"] {
+            assert!(!is_method_name(bad), "{bad}");
+        }
+    }
+}
