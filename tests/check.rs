@@ -163,15 +163,16 @@ fn a_second_split_for_one_service_is_reported_as_unused() {
     assert_eq!(text.lines().count(), 1, "{text}");
 }
 
-/// The filters example, beside the demo's Services: no refusal, and no warning but the demo's
-/// endpoints (which `pillion demo` makes at run time).
+/// The routing examples (HTTPRoute filters, a GRPCRoute), beside the demo's Services: no
+/// refusal, and no warning but the demo's endpoints (which `pillion demo` makes at run time).
 #[test]
-fn the_filters_example_is_accepted() {
+fn the_routing_examples_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     for (from, to) in [
         ("examples/demo/services.yaml", "services.yaml"),
         ("examples/routing/filters.yaml", "filters.yaml"),
+        ("examples/routing/grpc-route.yaml", "grpc-route.yaml"),
     ] {
         std::fs::copy(format!("{root}/{from}"), dir.path().join(to)).unwrap();
     }
@@ -182,6 +183,7 @@ fn the_filters_example_is_accepted() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["objects"], 8, "{v}");
     for f in v["findings"].as_array().unwrap() {
         let reason = f["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("no ready endpoint"), "{f}");

@@ -523,6 +523,47 @@ async fn the_cluster_is_the_configuration() {
             "v2"
         );
     }
+
+    // A GRPCRoute from the cluster: Echo calls to v1, over the TrafficSplit.
+    api.put(
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GRPCRoute",
+            "metadata": {"name": "echo", "namespace": "default"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                // As the API server stores a match without a type: defaulted.
+                "rules": [{
+                    "matches": [{"method": {"type": "Exact", "service": "pillion.demo.v1.Echo"}}],
+                    "backendRefs": [{"name": "web-v1", "port": 80}],
+                }],
+            },
+        }),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.outbound))
+        .unwrap()
+        .origin("http://web.default.svc.cluster.local:80".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut echo = pillion_proto::demo::v1::echo_client::EchoClient::new(channel);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let reply = echo
+            .hello(pillion_proto::demo::v1::HelloRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if reply.version == "v1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the GRPCRoute never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Plain HTTP matches none of its rules now.
+    let a = get(&http, client.outbound, "web", "/").await.unwrap();
+    assert_eq!((a.status, a.error.as_deref()), (404, Some("no route")));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -325,15 +325,17 @@ mod tests {
         }
     }
 
-    fn path_of(m: GrpcMethodMatch) -> Result<(Option<(String, String)>, (usize, usize)), String> {
-        method_path("m", &m)
-            .map(|(p, chars)| {
-                (
-                    p.map(|p| (p.kind.unwrap_or_default(), p.value.unwrap_or_default())),
-                    chars,
-                )
-            })
-            .map_err(|e| format!("{}: {}", e.field, e.reason))
+    /// The path match as `type value (service chars, method chars)`, or the refusal.
+    fn path_of(m: GrpcMethodMatch) -> Result<String, String> {
+        match method_path("m", &m) {
+            Ok((Some(p), chars)) => Ok(format!(
+                "{} {} {chars:?}",
+                p.kind.unwrap_or_default(),
+                p.value.unwrap_or_default()
+            )),
+            Ok((None, chars)) => Ok(format!("every call {chars:?}")),
+            Err(e) => Err(format!("{}: {}", e.field, e.reason)),
+        }
     }
 
     #[test]
@@ -341,43 +343,37 @@ mod tests {
         let p = |s, m| path_of(method(None, s, m)).unwrap();
         assert_eq!(
             p(Some("demo.v1.Echo"), Some("Hello")),
-            (
-                Some(("Exact".into(), "/demo.v1.Echo/Hello".into())),
-                (12, 5)
-            )
+            "Exact /demo.v1.Echo/Hello (12, 5)"
         );
         assert_eq!(
             p(Some(".demo.v1.Echo"), None),
-            (Some(("PathPrefix".into(), "/demo.v1.Echo".into())), (13, 0))
+            "PathPrefix /demo.v1.Echo (13, 0)"
         );
         assert_eq!(
             p(None, Some("Hello")),
-            (
-                Some(("RegularExpression".into(), "/[^/]+/Hello".into())),
-                (0, 5)
-            )
+            "RegularExpression /[^/]+/Hello (0, 5)"
         );
-        // The API server's default for a rule without matches: every call.
-        assert_eq!(p(None, None), (None, (0, 0)));
+        // The API server's default for a rule without matches.
+        assert_eq!(p(None, None), "every call (0, 0)");
     }
 
     #[test]
     fn expressions_are_wrapped_whole() {
-        let (p, _) = path_of(method(
+        let p = path_of(method(
             Some("RegularExpression"),
             Some("demo\\..*"),
             Some("Get|List"),
         ))
         .unwrap();
-        let value = p.unwrap().1;
-        assert_eq!(value, "/(?:demo\\..*)/(?:Get|List)");
-        let re = regex::Regex::new(&format!("^(?:{value})$")).unwrap();
+        assert_eq!(p, "RegularExpression /(?:demo\\..*)/(?:Get|List) (8, 8)");
+        let re = regex::Regex::new("^(?:/(?:demo\\..*)/(?:Get|List))$").unwrap();
         assert!(re.is_match("/demo.v1.Echo/Get"));
         assert!(re.is_match("/demo.v1.Echo/List"));
-        // Without the group, `Get|List` would have matched any path ending in `List`.
         assert!(!re.is_match("/other.Svc/List"));
-        let (p, _) = path_of(method(Some("RegularExpression"), None, Some("Get.*"))).unwrap();
-        assert_eq!(p.unwrap().1, "/[^/]+/(?:Get.*)");
+        // Unwrapped, the alternation would have split the whole path: `.../Get` or `List`.
+        assert!(!re.is_match("List"));
+        let p = path_of(method(Some("RegularExpression"), None, Some("Get.*"))).unwrap();
+        assert_eq!(p, "RegularExpression /[^/]+/(?:Get.*) (0, 5)");
     }
 
     #[test]

@@ -1046,6 +1046,104 @@ mod tests {
         parse_document(doc)
     }
 
+    fn grpc_route(rule: &str) -> Result<Parsed, Rejected> {
+        parse(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g}}\n\
+             spec:\n  parentRefs: [{{kind: Service, group: '', name: web}}]\n  rules:\n  - {rule}\n"
+        ))
+    }
+
+    fn refusal(r: Result<Parsed, Rejected>) -> String {
+        let e = r.expect_err("refused");
+        format!("{}: {}: {}", e.id.unwrap(), e.error.field, e.error.reason)
+    }
+
+    #[test]
+    fn a_grpcroute_reads_as_its_httproute() {
+        let Ok(Parsed::Resource(id, r)) = grpc_route(
+            "matches: [{method: {service: a.B, method: Get}, headers: [{name: x-a, value: b}]}]\n    \
+             filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-b, value: c}]}}]\n    \
+             backendRefs: [{name: web-v1, port: 80, weight: 3}]",
+        ) else {
+            panic!("not parsed");
+        };
+        assert_eq!(id.to_string(), "GRPCRoute default/g");
+        let Resource::HttpRoute(route) = *r else {
+            panic!("not a route");
+        };
+        assert_eq!(route.kind, RouteKind::Grpc);
+        let rule = &route.spec.rules[0];
+        let m = &rule.matches.as_ref().unwrap()[0];
+        let path = m.path.as_ref().unwrap();
+        assert_eq!(
+            (path.kind.as_deref(), path.value.as_deref(), m.grpc_chars),
+            (Some("Exact"), Some("/a.B/Get"), Some((3, 3)))
+        );
+        assert_eq!(m.headers.as_ref().unwrap()[0].name, "x-a");
+        assert_eq!(
+            rule.filters.as_ref().unwrap()[0].kind,
+            "RequestHeaderModifier"
+        );
+        assert_eq!(rule.backend_refs.as_ref().unwrap()[0].weight, Some(3));
+        // What the API server stores for a rule without matches: every call.
+        assert!(
+            grpc_route(
+                "matches: [{method: {type: Exact}}]\n    backendRefs: [{name: a, port: 80}]"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_grpcroute_is_refused_by_its_own_fields() {
+        let cases = [
+            (
+                "matches: [{method: {service: 'a/b'}}]",
+                "spec.rules[0].matches[0].method.service: `a/b` is not a protobuf service name",
+            ),
+            (
+                "matches: [{method: {type: Prefix, service: a}}]",
+                "spec.rules[0].matches[0].method.type: `Prefix` is not one of Exact, RegularExpression",
+            ),
+            (
+                "matches: [{headers: [{name: 'bad name', value: v}]}]",
+                "spec.rules[0].matches[0].headers[0].name: `bad name` is not a valid header name",
+            ),
+            // HTTPRoute's filters and fields are not GRPCRoute's.
+            (
+                "filters: [{type: URLRewrite}]",
+                "spec.rules[0].filters[0].type: `URLRewrite` is not a GRPCRoute filter type",
+            ),
+            (
+                "filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]",
+                "spec.rules[0].filters[0].requestRedirect: unknown field `requestRedirect`",
+            ),
+            (
+                "timeouts: {request: 1s}",
+                "spec.rules[0].timeouts: unknown field `timeouts`",
+            ),
+            (
+                "filters: [{type: ExtensionRef, extensionRef: {group: x, kind: Y, name: z}}]",
+                "spec.rules[0].filters[0].type: ExtensionRef filters are not supported",
+            ),
+            (
+                "backendRefs: [{name: a}]",
+                "spec.rules[0].backendRefs[0].port: required when the backend is a Service",
+            ),
+        ];
+        for (rule, want) in cases {
+            let got = refusal(grpc_route(rule));
+            assert!(
+                got.starts_with(&format!("GRPCRoute default/g: {want}")),
+                "{rule}: {got}"
+            );
+        }
+        let no_parent = parse(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec: {}\n",
+        );
+        assert!(refusal(no_parent).contains("a mesh GRPCRoute needs a Service parent"));
+    }
+
     #[test]
     fn a_bad_sticky_key_is_refused_by_name() {
         let split = |key: &str| {

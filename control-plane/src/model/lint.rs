@@ -209,8 +209,8 @@ impl Model {
             HashMap::new();
         // (route namespace, parent namespace, parent name, port) -> the kind of the oldest route
         // attached there, and that route: routes of the other kind are not used there.
-        let mut kinds: HashMap<(String, String, String, Option<i64>), (RouteKind, String)> =
-            HashMap::new();
+        type Attachment = (String, String, String, Option<i64>);
+        let mut kinds: HashMap<Attachment, (RouteKind, String)> = HashMap::new();
         // Oldest first, as precedence goes: a later identical match is the one shadowed.
         for route in &self.routes {
             let ns = namespace_of(&route.metadata);

@@ -1194,4 +1194,86 @@ spec:
             "{warnings:?}"
         );
     }
+    fn grpc_route(name: &str, created: &str, rules: &str) -> String {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+             metadata: {{name: {name}, creationTimestamp: '{created}'}}\n\
+             spec:\n  parentRefs: [{{kind: Service, group: '', name: web}}]\n  rules:\n{rules}"
+        )
+    }
+
+    #[test]
+    fn grpc_route_matches_are_ordered_by_service_then_method_then_headers() {
+        let rules = "\x20 - matches: [{method: {method: Get}}]\n    backendRefs: [{name: web-v1, port: 80}]\n\
+                     \x20 - matches: [{method: {service: a.B}}]\n    backendRefs: [{name: web-v1, port: 80}]\n\
+                     \x20 - matches: [{method: {service: a.B, method: Get}}]\n    backendRefs: [{name: web-v1, port: 80}]\n\
+                     \x20 - matches: [{method: {service: a.B, method: Get}, headers: [{name: x, value: gold}]}]\n    backendRefs: [{name: web-v1, port: 80}]\n\
+                     \x20 - backendRefs: [{name: web-v1, port: 80}]\n";
+        let m = model(&format!(
+            "{SERVICES}{}",
+            grpc_route("g", "2026-01-01T00:00:00Z", rules)
+        ));
+        let d = dest(&m, "web");
+        assert_eq!(d.source, "GRPCRoute default/g");
+        let order: Vec<u32> = d.matches.iter().map(|m| m.rule_index).collect();
+        // Service and method with a header; without; the service alone; the method alone; all.
+        assert_eq!(order, [3, 2, 1, 0, 4]);
+        let path = |i: usize| d.matches[i].path.as_ref().unwrap().value.clone();
+        assert_eq!(
+            (path(1), path(2), path(3), path(4)),
+            (
+                "/a.B/Get".into(),
+                "/a.B".into(),
+                "/[^/]+/Get".into(),
+                "/".into()
+            )
+        );
+    }
+
+    #[test]
+    fn where_an_httproute_and_a_grpcroute_attach_only_the_older_kind_routes() {
+        let http = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: h, creationTimestamp: '2026-02-01T00:00:00Z'}\n\
+             spec:\n  parentRefs: [{kind: Service, group: '', name: web}]\n  rules:\n\
+             \x20 - backendRefs: [{name: web-v1, port: 80}]\n";
+        let grpc = |created| {
+            grpc_route(
+                "g",
+                created,
+                "\x20 - matches: [{method: {service: a.B}}]\n    backendRefs: [{name: web-v1, port: 80}]\n",
+            )
+        };
+        let retry = "---\napiVersion: pillion.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {name: on-grpc}\n\
+             spec:\n  targetRef: {group: gateway.networking.k8s.io, kind: GRPCRoute, name: g}\n  maxRetries: 4\n";
+        // The GRPCRoute is older: it alone routes, with the policy attached to it by kind.
+        let m = model(&format!(
+            "{SERVICES}{http}{}{retry}",
+            grpc("2026-01-01T00:00:00Z")
+        ));
+        let d = dest(&m, "web");
+        assert_eq!(d.source, "GRPCRoute default/g");
+        assert_eq!(d.rules[0].retry.as_ref().map(|r| r.max_retries), Some(4));
+        let warnings = m.warnings();
+        assert!(
+            warnings.iter().any(|w| w
+                .to_string()
+                .starts_with("HTTPRoute/h: spec.parentRefs[0].name: GRPCRoute/g is attached")),
+            "{warnings:?}"
+        );
+        // The HTTPRoute is older: it routes, and the RetryPolicy does not attach to it.
+        let m = model(&format!(
+            "{SERVICES}{http}{}{retry}",
+            grpc("2026-03-01T00:00:00Z")
+        ));
+        let d = dest(&m, "web");
+        assert_eq!(d.source, "HTTPRoute default/h");
+        assert!(d.rules[0].retry.is_none());
+        assert!(
+            m.warnings().iter().any(|w| w
+                .to_string()
+                .starts_with("GRPCRoute/g: spec.parentRefs[0].name: ")),
+            "{:?}",
+            m.warnings()
+        );
+    }
 }
