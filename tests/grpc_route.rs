@@ -12,7 +12,8 @@ use tonic::transport::Channel;
 
 /// Service `web` routed by its gRPC methods: `Hello` from gold callers to v2 (marked by a
 /// response header), every other `Echo` call to v1, and a method-only rule for `Chat` to v2 that
-/// the service rule outranks (GRPCRoute precedence: characters of the service first).
+/// the service rule outranks (GRPCRoute precedence: characters of the service first); lost
+/// callers to a Service that does not exist.
 const ROUTE: &str = "\
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -33,6 +34,10 @@ spec:
     - type: ResponseHeaderModifier
       responseHeaderModifier: {add: [{name: x-routed-by, value: grpcroute}]}
     backendRefs: [{name: web-v2, port: 80}]
+  - matches:
+    - method: {service: pillion.demo.v1.Echo, method: Hello}
+      headers: [{name: x-tier, value: lost}]
+    backendRefs: [{name: web-v9, port: 80}]
 ";
 
 async fn hello(client: &mut EchoClient<Channel>, gold: bool) -> (String, Option<String>) {
@@ -87,6 +92,13 @@ async fn grpc_calls_follow_a_grpcroute_by_service_method_and_header() {
         .into_inner();
     let reply = replies.message().await.unwrap().unwrap();
     assert_eq!(reply.version, "v1");
+
+    // A backend that does not exist: UNAVAILABLE, as GRPCRoute says (HTTPRoute's 500 would be
+    // INTERNAL).
+    let mut req = tonic::Request::new(HelloRequest::default());
+    req.metadata_mut().insert("x-tier", "lost".parse().unwrap());
+    let status = client.hello(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 
     // A call of a service no rule names matches nothing: UNIMPLEMENTED, from the proxy.
     let mut grpc = tonic::client::Grpc::new(client_channel(&mesh).await);

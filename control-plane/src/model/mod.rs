@@ -442,11 +442,20 @@ impl Model {
                     })
                     .collect::<Vec<_>>();
                 // A rule with no backendRefs: the Gateway API says answer 500.
-                let backends = if backends.is_empty() {
+                let mut backends = if backends.is_empty() {
                     vec![failure(1, "rule has no backendRefs".into())]
                 } else {
                     backends
                 };
+                // GRPCRoute says UNAVAILABLE where HTTPRoute says 500: 503 is what the proxies
+                // answer gRPC callers with UNAVAILABLE.
+                if route.kind == RouteKind::Grpc {
+                    for b in &mut backends {
+                        if let Some(pb::weighted_backend::Kind::Failure(f)) = &mut b.kind {
+                            f.http_status = 503;
+                        }
+                    }
+                }
                 let timeouts = rule.timeouts.as_ref().map(|t| pb::Timeouts {
                     request_ms: t
                         .request
