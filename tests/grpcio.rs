@@ -142,3 +142,60 @@ async fn no_call_fails_when_servers_close_connections_at_their_maximum_age() {
     let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(counts, serde_json::json!({"OK": 2000}));
 }
+
+/// A GRPCRoute steering a grpcio client's calls by method: unary `Hello` to v1, the `Chat`
+/// stream to v2 (both grpcio servers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_calls_follow_a_grpcroute_by_method() {
+    let (_servers, mesh) = python_mesh().await;
+    write_config(
+        &mesh.path("route.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: echo}\n\
+         spec:\n  parentRefs: [{group: '', kind: Service, name: web}]\n  rules:\n\
+         \x20 - matches: [{method: {service: pillion.demo.v1.Echo, method: Chat}}]\n\
+         \x20   backendRefs: [{name: web-v2, port: 80}]\n\
+         \x20 - matches: [{method: {service: pillion.demo.v1.Echo}}]\n\
+         \x20   backendRefs: [{name: web-v1, port: 80}]\n",
+    );
+    // In force once plain HTTP, which no rule matches, gets 404.
+    let h1 = http1_client();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while get(&h1, mesh.client.outbound, "web", "/")
+        .await
+        .unwrap()
+        .status
+        != 404
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the GRPCRoute never applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let out = Command::new(python())
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
+            "client",
+            &mesh.client.outbound.to_string(),
+            "web.default.svc.cluster.local:80",
+        ])
+        .output()
+        .expect("run the grpcio client");
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions = result["versions"].as_array().unwrap();
+    assert!(
+        versions.len() == 20 && versions.iter().all(|v| v == "v1"),
+        "{result}"
+    );
+    assert_eq!(
+        result["stream_versions"],
+        serde_json::json!(["v2"]),
+        "{result}"
+    );
+    assert!(result["errors"].as_array().unwrap().is_empty(), "{result}");
+}
