@@ -60,12 +60,7 @@ async fn python_mesh_with(env: &[(&str, &str)]) -> ([PyServer; 2], Mesh) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_client_and_servers_through_two_proxies() {
     let (_servers, mesh) = python_mesh().await;
-    check_client_run(Command::new(python()).args([
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
-        "client",
-        &mesh.client.outbound.to_string(),
-        "web.default.svc.cluster.local:80",
-    ]));
+    check_client_run(&mut echo_client("client", &mesh));
 }
 
 /// grpcio with the proxy as its `http_proxy`: it opens a CONNECT tunnel to `web:80` and speaks
@@ -88,15 +83,32 @@ async fn grpcio_through_the_proxy_as_its_http_proxy() {
     );
 }
 
-/// Runs the Python client and checks every call it made.
-fn check_client_run(cmd: &mut Command) {
+/// echo.py's client `mode` (`client`, `many`) through the client proxy to `web`.
+fn echo_client(mode: &str, mesh: &Mesh) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.args([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
+        mode,
+        &mesh.client.outbound.to_string(),
+        "web.default.svc.cluster.local:80",
+    ]);
+    cmd
+}
+
+/// Runs a Python client; the JSON it printed.
+fn client_json(cmd: &mut Command) -> serde_json::Value {
     let out = cmd.output().expect("run the grpcio client");
     assert!(
         out.status.success(),
         "grpcio client failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs the Python client and checks every call it made.
+fn check_client_run(cmd: &mut Command) {
+    let result = client_json(cmd);
     let versions: Vec<String> = result["versions"]
         .as_array()
         .unwrap()
@@ -124,22 +136,7 @@ fn check_client_run(cmd: &mut Command) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_call_fails_when_servers_close_connections_at_their_maximum_age() {
     let (_servers, mesh) = python_mesh_with(&[("ECHO_MAX_AGE_MS", "100")]).await;
-    let out = Command::new(python())
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
-            "many",
-            &mesh.client.outbound.to_string(),
-            "web.default.svc.cluster.local:80",
-            "2000",
-        ])
-        .output()
-        .expect("run the grpcio client");
-    assert!(
-        out.status.success(),
-        "grpcio client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts = client_json(echo_client("many", &mesh).arg("2000"));
     assert_eq!(counts, serde_json::json!({"OK": 2000}));
 }
 
@@ -172,21 +169,7 @@ async fn grpcio_calls_follow_a_grpcroute_by_method() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let out = Command::new(python())
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/echo.py"),
-            "client",
-            &mesh.client.outbound.to_string(),
-            "web.default.svc.cluster.local:80",
-        ])
-        .output()
-        .expect("run the grpcio client");
-    assert!(
-        out.status.success(),
-        "grpcio client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = client_json(&mut echo_client("client", &mesh));
     let versions = result["versions"].as_array().unwrap();
     assert!(
         versions.len() == 20 && versions.iter().all(|v| v == "v1"),

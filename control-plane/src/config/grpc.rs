@@ -10,7 +10,6 @@
 //! rather than the path's (kept on each match as [`HttpRouteMatch::grpc_chars`]).
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::filters::HttpRouteFilter;
 use super::{
@@ -42,10 +41,11 @@ pub struct GrpcRouteRule {
     pub name: Option<String>,
     #[serde(default)]
     pub matches: Option<Vec<GrpcRouteMatch>>,
+    /// HTTPRoute's filter shape; only GRPCRoute's types are accepted (`check_filter_types`).
     #[serde(default)]
-    pub filters: Option<Vec<GrpcRouteFilter>>,
+    pub filters: Option<Vec<HttpRouteFilter>>,
     #[serde(default)]
-    pub backend_refs: Option<Vec<GrpcBackendRef>>,
+    pub backend_refs: Option<Vec<BackendRef>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,41 +66,6 @@ pub struct GrpcMethodMatch {
     pub service: Option<String>,
     #[serde(default)]
     pub method: Option<String>,
-}
-
-/// The filter types a GRPCRoute has; the HTTPRoute-only ones (redirects, rewrites, CORS) are
-/// unknown fields here, as in the GRPCRoute schema.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GrpcRouteFilter {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub request_header_modifier: Option<super::filters::HeaderModifier>,
-    #[serde(default)]
-    pub response_header_modifier: Option<super::filters::HeaderModifier>,
-    #[serde(default)]
-    pub request_mirror: Option<super::filters::RequestMirror>,
-    #[serde(default)]
-    pub extension_ref: Option<Value>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrpcBackendRef {
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub port: Option<i64>,
-    #[serde(default)]
-    pub weight: Option<i64>,
-    #[serde(default)]
-    pub filters: Option<Vec<GrpcRouteFilter>>,
 }
 
 const FILTER_TYPES: [&str; 4] = [
@@ -131,35 +96,19 @@ pub fn to_http_route(route: GrpcRoute) -> Result<HttpRoute, FieldError> {
             ),
             None => None,
         };
-        let filters = to_http_filters(&format!("{at}.filters"), rule.filters)?;
-        let backend_refs = match rule.backend_refs {
-            Some(refs) => Some(
-                refs.into_iter()
-                    .enumerate()
-                    .map(|(j, b)| {
-                        Ok(BackendRef {
-                            group: b.group,
-                            kind: b.kind,
-                            name: b.name,
-                            namespace: b.namespace,
-                            port: b.port,
-                            weight: b.weight,
-                            filters: to_http_filters(
-                                &format!("{at}.backendRefs[{j}].filters"),
-                                b.filters,
-                            )?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, FieldError>>()?,
-            ),
-            None => None,
-        };
+        check_filter_types(&format!("{at}.filters"), rule.filters.as_deref())?;
+        for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
+            check_filter_types(
+                &format!("{at}.backendRefs[{j}].filters"),
+                b.filters.as_deref(),
+            )?;
+        }
         rules.push(HttpRouteRule {
             name: rule.name,
             matches,
-            backend_refs,
+            backend_refs: rule.backend_refs,
             timeouts: None,
-            filters,
+            filters: rule.filters,
         });
     }
     Ok(HttpRoute {
@@ -173,15 +122,9 @@ pub fn to_http_route(route: GrpcRoute) -> Result<HttpRoute, FieldError> {
     })
 }
 
-fn to_http_filters(
-    at: &str,
-    filters: Option<Vec<GrpcRouteFilter>>,
-) -> Result<Option<Vec<HttpRouteFilter>>, FieldError> {
-    let Some(filters) = filters else {
-        return Ok(None);
-    };
-    let mut out = Vec::with_capacity(filters.len());
-    for (i, f) in filters.into_iter().enumerate() {
+/// GRPCRoute has HTTPRoute's header modifiers and mirrors, not its redirects, rewrites or CORS.
+fn check_filter_types(at: &str, filters: Option<&[HttpRouteFilter]>) -> Result<(), FieldError> {
+    for (i, f) in filters.unwrap_or_default().iter().enumerate() {
         if !FILTER_TYPES.contains(&f.kind.as_str()) {
             return Err(FieldError::new(
                 format!("{at}[{i}].type"),
@@ -192,19 +135,8 @@ fn to_http_filters(
                 ),
             ));
         }
-        out.push(HttpRouteFilter {
-            kind: f.kind,
-            request_header_modifier: f.request_header_modifier,
-            response_header_modifier: f.response_header_modifier,
-            request_redirect: None,
-            url_rewrite: None,
-            request_mirror: f.request_mirror,
-            extension_ref: f.extension_ref,
-            cors: None,
-            external_auth: None,
-        });
     }
-    Ok(Some(out))
+    Ok(())
 }
 
 fn to_http_match(at: &str, m: GrpcRouteMatch) -> Result<HttpRouteMatch, FieldError> {

@@ -1116,7 +1116,15 @@ mod tests {
             ),
             (
                 "filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]",
-                "spec.rules[0].filters[0].requestRedirect: unknown field `requestRedirect`",
+                "spec.rules[0].filters[0].type: `RequestRedirect` is not a GRPCRoute filter type",
+            ),
+            (
+                "filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}, cors: {}}]",
+                "spec.rules[0].filters[0].cors: must not be set on a RequestHeaderModifier filter",
+            ),
+            (
+                "backendRefs: [{name: a, port: 80, filters: [{type: CORS, cors: {}}]}]",
+                "spec.rules[0].backendRefs[0].filters[0].type: `CORS` is not a GRPCRoute filter type",
             ),
             (
                 "timeouts: {request: 1s}",
