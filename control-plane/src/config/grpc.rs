@@ -217,6 +217,8 @@ fn method_path(
             // Each expression compiled on its own, so wrapping it cannot change its meaning.
             let part = |re: Option<&str>| re.map_or("[^/]+".to_string(), |re| format!("(?:{re})"));
             let value = format!("/{}/{}", part(service), part(method));
+            // Two expressions within the size limit each may not be together.
+            check_regex(at.to_string(), &value)?;
             Ok((path("RegularExpression", value), chars))
         }
         other => Err(FieldError::new(
@@ -322,6 +324,12 @@ mod tests {
             err(method(Some("Prefix"), Some("a"), None))
                 .starts_with("m.type: `Prefix` is not one of Exact, RegularExpression")
         );
+        // Each part compiles, the two together exceed the compiled-size limit: refused here,
+        // naming the method match rather than a path the GRPCRoute does not have.
+        let big = r"\w{1,200}";
+        assert!(regex::Regex::new(big).is_ok());
+        let e = err(method(Some("RegularExpression"), Some(big), Some(big)));
+        assert!(e.starts_with("m: invalid regular expression"), "{e}");
         let long = "a".repeat(NAME_MAX + 1);
         assert!(err(method(None, None, Some(&long))).starts_with("m.method: longer than"));
     }
