@@ -16,6 +16,8 @@
 #                                             # proxies ran from start to exit (h2c and HTTP/1.1
 #                                             # requests), by symbol: benches/pgo_order.sh's input
 #   DATA=/tmp/1k bash benches/callgrind.sh    # POSTs with that file as the body
+#   H1=1 bash benches/callgrind.sh            # HTTP/1.1 clients (10 connections, one request
+#                                             # at a time each); the upstream stays h2c
 #   ATOMICS=1 bash benches/callgrind.sh       # also the atomic operations per request (lock-
 #                                             # prefixed instructions, found with objdump), by
 #                                             # function: each costs ~20 cycles even uncontended
@@ -149,7 +151,9 @@ counted=$(pgrep -f "callgrind-out-file=$dir/" || true)
 
 post=()
 [ -n "${DATA:-}" ] && post=(-d "$DATA")
-load() { h2load "${post[@]}" -n "$1" -c 10 -m 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"; }
+streams=(-m 10)
+[ -n "${H1:-}" ] && streams=(--h1)
+load() { h2load "${post[@]}" "${streams[@]}" -n "$1" -c 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"; }
 if [ -n "${FUNCTIONS:-}" ]; then
   load 2000
   h2load --h1 -n 2000 -c 10 -H ":authority: $host" "http://$ADDR/" 2>&1 | grep -E "^requests:"
