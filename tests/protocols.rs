@@ -1013,6 +1013,27 @@ async fn a_refused_request_whose_body_came_whole_is_sent_again() {
     assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
+/// A body of hundreds of KiB (an upload, a large gRPC message), refused after the server read
+/// all of it, goes out again whole: the proxy keeps up to 1 MiB of a body until the response
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_a_large_body_is_sent_again_whole() {
+    let (app, streams) = refusing_app(1, true).await;
+    let mesh = mesh_before(app).await;
+    let first = Bytes::from(vec![b'a'; 300 * 1024]);
+    let (status, body) = h2_post(
+        mesh.client.outbound,
+        first.clone(),
+        async {},
+        Bytes::from_static(b"end"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), first.len() + 3);
+    assert!(body.ends_with(b"aend"));
+    assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 /// A body longer than the proxy keeps, refused after the server read it all, is not sent
 /// again (it could not be whole): the client gets a 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1021,11 +1042,97 @@ async fn a_refused_request_with_a_body_too_long_to_keep_is_not_sent_again() {
     let mesh = mesh_before(app).await;
     let (status, _) = h2_post(
         mesh.client.outbound,
-        Bytes::from(vec![b'a'; 100 * 1024]),
+        Bytes::from(vec![b'a'; 1100 * 1024]),
         async {},
         Bytes::from_static(b"end"),
     )
     .await;
     assert_eq!(status, 502);
     assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// An h2c application that answers `/ready` and reads every other request's body to the end,
+/// counting the bytes, but never answers it.
+async fn silent_app() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let read = Arc::new(AtomicUsize::new(0));
+    let counted = read.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let counted = counted.clone();
+                    tokio::spawn(async move {
+                        if req.uri().path() == "/ready" {
+                            let _ = respond.send_response(http::Response::new(()), true);
+                            return;
+                        }
+                        let body = h2_read(req.into_body()).await;
+                        counted.fetch_add(body.len(), Ordering::SeqCst);
+                        // Held, never answered.
+                        std::future::pending::<()>().await;
+                        drop(respond);
+                    });
+                }
+            });
+        }
+    });
+    (addr, read)
+}
+
+/// What a proxy keeps of bodies for sending them again is bounded per proxy (16 MiB), not per
+/// request: 48 uploads of 1 MiB whose answers never start would otherwise hold 48 MiB in each
+/// proxy on the way (`pillion_request_body_kept_bytes` says what is kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_kept_for_resending_are_bounded_per_proxy() {
+    use std::sync::atomic::Ordering;
+    let (app, read) = silent_app().await;
+    let mesh = mesh_before(app).await;
+    const UPLOADS: usize = 48;
+    const SIZE: usize = 1 << 20;
+    let tcp = tokio::net::TcpStream::connect(mesh.client.outbound)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut pending = Vec::new();
+    for _ in 0..UPLOADS {
+        let mut client = client.clone().ready().await.unwrap();
+        let req = http::Request::post("http://web/upload").body(()).unwrap();
+        let (response, mut body) = client.send_request(req, false).unwrap();
+        // Sent as flow control allows (the h2 crate queues it).
+        body.send_data(Bytes::from(vec![b'u'; SIZE]), true).unwrap();
+        pending.push((response, body));
+    }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while read.load(Ordering::SeqCst) < UPLOADS * SIZE {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the application read {} of {} bytes",
+            read.load(Ordering::SeqCst),
+            UPLOADS * SIZE
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every body went through both proxies and no answer started: each proxy keeps what its
+    // budget holds, and no more.
+    for admin in [mesh.client.admin, mesh.server_proxies[0].admin] {
+        let metrics = admin_get(admin, "/metrics").await.1;
+        let kept = metric_sum(&metrics, "pillion_request_body_kept_bytes", "");
+        assert!(
+            kept > (12 << 20) as f64 && kept <= (16 << 20) as f64,
+            "{kept} bytes kept"
+        );
+    }
+    drop(pending);
 }

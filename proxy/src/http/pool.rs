@@ -36,9 +36,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// enough for a server closing its connection after so many requests under load, not so many
 /// that a server refusing everything multiplies the load on it.
 const REFUSED_ATTEMPTS: u32 = 5;
-/// Request body bytes kept for sending again until the response starts (as much as a retry
-/// keeps by default): a larger body is not sent again when refused after this much was read.
-const RESEND_BODY_MAX: usize = 64 * 1024;
+/// Request body bytes kept for sending again until the response starts (Envoy's default
+/// buffer limit): a larger body is not sent again when refused after this much was read. All
+/// replays together keep at most `replay::BUDGET`.
+const RESEND_BODY_MAX: usize = 1 << 20;
 
 /// An idle HTTP/1.1 connection and when it became idle.
 type IdleH1 = (http1::SendRequest<Body>, Instant);

@@ -3,8 +3,13 @@
 //! kept, up to a limit, so that a later attempt sends it again and then goes on reading the
 //! client's body where the earlier attempt left off. Past the limit nothing is kept and the
 //! request can no longer be retried.
+//!
+//! What every replay keeps counts against one budget per process ([`Budget`]): a body that
+//! would go over it is not kept (its request can then not be sent again), so that many large
+//! bodies in flight at once cannot exhaust the proxy.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -13,6 +18,64 @@ use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::http::body::{Body, BoxError};
+
+/// Bytes kept by the replays of one process, and the most they may be.
+pub struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+/// The proxy's: 16 MiB, as many 1 MiB bodies as a sidecar should hold for resending at once
+/// (the proxy's own memory is ~5 MB idle).
+pub static BUDGET: Budget = Budget::new(16 << 20);
+
+impl Budget {
+    pub const fn new(max: usize) -> Budget {
+        Budget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes `n` bytes, if they are there.
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|&total| total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Bytes kept now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// `pillion_request_body_kept_bytes`, read from [`BUDGET`] when scraped (nothing is added to
+/// the request path to count it).
+#[derive(Debug)]
+pub struct KeptCollector;
+
+impl prometheus_client::collector::Collector for KeptCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let m = prometheus_client::metrics::gauge::ConstGauge::new(BUDGET.used() as i64);
+        m.encode(encoder.encode_descriptor(
+            "request_body_kept_bytes",
+            "Request body bytes kept to send them again (refused or retried requests whose response has not started), at most 16 MiB a proxy",
+            None,
+            m.metric_type(),
+        )?)
+    }
+}
 
 /// The client's body and what has been read from it, shared by the attempts.
 pub struct Replay {
@@ -31,14 +94,51 @@ struct Shared {
     /// Reading the client's body failed: no new attempt either.
     failed: bool,
     max: usize,
+    /// Where `kept` is counted while chunks are kept.
+    budget: &'static Budget,
     /// The attempt whose body may read from the client; older ones stop.
     current: u32,
     hint: SizeHint,
 }
 
+impl Shared {
+    /// Keeps `data` if it stays within this body's limit and the process's budget; else stops
+    /// keeping for good.
+    fn keep(&mut self, data: &Bytes) -> bool {
+        if self.capped {
+            return false;
+        }
+        let total = self.kept + data.len();
+        if total > self.max || !self.budget.take(data.len()) {
+            self.let_go();
+            return false;
+        }
+        self.kept = total;
+        self.chunks.push(data.clone());
+        true
+    }
+
+    /// Nothing is kept from now on; what was is freed and given back to the budget.
+    fn let_go(&mut self) {
+        self.capped = true;
+        self.chunks = Vec::new();
+        self.budget.give(std::mem::take(&mut self.kept));
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.budget.give(self.kept);
+    }
+}
+
 impl Replay {
-    /// Wraps the client's body, keeping at most `max` bytes.
+    /// Wraps the client's body, keeping at most `max` bytes (and what the budget allows).
     pub fn new(source: Body, max: usize) -> Replay {
+        Replay::budgeted(source, max, &BUDGET)
+    }
+
+    fn budgeted(source: Body, max: usize, budget: &'static Budget) -> Replay {
         let hint = source.size_hint();
         let ended = source.is_end_stream();
         Replay {
@@ -50,6 +150,7 @@ impl Replay {
                 capped: false,
                 failed: false,
                 max,
+                budget,
                 current: 0,
                 hint,
             })),
@@ -59,14 +160,25 @@ impl Replay {
     /// `Replay::new` for a body whose `first` frame was already read from it. That frame is
     /// sent by the first attempt even when it alone is over `max`.
     pub fn started(first: Frame<Bytes>, source: Body, max: usize) -> Replay {
-        let replay = Replay::new(source, max);
+        Replay::started_budgeted(first, source, max, &BUDGET)
+    }
+
+    fn started_budgeted(
+        first: Frame<Bytes>,
+        source: Body,
+        max: usize,
+        budget: &'static Budget,
+    ) -> Replay {
+        let replay = Replay::budgeted(source, max, budget);
         {
             let mut s = replay.lock();
             match first.into_data() {
                 Ok(data) => {
-                    s.kept = data.len();
-                    s.capped = s.kept > max;
-                    s.chunks.push(data);
+                    if !s.keep(&data) {
+                        // Held (uncounted: it goes once the first attempt sent it) all the
+                        // same, for the first attempt to send.
+                        s.chunks.push(data);
+                    }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
@@ -158,7 +270,7 @@ impl HttpBody for ReplayBody {
         }
         if s.capped && !s.chunks.is_empty() {
             // Every kept chunk is sent and no attempt will follow.
-            s.chunks = Vec::new();
+            s.let_go();
         }
         let Some(source) = s.source.as_mut() else {
             // The client's body has ended: its trailers, if any, then the end.
@@ -184,15 +296,8 @@ impl HttpBody for ReplayBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_data() {
                     Ok(data) => {
-                        if !s.capped {
-                            s.kept += data.len();
-                            if s.kept > s.max {
-                                s.capped = true;
-                                s.chunks = Vec::new();
-                            } else {
-                                s.chunks.push(data.clone());
-                                this.pos = s.chunks.len();
-                            }
+                        if s.keep(&data) {
+                            this.pos = s.chunks.len();
                         }
                         if s.source.as_ref().is_some_and(|b| b.is_end_stream()) {
                             // Said now, so that this frame goes out as the body's last (a
@@ -359,6 +464,42 @@ mod tests {
         let (rest, _) = read(second).await;
         assert_eq!(rest, b"bc");
         assert!(replay.lock().chunks.is_empty(), "kept chunks let go");
+    }
+
+    /// Bodies kept at once count against one budget: one that would go over it is not kept
+    /// (but still streams), and what was kept is given back when it is let go.
+    #[tokio::test]
+    async fn the_process_budget_bounds_what_every_replay_keeps() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(10)));
+        let first = Replay::budgeted(client(&["0123", "4567"], false), 1024, budget);
+        assert_eq!(read(first.attempt()).await.0, b"01234567");
+        assert!(first.can_replay());
+        assert_eq!(budget.used(), 8);
+        // Only 2 bytes left: this one stops keeping at its first frame.
+        let second = Replay::budgeted(client(&["abc", "def"], false), 1024, budget);
+        assert_eq!(read(second.attempt()).await.0, b"abcdef");
+        assert!(!second.can_replay());
+        assert_eq!(budget.used(), 8);
+        // The response began: the first one's chunks go once sent, and so does their count.
+        first.stop_keeping();
+        assert_eq!(read(first.attempt()).await.0, b"01234567");
+        assert_eq!(budget.used(), 0);
+        // A body started elsewhere whose first frame is over the budget: sent once, uncounted.
+        let third = Replay::started_budgeted(
+            Frame::data(Bytes::from_static(b"0123456789ab")),
+            client(&["!"], false),
+            1024,
+            budget,
+        );
+        assert!(!third.can_replay());
+        assert_eq!(read(third.attempt()).await.0, b"0123456789ab!");
+        assert_eq!(budget.used(), 0);
+        // Dropped while kept: given back.
+        let fourth = Replay::budgeted(client(&["xyz"], false), 1024, budget);
+        assert_eq!(read(fourth.attempt()).await.0, b"xyz");
+        assert_eq!(budget.used(), 3);
+        drop(fourth);
+        assert_eq!(budget.used(), 0);
     }
 
     /// A body that knows its end says so with its last frame, and so does each replay of it:

@@ -436,6 +436,7 @@ impl Metrics {
             OUTLIER_EJECTIONS.clone(),
         );
         registry.register_collector(Box::new(pillion_core::process::ProcessCollector::default()));
+        registry.register_collector(Box::new(crate::http::replay::KeptCollector));
         Metrics {
             retries,
             retries_skipped,
