@@ -865,42 +865,59 @@ async fn requests_a_closing_server_never_processed_are_sent_again() {
 async fn refusing_app(refuse: usize, read_first: bool) -> CountingApp {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let streams = Arc::new(AtomicUsize::new(0));
     let counted = streams.clone();
+    let addr = h2_app(move |req, mut respond| {
+        let ready = req.uri().path() == "/ready";
+        let refused = !ready && counted.fetch_add(1, Ordering::SeqCst) < refuse;
+        async move {
+            if refused && !read_first {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            }
+            let body = h2_read(req.into_body()).await;
+            if refused {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            }
+            let mut send = respond
+                .send_response(http::Response::new(()), body.is_empty())
+                .unwrap();
+            if !body.is_empty() {
+                let _ = send.send_data(body.into(), true);
+            }
+        }
+    })
+    .await;
+    (addr, streams)
+}
+
+/// An h2c application on loopback: `handle` gets each request with its responder, and runs on
+/// a task of its own.
+async fn h2_app<F, Fut>(handle: F) -> std::net::SocketAddr
+where
+    F: Fn(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut
+        + Clone
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let counted = counted.clone();
+            let handle = handle.clone();
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(stream).await else {
                     return;
                 };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    let ready = req.uri().path() == "/ready";
-                    let refused = !ready && counted.fetch_add(1, Ordering::SeqCst) < refuse;
-                    tokio::spawn(async move {
-                        if refused && !read_first {
-                            respond.send_reset(h2::Reason::REFUSED_STREAM);
-                            return;
-                        }
-                        let body = h2_read(req.into_body()).await;
-                        if refused {
-                            respond.send_reset(h2::Reason::REFUSED_STREAM);
-                            return;
-                        }
-                        let mut send = respond
-                            .send_response(http::Response::new(()), body.is_empty())
-                            .unwrap();
-                        if !body.is_empty() {
-                            let _ = send.send_data(body.into(), true);
-                        }
-                    });
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(handle(req, respond));
                 }
             });
         }
     });
-    (addr, streams)
+    addr
 }
 
 /// All of an `h2` body, its flow-control window given back as it is read.
@@ -1059,34 +1076,23 @@ async fn silent_app() -> (
 ) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let read = Arc::new(AtomicUsize::new(0));
     let counted = read.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(stream).await else {
-                    return;
-                };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    let counted = counted.clone();
-                    tokio::spawn(async move {
-                        if req.uri().path() == "/ready" {
-                            let _ = respond.send_response(http::Response::new(()), true);
-                            return;
-                        }
-                        let body = h2_read(req.into_body()).await;
-                        counted.fetch_add(body.len(), Ordering::SeqCst);
-                        // Held, never answered.
-                        std::future::pending::<()>().await;
-                        drop(respond);
-                    });
-                }
-            });
+    let addr = h2_app(move |req, mut respond| {
+        let counted = counted.clone();
+        async move {
+            if req.uri().path() == "/ready" {
+                let _ = respond.send_response(http::Response::new(()), true);
+                return;
+            }
+            let body = h2_read(req.into_body()).await;
+            counted.fetch_add(body.len(), Ordering::SeqCst);
+            // Held, never answered.
+            std::future::pending::<()>().await;
+            drop(respond);
         }
-    });
+    })
+    .await;
     (addr, read)
 }
 
