@@ -188,7 +188,7 @@ fn method_path(
                 ));
             }
             if let Some(name) = method
-                && !is_method_name(name)
+                && !is_identifier(name)
             {
                 return Err(FieldError::new(
                     format!("{at}.method"),
@@ -234,11 +234,8 @@ fn is_service_name(s: &str) -> bool {
     s.split('.').all(is_identifier)
 }
 
-/// `^[A-Za-z_][A-Za-z_0-9]*$`, the schema's pattern for an exact method.
-fn is_method_name(s: &str) -> bool {
-    is_identifier(s)
-}
-
+/// `^[A-Za-z_][A-Za-z_0-9]*$`: the schema's pattern for an exact method, and for each part of
+/// a service name.
 fn is_identifier(s: &str) -> bool {
     let mut bytes = s.bytes();
     bytes
@@ -349,10 +346,10 @@ mod tests {
             assert!(!is_service_name(bad), "{bad}");
         }
         for ok in ["Hello", "_x", "Get2"] {
-            assert!(is_method_name(ok), "{ok}");
+            assert!(is_identifier(ok), "{ok}");
         }
         for bad in ["", "2x", "a.b", "a b"] {
-            assert!(!is_method_name(bad), "{bad}");
+            assert!(!is_identifier(bad), "{bad}");
         }
     }
 }
