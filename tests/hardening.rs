@@ -1,5 +1,6 @@
 //! Defects found with real clients and hostile input: the application's protocol over mTLS,
-//! Host handling, malformed bodies, CONNECT, cancelled HTTP/2 streams, timeouts, the CLI.
+//! Host handling, malformed bodies, CONNECT, cancelled HTTP/2 streams, rapid reset, timeouts,
+//! the CLI.
 
 mod common;
 
@@ -354,5 +355,117 @@ async fn the_access_log_has_a_line_per_request() {
             .log_text()
             .contains("pillion_access"),
         "the server proxies log no access lines"
+    );
+}
+
+/// An application that counts the requests it got; `/hang` is never answered.
+async fn counting_app() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let counted = counted.clone();
+                async move {
+                    if req.uri().path() == "/hang" {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<()>().await;
+                    }
+                    let resp = http::Response::builder()
+                        .header("x-version", "v1")
+                        .body(Full::new(Bytes::from_static(b"ok")))
+                        .unwrap();
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Rapid reset (CVE-2023-44487) through the mesh: a client that opens requests 100 at a time
+/// and resets each batch once the application has it is disconnected by its proxy (GOAWAY
+/// ENHANCE_YOUR_CALM) after 250 resets, so the application sees 300 of the 2,000 requests it
+/// would have (all of them before; also with `PILLION_RAPID_RESET_FLOOR=off`). The peer
+/// proxy, which got the same resets on its shared connection, judges that over ten times as
+/// many requests and keeps it: another client is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_its_requests_at_once_is_disconnected() {
+    use std::sync::atomic::Ordering;
+    let (app, seen) = counting_app().await;
+    let (other, _) = counting_app().await;
+    let mesh = Mesh::start_with_apps(1, 0, vec![app, other], &[]).await;
+    mesh.wait_for_versions(&["v1"]).await;
+    let tcp = tokio::net::TcpStream::connect(mesh.client.outbound)
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut ended = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut sent = 0;
+    'attack: while sent < 2000 {
+        let mut batch = Vec::new();
+        for _ in 0..100 {
+            let req = http::Request::get("http://web/hang").body(()).unwrap();
+            match client.send_request(req, false) {
+                Ok(stream) => batch.push(stream),
+                Err(_) => break 'attack,
+            }
+            sent += 1;
+            client = match client.ready().await {
+                Ok(c) => c,
+                Err(_) => break 'attack,
+            };
+        }
+        // The whole batch at the application (or the connection gone), then reset.
+        let deadline = Instant::now() + DEADLINE;
+        while seen.load(Ordering::SeqCst) < sent {
+            if ended.is_finished() {
+                break 'attack;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the application got {} of {sent}",
+                seen.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for (_, mut stream) in batch {
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+    // The proxy sent GOAWAY (ENHANCE_YOUR_CALM, which the h2 client does not report) and
+    // closed the connection; its log says why.
+    tokio::time::timeout(DEADLINE, &mut ended)
+        .await
+        .expect("the attacking connection is closed")
+        .unwrap()
+        .ok();
+    let reached = seen.load(Ordering::SeqCst);
+    assert!(
+        reached <= 400,
+        "the application got {reached} requests of {sent}"
+    );
+    // Others are still served, promptly.
+    let answer = get(&http1_client(), mesh.client.outbound, "web", "/")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let log = mesh.client.proc.log_text();
+    assert!(
+        log.contains("it abused the protocol") && log.contains("too many requests reset early"),
+        "{log}"
     );
 }

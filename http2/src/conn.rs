@@ -30,6 +30,9 @@ pub struct Config {
     /// A request's header section, in octets (RFC 9113 §6.5.2's count); larger ones are
     /// answered 431.
     pub max_header_list_size: u32,
+    /// Server: requests a connection is judged over before its early resets can close it
+    /// (`EARLY_RESET_MS`): it closes once they are half of at least this many.
+    pub early_reset_floor: u64,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             stream_window: 2 << 20,
             connection_window: 8 << 20,
             max_header_list_size: 64 << 10,
+            early_reset_floor: 500,
         }
     }
 }
@@ -50,6 +54,30 @@ const MAX_SEND_FRAME: u32 = 64 << 10;
 /// A header block may be this many times the header list limit before its CONTINUATIONs are
 /// refused unread (a compressed block is smaller than its list, so this only stops floods).
 const BLOCK_SLACK: usize = 2;
+
+/// Rapid reset (CVE-2023-44487) and its variants: a client that opens streams and resets
+/// them at once (or makes us reset them with a malformed frame) costs itself a few bytes a
+/// request and the application behind the proxy a whole request each, as fast as it can send.
+/// A request reset within `EARLY_RESET_MS` of opening, before its response was complete, is
+/// an early reset; once they reach half the requests a connection made, counted over at least
+/// `Config::early_reset_floor` requests, the connection is closed with ENHANCE_YOUR_CALM.
+/// Envoy's rule, with its defaults: a client cancelling now and then never comes near it.
+const EARLY_RESET_MS: u64 = 1000;
+
+/// Milliseconds on a coarse monotonic clock: a stream's age only has to be told from a
+/// second, and the coarse clock is read without the time stamp counter (a clock read costs
+/// tens of ns in a VM, this one a few).
+fn coarse_ms() -> u64 {
+    #[cfg(target_os = "linux")]
+    if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE) {
+        return (t.tv_sec() as u64).saturating_mul(1000) + t.tv_nsec() as u64 / 1_000_000;
+    }
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 
 /// Stream ids are distinct small integers: a multiplication spreads them over the table
 /// (SipHash, the default, was 17 % of a request's instructions).
@@ -163,6 +191,9 @@ pub(crate) struct Conn {
     ready_wakers: Vec<Waker>,
     /// Client: request senders alive; with none left and no stream open, the connection ends.
     pub senders: usize,
+    /// Server: requests the peer opened, and how many of them were reset early.
+    requests: u64,
+    early_resets: u64,
 }
 
 #[derive(Default)]
@@ -200,6 +231,8 @@ struct Stream {
     headers_seen: bool,
     head_request: bool,
     counted: bool,
+    /// Server: when the request arrived (`coarse_ms`).
+    opened_ms: u64,
 }
 
 impl Conn {
@@ -266,6 +299,8 @@ impl Conn {
             open: 0,
             ready_wakers: Vec::new(),
             senders: 0,
+            requests: 0,
+            early_resets: 0,
         }
     }
 
@@ -318,6 +353,7 @@ impl Conn {
             Frame::Priority { .. } | Frame::Unknown { .. } => Ok(()),
             Frame::RstStream { stream, reason } => {
                 self.check_not_idle(stream)?;
+                self.note_early_reset(stream)?;
                 if let Some(s) = self.streams.get_mut(&stream.0) {
                     if s.recv_closed && s.reset.is_none() {
                         // The peer had sent all it had (a whole response, or a whole request):
@@ -402,7 +438,7 @@ impl Conn {
         match e {
             FrameError::Connection { reason, why } => Err(self.fail(reason, why)),
             FrameError::Stream { stream, reason, .. } => {
-                self.reset_stream(stream, reason);
+                self.refuse(stream, reason);
                 Ok(())
             }
         }
@@ -525,11 +561,11 @@ impl Conn {
                 return Ok(());
             }
             if s.recv_closed {
-                self.reset_stream(id, Reason::STREAM_CLOSED);
+                self.refuse(id, Reason::STREAM_CLOSED);
                 return Ok(());
             }
             if !end_stream || head.pseudo_seen || head.error.is_some() {
-                self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                self.refuse(id, Reason::PROTOCOL_ERROR);
                 return Ok(());
             }
             s.trailers = Some(head.headers);
@@ -582,6 +618,7 @@ impl Conn {
             frame::write_rst_stream(&mut self.out, id, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
+        self.requests += 1;
         self.streams.insert(
             id.0,
             Box::new(Stream {
@@ -589,6 +626,7 @@ impl Conn {
                 recv_window: self.config.stream_window as i64,
                 send_window: self.peer_initial_window,
                 expected_len,
+                opened_ms: coarse_ms(),
                 ..Stream::default()
             }),
         );
@@ -616,13 +654,13 @@ impl Conn {
             return Ok(());
         }
         if s.recv_closed {
-            self.reset_stream(id, Reason::STREAM_CLOSED);
+            self.refuse(id, Reason::STREAM_CLOSED);
             return Ok(());
         }
         if s.headers_seen {
             // Trailers.
             if !end_stream || head.pseudo_seen || head.error.is_some() {
-                self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                self.refuse(id, Reason::PROTOCOL_ERROR);
                 return Ok(());
             }
             s.trailers = Some(head.headers);
@@ -631,14 +669,14 @@ impl Conn {
         let head_request = s.head_request;
         if head.size > self.config.max_header_list_size as usize {
             // More than we said we would take (SETTINGS_MAX_HEADER_LIST_SIZE).
-            self.reset_stream(id, Reason::PROTOCOL_ERROR);
+            self.refuse(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
         match head.response() {
             Ok(resp) if resp.status.is_informational() => {
                 // 1xx: interim, the final response is still to come (101 has no place here).
                 if resp.status == http::StatusCode::SWITCHING_PROTOCOLS || end_stream {
-                    self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                    self.refuse(id, Reason::PROTOCOL_ERROR);
                 }
                 Ok(())
             }
@@ -652,7 +690,7 @@ impl Conn {
                     content_length(&resp.headers)
                 };
                 if end_stream && expected.is_some_and(|n| n != 0) {
-                    self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                    self.refuse(id, Reason::PROTOCOL_ERROR);
                     return Ok(());
                 }
                 if let Some(s) = self.streams.get_mut(&id.0) {
@@ -669,7 +707,7 @@ impl Conn {
                 Ok(())
             }
             Err(_) => {
-                self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                self.refuse(id, Reason::PROTOCOL_ERROR);
                 Ok(())
             }
         }
@@ -821,7 +859,7 @@ impl Conn {
             let closed = s.reset.is_none();
             self.release_connection(flow);
             if closed {
-                self.reset_stream(id, Reason::STREAM_CLOSED);
+                self.refuse(id, Reason::STREAM_CLOSED);
             }
             return Ok(());
         }
@@ -830,14 +868,14 @@ impl Conn {
             // `response: None` too: `headers_seen` tells them apart.)
             if !s.headers_seen {
                 self.release_connection(flow);
-                self.reset_stream(id, Reason::PROTOCOL_ERROR);
+                self.refuse(id, Reason::PROTOCOL_ERROR);
                 return Ok(());
             }
         }
         s.recv_window -= flow;
         if s.recv_window < 0 {
             self.release_connection(flow);
-            self.reset_stream(id, Reason::FLOW_CONTROL_ERROR);
+            self.refuse(id, Reason::FLOW_CONTROL_ERROR);
             return Ok(());
         }
         s.received_len += data.len() as u64;
@@ -845,7 +883,7 @@ impl Conn {
             .is_some_and(|n| s.received_len > n || (end_stream && s.received_len != n))
         {
             self.release_connection(flow);
-            self.reset_stream(id, Reason::PROTOCOL_ERROR);
+            self.refuse(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
         if !data.is_empty() {
@@ -931,7 +969,7 @@ impl Conn {
         };
         s.send_window += increment as i64;
         if s.send_window > frame::MAX_WINDOW as i64 {
-            self.reset_stream(id, Reason::FLOW_CONTROL_ERROR);
+            self.refuse(id, Reason::FLOW_CONTROL_ERROR);
             return Ok(());
         }
         self.flush_stream(id);
@@ -1209,6 +1247,31 @@ impl Conn {
         }
         s.send_waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Counts a request the peer reset, or made us reset, early (`EARLY_RESET_MS`); fails
+    /// the connection once those are too many.
+    fn note_early_reset(&mut self, id: StreamId) -> Result<(), ConnError> {
+        let Some(s) = self.streams.get(&id.0) else {
+            return Ok(());
+        };
+        let young = coarse_ms().saturating_sub(s.opened_ms) < EARLY_RESET_MS;
+        if self.client || s.send_closed || s.reset.is_some() || !young {
+            return Ok(());
+        }
+        self.early_resets += 1;
+        if self.early_resets * 2 >= self.requests.max(self.config.early_reset_floor) {
+            return Err(self.fail(Reason::ENHANCE_YOUR_CALM, "too many requests reset early"));
+        }
+        Ok(())
+    }
+
+    /// Resets a stream because of what the peer sent on it (a frame it must not send there).
+    fn refuse(&mut self, id: StreamId, reason: Reason) {
+        if self.note_early_reset(id).is_err() {
+            return;
+        }
+        self.reset_stream(id, reason);
     }
 
     /// Resets the stream from our side.
@@ -1901,6 +1964,90 @@ mod tests {
             end_headers: false,
         })
         .unwrap_err();
+        assert_eq!(goaway_with(&mut c), Some(Reason::ENHANCE_YOUR_CALM));
+    }
+
+    /// Opens a request and lets the handler take it.
+    fn open(c: &mut Conn, id: u32) {
+        c.recv(headers(id, block(GET), true)).unwrap();
+        c.pop_accepted().unwrap();
+    }
+
+    fn reset(c: &mut Conn, id: u32) -> Result<(), ConnError> {
+        c.recv(Frame::RstStream {
+            stream: StreamId(id),
+            reason: Reason::CANCEL,
+        })
+    }
+
+    /// The handler let go of the stream (both of its handles).
+    fn let_go(c: &mut Conn, id: u32) {
+        c.drop_ref(StreamId(id));
+        c.drop_ref(StreamId(id));
+    }
+
+    /// Rapid reset (CVE-2023-44487): a client resetting every request as soon as it opened it
+    /// is cut off at the 250th (half of the floor of 500), with ENHANCE_YOUR_CALM.
+    #[test]
+    fn a_client_resetting_its_requests_at_once_is_disconnected() {
+        let mut c = Conn::server(Config::default());
+        c.out.clear();
+        let mut closed_at = None;
+        for n in 1..=1000u32 {
+            let id = 2 * n - 1;
+            open(&mut c, id);
+            if reset(&mut c, id).is_err() {
+                closed_at = Some(n);
+                break;
+            }
+            let_go(&mut c, id);
+        }
+        assert_eq!(closed_at, Some(250));
+        assert_eq!(goaway_with(&mut c), Some(Reason::ENHANCE_YOUR_CALM));
+    }
+
+    /// Not cut off: a client resetting a third of its requests at once; one resetting requests
+    /// whose answers were complete; one resetting requests older than a second.
+    #[test]
+    fn cancelling_some_requests_or_late_ones_is_not_rapid_reset() {
+        let answered = http::Response::new(()).into_parts().0;
+        let mut c = Conn::server(Config::default());
+        for n in 1..=3000u32 {
+            let id = 2 * n - 1;
+            open(&mut c, id);
+            match n % 3 {
+                0 => reset(&mut c, id).unwrap(),
+                1 => {
+                    c.send_headers(StreamId(id), &answered, true).unwrap();
+                    reset(&mut c, id).unwrap();
+                }
+                _ => {
+                    // An hour old, as far as its age goes.
+                    if let Some(s) = c.streams.get_mut(&id) {
+                        s.opened_ms = s.opened_ms.saturating_sub(3_600_000);
+                    }
+                    reset(&mut c, id).unwrap();
+                }
+            }
+            let_go(&mut c, id);
+        }
+        assert!(c.error.is_none());
+        assert_eq!(c.early_resets, 1000);
+    }
+
+    /// "MadeYouReset": frames that make the server reset the request count the same.
+    #[test]
+    fn requests_the_client_makes_us_reset_count_as_its_resets() {
+        let mut c = Conn::server(Config::default());
+        c.out.clear();
+        for n in 1..=250u32 {
+            let id = 2 * n - 1;
+            open(&mut c, id);
+            // DATA after the request's END_STREAM: the stream is reset STREAM_CLOSED.
+            c.recv(data(id, 1, false)).unwrap();
+            let_go(&mut c, id);
+        }
+        assert!(c.error.is_some());
         assert_eq!(goaway_with(&mut c), Some(Reason::ENHANCE_YOUR_CALM));
     }
 

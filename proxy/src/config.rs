@@ -247,6 +247,15 @@ impl Config {
                         });
                     }
                 },
+                // `off` (or 0): no connection is closed for resetting its requests.
+                early_reset_floor: match env.get("PILLION_RAPID_RESET_FLOOR") {
+                    Some(v) if v.trim() == "off" || v.trim() == "0" => u64::MAX,
+                    _ => count(
+                        env,
+                        "PILLION_RAPID_RESET_FLOOR",
+                        crate::http::h2_server::EARLY_RESET_FLOOR as usize,
+                    )? as u64,
+                },
             },
             outlier: crate::balance::outlier::Settings {
                 consecutive_failures: match env.get("PILLION_OUTLIER_CONSECUTIVE_FAILURES") {
@@ -585,6 +594,7 @@ mod tests {
             ("PILLION_OUTLIER_BASE_EJECTION", "a while"),
             ("PILLION_HEADER_READ_TIMEOUT", "later"),
             ("PILLION_OPAQUE_PORTS", "25,smtp"),
+            ("PILLION_RAPID_RESET_FLOOR", "lots"),
         ] {
             let err = Config::from_env(&env(&[
                 ("PILLION_CONTROL_PLANE_ADDR", "cp:8086"),
@@ -634,5 +644,9 @@ mod tests {
         assert_eq!(c.limits.max_header_bytes, 8192);
         let c = Config::from_env(&env(&[base, ("PILLION_DNS", "system")])).unwrap();
         assert_eq!(c.dns, Some(crate::control::dns::Servers::System));
+        for (value, floor) in [("2000", 2000), ("off", u64::MAX), ("0", u64::MAX)] {
+            let c = Config::from_env(&env(&[base, ("PILLION_RAPID_RESET_FLOOR", value)])).unwrap();
+            assert_eq!(c.limits.early_reset_floor, floor);
+        }
     }
 }

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::http::body::Body;
+use crate::http::h2_server::{EARLY_RESET_FLOOR, PEER_EARLY_RESET_FLOOR};
 use crate::http::pool::Io;
 use crate::identity;
 use crate::telemetry::metrics::{ConnLabels, Direction, DirectionLabel, Label, Metrics};
@@ -312,6 +313,7 @@ async fn serve_h2<I: Io, H: Handler>(
     shutdown: watch::Receiver<bool>,
 ) {
     let peer = conn.peer;
+    let direction = handler.direction();
     // Shared by the connection's requests: each request's future holds a pointer, not a copy.
     let conn = Arc::new(conn);
     let activity = Arc::new(Activity::default());
@@ -330,10 +332,15 @@ async fn serve_h2<I: Io, H: Handler>(
         })
     };
     let stop = idle_or_shutdown(peer, activity, cfg.idle_timeout, shutdown);
-    crate::http::batch::Batched::new(crate::http::h2_server::serve(
-        io, peer, cfg.limits, serve, stop,
-    ))
-    .await;
+    let mut limits = cfg.limits;
+    if direction == Direction::inbound {
+        // Most of what comes in is from peer proxies: see `PEER_EARLY_RESET_FLOOR`.
+        limits.early_reset_floor = limits
+            .early_reset_floor
+            .saturating_mul(PEER_EARLY_RESET_FLOOR / EARLY_RESET_FLOOR);
+    }
+    crate::http::batch::Batched::new(crate::http::h2_server::serve(io, peer, limits, serve, stop))
+        .await;
 }
 
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends; on shutdown, or once no

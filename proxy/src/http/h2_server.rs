@@ -41,6 +41,9 @@ pub struct Limits {
     pub header_read_timeout: std::time::Duration,
     /// Which HTTP/2 implementation serves clients and reaches endpoints (`PILLION_HTTP2`).
     pub server: Implementation,
+    /// Requests an HTTP/2 connection is judged over before streams its client resets at
+    /// once close it (rapid reset: `pillion_http2::Config::early_reset_floor`).
+    pub early_reset_floor: u64,
 }
 
 /// The HTTP/2 implementation, both as a server and as a client: Pillion's own
@@ -60,9 +63,17 @@ impl Default for Limits {
             max_streams: 2048,
             header_read_timeout: std::time::Duration::from_secs(30),
             server: Implementation::default(),
+            early_reset_floor: EARLY_RESET_FLOOR,
         }
     }
 }
+/// Rapid reset: a connection whose client resets at once half of at least this many requests
+/// is closed (Envoy's default). Connections from peer proxies get `PEER_EARLY_RESET_FLOOR`:
+/// each carries the cancellations of all the callers behind its proxy, which is also the
+/// proxy that judges each caller's own connection, and so cuts off an abusive one first.
+pub const EARLY_RESET_FLOOR: u64 = 500;
+pub const PEER_EARLY_RESET_FLOOR: u64 = 10 * EARLY_RESET_FLOOR;
+
 /// Flow-control windows: large enough that one stream fills a loopback or data-centre path.
 pub(crate) const STREAM_WINDOW: u32 = 2 << 20;
 pub(crate) const CONNECTION_WINDOW: u32 = 8 << 20;
@@ -88,11 +99,19 @@ pub async fn serve<I, S, F>(
         stream_window: STREAM_WINDOW,
         connection_window: CONNECTION_WINDOW,
         max_header_list_size: limits.max_header_bytes,
+        early_reset_floor: limits.early_reset_floor,
     };
     let handler = move |req: Request<pillion_http2::server::RecvBody>| serve(req.map(body::boxed));
     if let Err(e) = pillion_http2::server::serve(io, config, Some(KEEP_ALIVE), handler, stop).await
     {
-        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+        // ENHANCE_YOUR_CALM: rapid reset, a header block flood; worth an operator's eye.
+        let abuse = matches!(e, pillion_http2::ConnError::Local { reason, .. }
+            if reason == pillion_http2::frame::Reason::ENHANCE_YOUR_CALM);
+        if abuse {
+            tracing::warn!(%peer, error = %e, "HTTP/2 client connection closed: it abused the protocol");
+        } else {
+            tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+        }
     }
 }
 

@@ -99,6 +99,8 @@ fn client_config() -> pillion_http2::Config {
         stream_window: h2_server::STREAM_WINDOW,
         connection_window: h2_server::CONNECTION_WINDOW,
         max_header_list_size: 1 << 20,
+        // A server's resets are not judged: it is the one being protected.
+        early_reset_floor: u64::MAX,
     }
 }
 
