@@ -19,20 +19,13 @@ use pillion_proxy::telemetry::trace::zipkin::Exporter;
 use pillion_proxy::telemetry::trace::{Kind, Tracer};
 use pillion_proxy::transport::detect::classify;
 
-/// The headers a caller can set that the proxy reads before routing; an input line
-/// `N value` sets the N-th (modulo their number).
-const NAMES: [&str; 10] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "grpc-timeout",
-    "x-request-id",
-];
+/// The headers a caller can set that the proxy reads before routing (the trace context's and
+/// three more); an input line `N value` sets the N-th (modulo their number).
+fn names() -> impl Iterator<Item = &'static str> {
+    context::NAMES
+        .into_iter()
+        .chain(["tracestate", "grpc-timeout", "x-request-id"])
+}
 
 pub fn proxy_headers(data: &[u8]) {
     let _ = classify(data);
@@ -50,7 +43,11 @@ pub fn proxy_headers(data: &[u8]) {
         let Some((&which, value)) = line.split_first() else {
             continue;
         };
-        let name = HeaderName::from_static(NAMES[usize::from(which) % NAMES.len()]);
+        let count = names().count();
+        let Some(name) = names().nth(usize::from(which) % count) else {
+            continue;
+        };
+        let name = HeaderName::from_static(name);
         if let Ok(value) = HeaderValue::from_bytes(value.strip_prefix(b" ").unwrap_or(value)) {
             req.headers_mut().append(name, value);
         }

@@ -58,7 +58,7 @@ fn not_zero(s: &str) -> bool {
 
 /// Every header a format reads or writes (all removed before the context goes on), indexed by
 /// the constants below.
-const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 7] = [
     "traceparent",
     "b3",
     "x-b3-traceid",
