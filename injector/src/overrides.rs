@@ -78,6 +78,11 @@ const PROXY_SETTINGS: &[(&str, &str, Check)] = &[
     ),
     ("dns", "PILLION_DNS", Check::Dns),
     ("busy-poll", "PILLION_BUSY_POLL", Check::BusyPoll),
+    (
+        "rapid-reset-floor",
+        "PILLION_RAPID_RESET_FLOOR",
+        Check::CountOrOff,
+    ),
 ];
 
 fn check(kind: Check, text: &str) -> Result<(), String> {
@@ -361,6 +366,7 @@ mod tests {
             "config.pillion.dev/dns": "10.96.0.10:53",
             "config.pillion.dev/max-header-bytes": "32768",
             "config.pillion.dev/busy-poll": "50us",
+            "config.pillion.dev/rapid-reset-floor": "5000",
         }));
         assert!(errors.is_empty(), "{errors:?}");
         let mut env = o.proxy_env.clone();
@@ -372,6 +378,7 @@ mod tests {
                 ("PILLION_DNS", "10.96.0.10:53".to_string()),
                 ("PILLION_MAX_HEADER_BYTES", "32768".to_string()),
                 ("PILLION_OUTLIER_CONSECUTIVE_FAILURES", "off".to_string()),
+                ("PILLION_RAPID_RESET_FLOOR", "5000".to_string()),
                 ("PILLION_REQUEST_TIMEOUT", "5s".to_string()),
             ]
         );
@@ -380,8 +387,9 @@ mod tests {
             "config.pillion.dev/max-requests-per-endpoint": "0",
             "config.pillion.dev/dns": "dns.example",
             "config.pillion.dev/busy-poll": "1s",
+            "config.pillion.dev/rapid-reset-floor": "many",
         }));
-        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert_eq!(errors.len(), 5, "{errors:#?}");
         assert!(o.proxy_env.is_empty());
     }
 
