@@ -49,6 +49,11 @@ impl Default for Config {
 
 /// Unsent data a stream may hold before its sender is told to wait.
 const SEND_BUFFER: usize = 64 << 10;
+/// What the connection may have encoded and not yet handed to the socket. Past it, streams
+/// keep their data (and their senders wait) until the socket has taken some: a peer that opens
+/// its windows wide and reads nothing would otherwise have every answer buffered whole. The
+/// socket task also stops reading past it (what a peer's PINGs and SETTINGS make us write).
+pub(crate) const OUT_HIGH_WATER: usize = 1 << 20;
 /// The largest DATA frame we send, whatever the peer allows.
 const MAX_SEND_FRAME: u32 = 64 << 10;
 /// A header block may be this many times the header list limit before its CONTINUATIONs are
@@ -194,6 +199,8 @@ pub(crate) struct Conn {
     /// Server: requests the peer opened, and how many of them were reset early.
     requests: u64,
     early_resets: u64,
+    /// Streams wait in `blocked` because `out` reached `OUT_HIGH_WATER`.
+    out_full: bool,
 }
 
 #[derive(Default)]
@@ -301,6 +308,7 @@ impl Conn {
             senders: 0,
             requests: 0,
             early_resets: 0,
+            out_full: false,
         }
     }
 
@@ -976,6 +984,18 @@ impl Conn {
         Ok(())
     }
 
+    /// The socket took what was queued: streams held back by a full write buffer send again.
+    /// True if that queued anything.
+    pub fn resume_sending(&mut self) -> bool {
+        if !self.out_full || self.out.len() >= OUT_HIGH_WATER / 2 {
+            return false;
+        }
+        self.out_full = false;
+        let before = self.out.len();
+        self.unblock_all();
+        self.out.len() > before
+    }
+
     fn unblock_all(&mut self) {
         for _ in 0..self.blocked.len() {
             let Some(id) = self.blocked.pop_front() else {
@@ -1186,6 +1206,14 @@ impl Conn {
             return;
         }
         while let Some(front) = s.send.front_mut() {
+            if self.out.len() >= OUT_HIGH_WATER {
+                if !s.in_blocked {
+                    s.in_blocked = true;
+                    self.blocked.push_back(id.0);
+                }
+                self.out_full = true;
+                break;
+            }
             let window = s.send_window.min(self.send_window);
             if window <= 0 {
                 if self.send_window <= 0 && !s.in_blocked {

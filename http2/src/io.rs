@@ -15,7 +15,7 @@ use crate::frame::{self, Reason};
 
 /// Stop reading while this much is waiting to be written: a peer that sends PINGs or SETTINGS
 /// without reading the answers cannot make us buffer without end.
-const WRITE_HIGH_WATER: usize = 1 << 20;
+const WRITE_HIGH_WATER: usize = crate::conn::OUT_HIGH_WATER;
 /// What one read asks of the socket.
 const READ_SIZE: usize = 16 << 10;
 
@@ -74,6 +74,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                 Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
+            }
+            if self.writing.is_empty() && lock(&self.shared).resume_sending() {
+                progress = true;
             }
             let (done, error) = {
                 let mut conn = lock(&self.shared);

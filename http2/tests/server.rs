@@ -432,3 +432,77 @@ async fn curl_and_h2load_get_answers() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("20000 succeeded, 0 failed"), "{text}");
 }
+
+/// A client that opens its windows wide and then reads nothing (a slow or hostile reader)
+/// costs the server a bounded buffer, not the whole answer: the body is pulled only as far as
+/// the connection's write buffer and the stream's send buffer allow. (Everything the windows
+/// allowed went into the write buffer: the 64 MiB answer here, whole.)
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_nothing_is_not_buffered_for() {
+    use pillion_http2::frame::{self, Settings, StreamId};
+    use pillion_http2::hpack::{Encoder, Field, Pseudo};
+    use tokio::io::AsyncWriteExt;
+
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counted = pulled.clone();
+    // 64 MiB, a chunk at a time, counting what the server took.
+    let handler = move |_req: Request<RecvBody>| {
+        let counted = counted.clone();
+        async move {
+            let chunks = (0..4096).map(move |_| {
+                counted.fetch_add(16 << 10, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+                    0u8;
+                    16 << 10
+                ])))
+            });
+            Response::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+                chunks,
+            )))
+        }
+    };
+    let (mut peer, ours) = tokio::io::duplex(64 << 10);
+    tokio::spawn(server::serve(
+        ours,
+        Config::default(),
+        None,
+        handler,
+        std::future::pending(),
+    ));
+    let mut out = BytesMut::new();
+    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    frame::write_settings(
+        &mut out,
+        &Settings {
+            initial_window_size: Some(i32::MAX as u32),
+            ..Settings::default()
+        },
+    );
+    frame::write_window_update(&mut out, StreamId(0), i32::MAX as u32 - 65_535);
+    let mut block = BytesMut::new();
+    Encoder::new().encode(
+        [
+            Field::Pseudo(Pseudo::Method, b"GET"),
+            Field::Pseudo(Pseudo::Scheme, b"http"),
+            Field::Pseudo(Pseudo::Path, b"/"),
+            Field::Pseudo(Pseudo::Authority, b"a"),
+        ],
+        &mut block,
+    );
+    frame::write_headers(
+        &mut out,
+        StreamId(1),
+        &block,
+        true,
+        frame::DEFAULT_MAX_FRAME_SIZE,
+    );
+    peer.write_all(&out).await.unwrap();
+    // The clock moves only once every task waits: the server is stuck on the unread pipe.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let taken = pulled.load(Ordering::SeqCst);
+    assert!(
+        taken <= 4 << 20,
+        "the server took {taken} bytes of the answer for a client that reads nothing"
+    );
+    drop(peer);
+}
