@@ -70,10 +70,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                 }
             }
             self.poll_keep_alive(cx);
+            let mut write_stuck = false;
             match self.poll_write(cx) {
                 Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
+                Poll::Pending => write_stuck = true,
             }
             if self.writing.is_empty() && lock(&self.shared).resume_sending() {
                 progress = true;
@@ -84,7 +85,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                 let pending = !self.writing.is_empty() || !conn.out.is_empty();
                 let error = conn.error.clone();
                 let over = conn.is_done() || error.is_some() || self.read_closed;
-                (over && !pending, error)
+                // A failed connection whose peer takes nothing more (it stopped reading: the
+                // socket is full) ends without its last frames. Waiting for them would hold
+                // it, its streams and their buffers for as long as the peer keeps its
+                // window shut, which TCP allows for ever.
+                (
+                    over && (!pending || (error.is_some() && write_stuck)),
+                    error,
+                )
             };
             if done {
                 // Whatever is left of the streams ends with the connection.

@@ -435,8 +435,9 @@ async fn curl_and_h2load_get_answers() {
 
 /// A client that opens its windows wide and then reads nothing (a slow or hostile reader)
 /// costs the server a bounded buffer, not the whole answer: the body is pulled only as far as
-/// the connection's write buffer and the stream's send buffer allow. (Everything the windows
-/// allowed went into the write buffer: the 64 MiB answer here, whole.)
+/// the connection's write buffer and the stream's send buffer allow (everything the windows
+/// allowed went into the write buffer: the 64 MiB answer here, whole). And once it has missed
+/// a keep-alive PING the connection ends (it waited for its unwritable frames for ever).
 #[tokio::test(start_paused = true)]
 async fn a_client_that_reads_nothing_is_not_buffered_for() {
     use pillion_http2::frame::{self, Settings, StreamId};
@@ -462,10 +463,10 @@ async fn a_client_that_reads_nothing_is_not_buffered_for() {
         }
     };
     let (mut peer, ours) = tokio::io::duplex(64 << 10);
-    tokio::spawn(server::serve(
+    let serving = tokio::spawn(server::serve(
         ours,
         Config::default(),
-        None,
+        Some(Duration::from_secs(10)),
         handler,
         std::future::pending(),
     ));
@@ -498,11 +499,18 @@ async fn a_client_that_reads_nothing_is_not_buffered_for() {
     );
     peer.write_all(&out).await.unwrap();
     // The clock moves only once every task waits: the server is stuck on the unread pipe.
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let taken = pulled.load(Ordering::SeqCst);
     assert!(
         taken <= 2 << 20,
         "the server took {taken} bytes of the answer for a client that reads nothing"
+    );
+    // Its PINGs unanswered, the server gives the connection up, though what it has to write
+    // can never go (it waited for that for ever).
+    let ended = tokio::time::timeout(Duration::from_secs(60), serving).await;
+    assert!(
+        ended.is_ok(),
+        "the connection to a peer that reads nothing never ended"
     );
     drop(peer);
 }

@@ -35,10 +35,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// The first byte of an input says how the rest is delivered: its low 4 bits the size of
 /// each write (1 to 16 times 64 bytes, so frames arrive split), bit 4 whether the peer
-/// closes its end after the last write (or stays, silent, until keep-alive gives up).
+/// closes its end after the last write (or stays, silent, until keep-alive gives up), bit 5
+/// whether it never reads what it is sent (a peer that opens windows and reads nothing).
 struct Delivery<'a> {
     chunk: usize,
     close: bool,
+    deaf: bool,
     bytes: &'a [u8],
 }
 
@@ -50,6 +52,7 @@ fn delivery(data: &[u8]) -> Delivery<'_> {
     Delivery {
         chunk: 64 * (usize::from(first & 0x0f) + 1),
         close: first & 0x10 != 0,
+        deaf: first & 0x20 != 0,
         bytes,
     }
 }
@@ -75,6 +78,9 @@ async fn play(peer: DuplexStream, head: &[u8], d: Delivery<'_>) {
         }
     };
     let reader = async {
+        if d.deaf {
+            std::future::pending::<()>().await;
+        }
         let mut sink = vec![0u8; 16 << 10];
         while let Ok(n) = rd.read(&mut sink).await {
             if n == 0 {
@@ -161,15 +167,21 @@ pub fn server(data: &[u8]) {
             let n = count.fetch_add(1, Ordering::Relaxed);
             answer(req, n, held.clone())
         };
-        let serving = tokio::spawn(server::serve(
+        let mut serving = tokio::spawn(server::serve(
             ours,
             Config::default(),
             Some(Duration::from_secs(10)),
             handler,
             std::future::pending(),
         ));
+        // Over when the connection is: a peer that never reads never sees its end.
         let ended = tokio::time::timeout(LIFETIME, async {
-            tokio::join!(play(peer, PREFACE, delivery(data)), serving).1
+            let play = play(peer, PREFACE, delivery(data));
+            tokio::pin!(play);
+            tokio::select! {
+                r = &mut serving => r,
+                _ = &mut play => serving.await,
+            }
         })
         .await;
         match ended {
@@ -236,7 +248,13 @@ pub fn client(data: &[u8]) {
         let mut head = BytesMut::from(EMPTY_SETTINGS);
         head.truncate(EMPTY_SETTINGS.len());
         let ended = tokio::time::timeout(LIFETIME, async {
-            tokio::join!(play(peer, &head, delivery(data)), requests, driving).2
+            let play = play(peer, &head, delivery(data));
+            let both = async { tokio::join!(requests, driving).1 };
+            tokio::pin!(play, both);
+            tokio::select! {
+                r = &mut both => r,
+                _ = &mut play => both.await,
+            }
         })
         .await;
         match ended {
