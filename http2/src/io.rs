@@ -76,11 +76,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => write_stuck = true,
             }
-            if self.writing.is_empty() && lock(&self.shared).resume_sending() {
-                progress = true;
-            }
             let (done, error) = {
                 let mut conn = lock(&self.shared);
+                if self.writing.is_empty() && conn.resume_sending() {
+                    progress = true;
+                }
                 conn.io_waker = Some(cx.waker().clone());
                 let pending = !self.writing.is_empty() || !conn.out.is_empty();
                 let error = conn.error.clone();
