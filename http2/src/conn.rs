@@ -199,8 +199,10 @@ pub(crate) struct Conn {
     /// Server: requests the peer opened, and how many of them were reset early.
     requests: u64,
     early_resets: u64,
-    /// Streams wait in `blocked` because `out` reached `OUT_HIGH_WATER`.
+    /// Streams wait in `blocked` because `out` and `unwritten` reached `OUT_HIGH_WATER`.
     out_full: bool,
+    /// Bytes handed to the socket that it has not taken yet (set by the socket task).
+    pub unwritten: usize,
 }
 
 #[derive(Default)]
@@ -309,6 +311,7 @@ impl Conn {
             requests: 0,
             early_resets: 0,
             out_full: false,
+            unwritten: 0,
         }
     }
 
@@ -984,10 +987,10 @@ impl Conn {
         Ok(())
     }
 
-    /// The socket took what was queued: streams held back by a full write buffer send again.
-    /// True if that queued anything.
+    /// The socket took half of what was queued: streams held back by a full write buffer
+    /// send again, while it still has the rest to write. True if that queued anything.
     pub fn resume_sending(&mut self) -> bool {
-        if !self.out_full || self.out.len() >= OUT_HIGH_WATER / 2 {
+        if !self.out_full || self.out.len() + self.unwritten >= OUT_HIGH_WATER / 2 {
             return false;
         }
         self.out_full = false;
@@ -1206,7 +1209,7 @@ impl Conn {
             return;
         }
         while let Some(front) = s.send.front_mut() {
-            if self.out.len() >= OUT_HIGH_WATER {
+            if self.out.len() + self.unwritten >= OUT_HIGH_WATER {
                 if !s.in_blocked {
                     s.in_blocked = true;
                     self.blocked.push_back(id.0);

@@ -78,7 +78,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
             }
             let (done, error) = {
                 let mut conn = lock(&self.shared);
-                if self.writing.is_empty() && conn.resume_sending() {
+                conn.unwritten = self.writing.len();
+                if conn.resume_sending() {
                     progress = true;
                 }
                 conn.io_waker = Some(cx.waker().clone());
@@ -169,6 +170,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Driver<I> {
                 }
                 // Swap buffers: the connection keeps encoding into the emptied one.
                 std::mem::swap(&mut self.writing, &mut conn.out);
+                conn.unwritten = self.writing.len();
             }
             match Pin::new(&mut self.io).poll_write(cx, &self.writing) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
